@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: pool and error translation, schema, migrations, stores."""

@@ -1,0 +1,154 @@
+"""The connection pool and the one place psycopg errors become scrapesink errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from scrapesink.errors import (
+    ConstraintError,
+    QueryError,
+    StorageError,
+    TransientStorageError,
+)
+
+# SQLSTATE classes worth a retry: connection exceptions, operator intervention (shutdown),
+# insufficient resources (disk full, out of memory, too many connections).
+_TRANSIENT_CLASSES = ("08", "57", "53")
+_TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
+_CONSTRAINT_CLASSES = ("22", "23")  # data exception, integrity constraint violation
+
+
+def translate(exc: BaseException, *, query: str | None = None) -> StorageError:
+    """Map a driver exception onto the scrapesink error tree: ``raise translate(e) from e``."""
+    if isinstance(exc, StorageError):
+        return exc
+    table = getattr(getattr(exc, "diag", None), "table_name", None)
+    message = _first_line(exc)
+    if isinstance(exc, PoolTimeout):
+        return TransientStorageError(f"no database connection available: {message}", query=query)
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        if (
+            (isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not state)
+            or state.startswith(_TRANSIENT_CLASSES)
+            or state in _TRANSIENT_STATES
+            or isinstance(exc, pgerrors.QueryCanceled)
+        ):
+            error: StorageError = TransientStorageError(message, table_name=table, query=query)
+        elif state.startswith(_CONSTRAINT_CLASSES):
+            error = ConstraintError(message, table_name=table, query=query)
+        else:
+            error = QueryError(message, table_name=table, query=query)
+        error.sqlstate = state or None
+        return error
+    if isinstance(exc, OSError):
+        return TransientStorageError(f"{type(exc).__name__}: {exc}", query=query)
+    return QueryError(f"{type(exc).__name__}: {exc}", query=query)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def describe_url(conninfo: str) -> str:
+    """The URL without its password, for humans and logs."""
+    if conninfo.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(conninfo)
+        user = f"{parts.username}@" if parts.username else ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{user}{host}{port}{parts.path}"
+    return "postgresql (DSN)"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """Pool sizing in the seeds' vocabulary, mapped onto psycopg_pool."""
+
+    size: int = 10
+    max_overflow: int = 20
+    timeout: float = 30.0
+    recycle: float = 3600.0
+    pre_ping: bool = True
+    connect_timeout: int = 10
+    min_size: int | None = None  # default: size (a server); the CLI keeps one warm connection
+
+
+class Database:
+    """A psycopg connection pool plus error translation for everything that goes through it."""
+
+    def __init__(self, conninfo: str, options: PoolOptions, *, label: str | None = None) -> None:
+        self.conninfo = conninfo
+        self.label = label or describe_url(conninfo)
+        self._options = options
+        self._pool: ConnectionPool | None = None
+
+    def open(self) -> None:
+        """Check the server answers (one clear error if not), then open the pool."""
+        opts = self._options
+        try:
+            with psycopg.connect(self.conninfo, connect_timeout=opts.connect_timeout):
+                pass
+        except psycopg.Error as exc:
+            raise TransientStorageError(
+                f"cannot connect to PostgreSQL at {self.label}: {_first_line(exc)}"
+            ) from exc
+        min_size = opts.size if opts.min_size is None else min(opts.min_size, opts.size)
+        self._pool = ConnectionPool(
+            self.conninfo,
+            min_size=min_size,
+            max_size=opts.size + opts.max_overflow,
+            timeout=opts.timeout,
+            max_lifetime=opts.recycle,
+            check=ConnectionPool.check_connection if opts.pre_ping else None,
+            kwargs={"connect_timeout": opts.connect_timeout, "application_name": "scrapesink"},
+            name="scrapesink",
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise RuntimeError("Database.open() was not called")
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection inside a transaction; psycopg errors leave as StorageError."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise translate(exc) from exc
+
+    @contextmanager
+    def direct(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of its own (outside the pool), for migrations and maintenance."""
+        try:
+            with psycopg.connect(
+                self.conninfo,
+                autocommit=autocommit,
+                connect_timeout=self._options.connect_timeout,
+                application_name="scrapesink",
+            ) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.pool.get_stats())

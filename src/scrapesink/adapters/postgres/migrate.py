@@ -1,0 +1,100 @@
+"""Alembic, driven from code: upgrade, downgrade, current, history, and the at-head check."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from scrapesink.adapters.postgres.database import Database
+from scrapesink.errors import SchemaError
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Serializes migrations between processes sharing a database (e.g. two CLIs on the embedded one).
+_MIGRATION_LOCK = 0x5C5A_0001
+
+
+class Migrator:
+    """Applies and inspects the system schema of one database."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def _config(self, stdout: io.StringIO | None = None) -> Config:
+        config = Config(stdout=stdout or io.StringIO())
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return config
+
+    def head(self) -> str:
+        head = ScriptDirectory.from_config(self._config()).get_current_head()
+        assert head is not None
+        return head
+
+    def current(self) -> str | None:
+        """The revision the database is at, or None for an empty database."""
+        with self.database.direct() as conn:
+            try:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return None
+        return row[0] if row else None
+
+    def is_current(self) -> bool:
+        return self.current() == self.head()
+
+    def upgrade(self, target: str = "head") -> tuple[str | None, str | None]:
+        """Upgrade to ``target``; returns (before, after)."""
+        return self._run(lambda cfg: command.upgrade(cfg, target))
+
+    def downgrade(self, target: str = "-1") -> tuple[str | None, str | None]:
+        return self._run(lambda cfg: command.downgrade(cfg, target))
+
+    def history(self) -> str:
+        out = io.StringIO()
+        command.history(self._config(out), verbose=False, indicate_current=False)
+        return out.getvalue()
+
+    def ensure_current(self, *, auto_upgrade: bool) -> None:
+        """Make sure the schema is at head: upgrade it, or refuse with what to run."""
+        current = self.current()
+        head = self.head()
+        if current == head:
+            return
+        if auto_upgrade:
+            self.upgrade()
+            return
+        state = "has no scrapesink schema" if current is None else f"is at revision {current}"
+        raise SchemaError(
+            f"database {self.database.label} {state}, this scrapesink needs {head}: "
+            "run `scrapesink db upgrade`"
+        )
+
+    def _run(self, action: object) -> tuple[str | None, str | None]:
+        engine = create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(self.database.conninfo),
+            poolclass=NullPool,
+        )
+        before = self.current()
+        try:
+            with engine.connect() as connection:
+                # A session-level lock held across Alembic's own transactions.
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+                connection.commit()
+                try:
+                    config = self._config()
+                    config.attributes["connection"] = connection
+                    action(config)  # type: ignore[operator]
+                    connection.commit()
+                finally:
+                    connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+                    connection.commit()
+        finally:
+            engine.dispose()
+        return before, self.current()

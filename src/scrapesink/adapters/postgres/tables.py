@@ -1,0 +1,59 @@
+"""The system schema as SQLAlchemy Core metadata: the reference the migrations are checked against.
+
+Hot paths do not go through these objects (they use psycopg directly); DDL and Alembic do.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+raw_events = Table(
+    "raw_events",
+    metadata,
+    # Filled from raw_events_id_seq (see migration 0001: no identity on partitioned tables in 16).
+    Column("id", BigInteger, nullable=False, server_default=text("nextval('raw_events_id_seq')")),
+    Column("source", Text, nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("processed", Boolean, nullable=False, server_default=text("false")),
+    # PostgreSQL requires the partition key in every unique constraint of a partitioned table.
+    PrimaryKeyConstraint("id", "occurred_at", name="raw_events_pkey"),
+    Index("ix_raw_events_source_occurred_at", "source", "occurred_at"),
+    # jsonb_path_ops: smaller and faster to maintain than the default opclass, and it serves the
+    # containment (@>) and jsonpath (@?, @@) queries raw-event consumers run.
+    Index(
+        "ix_raw_events_payload",
+        "payload",
+        postgresql_using="gin",
+        postgresql_ops={"payload": "jsonb_path_ops"},
+    ),
+    postgresql_partition_by="RANGE (occurred_at)",
+)
+
+# Global deduplication: PostgreSQL cannot enforce UNIQUE (source, source_id) on a table partitioned
+# by occurred_at, so this unpartitioned registry holds every key once, with the day it lives in.
+raw_event_keys = Table(
+    "raw_event_keys",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("source", "source_id", name="raw_event_keys_pkey"),
+    Index("ix_raw_event_keys_occurred_at", "occurred_at"),
+)

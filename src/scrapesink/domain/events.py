@@ -1,0 +1,310 @@
+"""Raw events: the record type and the rules that turn a scraped object into one.
+
+Standard library only. The rules, in the order they are checked:
+
+* the record must be a JSON object;
+* *canonical* records carry ``source``, ``source_id``, ``occurred_at`` and ``payload``; any other
+  object is a *flat* scraped record: its id and time fields are named by ``id_field`` and
+  ``time_field`` and the whole object becomes the payload;
+* ``source`` and ``source_id`` are non-empty text (an integer id is accepted and kept as text);
+* ``occurred_at`` is ISO 8601 text or a Unix epoch number (seconds; values above 10^11 are read as
+  milliseconds, as JavaScript scrapers write them); a value without a UTC offset is read as UTC
+  and counted as *naive*;
+* ``occurred_at`` must lie inside the accepted window (by default: not more than one day ahead);
+* the payload is a JSON object whose UTF-8 serialization is at most ``max_payload_bytes``.
+
+NUL policy: PostgreSQL rejects U+0000 in ``text`` and ``jsonb``, so every NUL character is removed
+from source, source_id and from every key and string in the payload before anything is stored.
+The CSV copy holds the same cleaned values. Each record that lost a NUL is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from scrapesink.errors import RecordError
+
+MAX_KEY_LENGTH = 1000
+EPOCH_MILLIS_THRESHOLD = 10**11
+CANONICAL_FIELDS = ("source", "source_id", "occurred_at", "payload")
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One validated raw event, ready to store. ``payload_json`` is the exact stored text."""
+
+    source: str
+    source_id: str
+    occurred_at: datetime
+    payload_json: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.source_id)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.payload_json)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A raw event as PostgreSQL holds it."""
+
+    id: int
+    source: str
+    source_id: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+    created_at: datetime
+    processed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventRules:
+    """How flat records are read and which ones are accepted."""
+
+    id_field: str = "id"
+    time_field: str = "timestamp"
+    default_source: str | None = None
+    max_payload_bytes: int = 1024 * 1024
+    future_tolerance: timedelta = timedelta(days=1)
+    max_age: timedelta | None = None
+
+
+@dataclass(slots=True)
+class Cleaning:
+    """What validation changed, to be counted in the summary."""
+
+    naive_timestamp: bool = False
+    nul_removed: bool = False
+
+
+@dataclass(slots=True)
+class Validated:
+    event: RawEvent
+    cleaning: Cleaning = field(default_factory=Cleaning)
+
+
+def validate_event(
+    record: Any, rules: EventRules, *, now: datetime | None = None, location: str | None = None
+) -> Validated:
+    """Turn one parsed record into a :class:`RawEvent` or raise :class:`RecordError`.
+
+    Args:
+        record: the decoded JSON value (or CSV row as a dict).
+        rules: field names, defaults and limits.
+        now: the reference time for the accepted window (default: the current time).
+        location: where the record came from (``line 12``), copied into the error.
+    """
+    if not isinstance(record, Mapping):
+        raise RecordError(f"not an object: got {_json_type(record)}", location=location)
+    cleaning = Cleaning()
+    canonical = "payload" in record and "source_id" in record
+    if canonical:
+        source_value = record.get("source", rules.default_source)
+        id_value, id_name = record.get("source_id"), "source_id"
+        time_value, time_name = record.get("occurred_at"), "occurred_at"
+        payload = record.get("payload")
+        if not isinstance(payload, Mapping):
+            raise RecordError(
+                f"payload must be an object, got {_json_type(payload)}",
+                location=location,
+                path="payload",
+            )
+    else:
+        source_value = record.get("source", rules.default_source)
+        if rules.default_source is not None:
+            source_value = rules.default_source
+        id_value, id_name = record.get(rules.id_field), rules.id_field
+        time_value, time_name = record.get(rules.time_field), rules.time_field
+        payload = record
+
+    source = _key_text(source_value, "source", location, cleaning, hint="(or pass --source)")
+    source_id = _key_text(id_value, id_name, location, cleaning, hint="")
+    occurred_at = parse_timestamp(time_value, time_name, location, cleaning)
+    check_window(occurred_at, rules, now=now, location=location, path=time_name)
+    payload_json = _serialize_payload(payload, rules.max_payload_bytes, location, cleaning)
+    return Validated(RawEvent(source, source_id, occurred_at, payload_json), cleaning)
+
+
+def parse_timestamp(
+    value: Any, name: str, location: str | None, cleaning: Cleaning | None = None
+) -> datetime:
+    """Read ISO 8601 text or an epoch number as an aware UTC datetime."""
+    if value is None or value == "":
+        raise RecordError(f"missing field {name}", location=location, path=name)
+    if isinstance(value, bool):
+        raise RecordError(f"bad timestamp: {value!r} is a boolean", location=location, path=name)
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise RecordError(f"bad timestamp: {value!r}", location=location, path=name)
+        seconds = value / 1000 if abs(value) >= EPOCH_MILLIS_THRESHOLD else value
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise RecordError(
+                f"bad timestamp: epoch value {value!r} is out of range",
+                location=location,
+                path=name,
+            ) from None
+    if not isinstance(value, str):
+        raise RecordError(
+            f"bad timestamp: expected text or a number, got {_json_type(value)}",
+            location=location,
+            path=name,
+        )
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise RecordError(
+            f"bad timestamp {value[:60]!r}: expected ISO 8601 such as 2025-05-15T13:45:00Z",
+            location=location,
+            path=name,
+        ) from None
+    if parsed.tzinfo is None:
+        if cleaning is not None:
+            cleaning.naive_timestamp = True
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise RecordError(
+            f"bad timestamp {value!r}: out of range in UTC", location=location, path=name
+        ) from None
+
+
+def check_window(
+    occurred_at: datetime,
+    rules: EventRules,
+    *,
+    now: datetime | None = None,
+    location: str | None = None,
+    path: str = "occurred_at",
+) -> None:
+    """Reject timestamps outside the accepted window."""
+    now = now or datetime.now(UTC)
+    if occurred_at > now + rules.future_tolerance:
+        raise RecordError(
+            f"occurred_at {occurred_at.isoformat()} is more than "
+            f"{_human(rules.future_tolerance)} in the future",
+            location=location,
+            path=path,
+        )
+    if rules.max_age is not None and occurred_at < now - rules.max_age:
+        raise RecordError(
+            f"occurred_at {occurred_at.isoformat()} is older than the accepted "
+            f"{_human(rules.max_age)}",
+            location=location,
+            path=path,
+        )
+
+
+def strip_nul(value: Any) -> tuple[Any, bool]:
+    """Remove U+0000 from every string and key in a JSON value; say whether any was found."""
+    if isinstance(value, str):
+        return (value.replace("\x00", ""), True) if "\x00" in value else (value, False)
+    if isinstance(value, Mapping):
+        changed = False
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            new_key, key_changed = strip_nul(key)
+            new_item, item_changed = strip_nul(item)
+            cleaned[new_key] = new_item
+            changed = changed or key_changed or item_changed
+        return cleaned, changed
+    if isinstance(value, list):
+        items = [strip_nul(item) for item in value]
+        return [item for item, _ in items], any(flag for _, flag in items)
+    return value, False
+
+
+def _key_text(value: Any, name: str, location: str | None, cleaning: Cleaning, *, hint: str) -> str:
+    if value is None:
+        raise RecordError(f"missing field {name} {hint}".rstrip(), location=location, path=name)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RecordError(
+            f"{name} must be text or an integer, got {_json_type(value)}",
+            location=location,
+            path=name,
+        )
+    text = str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+        cleaning.nul_removed = True
+    text = text.strip()
+    if not text:
+        raise RecordError(f"empty {name}", location=location, path=name)
+    if len(text) > MAX_KEY_LENGTH:
+        raise RecordError(
+            f"{name} is {len(text)} characters long (limit {MAX_KEY_LENGTH})",
+            location=location,
+            path=name,
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError(f"{name} holds invalid Unicode", location=location, path=name) from None
+    return text
+
+
+def _serialize_payload(
+    payload: Mapping[str, Any], limit: int, location: str | None, cleaning: Cleaning
+) -> str:
+    cleaned, changed = strip_nul(payload)
+    if changed:
+        cleaning.nul_removed = True
+    try:
+        # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
+        text = json.dumps(cleaned, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        size = len(text.encode("utf-8"))
+    except ValueError as exc:
+        if isinstance(exc, UnicodeEncodeError):
+            reason = "payload holds invalid Unicode (a lone surrogate such as \\ud800)"
+        else:
+            reason = "payload holds NaN or Infinity, which JSON cannot store"
+        raise RecordError(reason, location=location, path="payload") from None
+    except TypeError as exc:
+        raise RecordError(
+            f"payload is not JSON: {exc}", location=location, path="payload"
+        ) from None
+    if size > limit:
+        raise RecordError(
+            f"payload too large: {size:,} bytes (limit {limit:,})",
+            location=location,
+            path="payload",
+        )
+    return text
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case Mapping():
+            return "an object"
+    return type(value).__name__
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"

@@ -1,0 +1,116 @@
+"""The `scrapesink` command line."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import typer
+
+from scrapesink import __version__
+from scrapesink.entrypoints.cli import db, events, partitions
+from scrapesink.entrypoints.cli.common import (
+    EXIT_FATAL,
+    EXIT_OK,
+    err,
+    fail,
+    handle_errors,
+    open_app,
+    out,
+    set_overrides,
+)
+from scrapesink.entrypoints.cli.ingest import ingest
+from scrapesink.errors import ConfigError
+
+app = typer.Typer(
+    name="scrapesink",
+    help=(
+        "Store scraped records in PostgreSQL, deduplicated, partitioned by day.\n\n"
+        "With no database configured an embedded PostgreSQL starts in <data dir>/pgdata; set "
+        "SCRAPESINK_DATABASE_URL (or PG_HOST, PG_PORT, PG_DB, PG_USER, PG_PASSWORD) to use a "
+        "server."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(events.app, name="events")
+app.add_typer(partitions.app, name="partitions")
+app.add_typer(db.app, name="db")
+app.command()(ingest)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"scrapesink {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def root(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data directory (default SCRAPESINK_DATA_DIR or ./data)."
+    ),
+    database_url: str | None = typer.Option(
+        None,
+        "--database-url",
+        help="PostgreSQL URL (default SCRAPESINK_DATABASE_URL).",
+        show_default=False,
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    set_overrides(data_dir=data_dir, database_url=database_url)
+
+
+@app.command()
+@handle_errors
+def demo() -> None:
+    """Ingest the bundled sample events and show what to look at next."""
+    sample = resources.files("scrapesink") / "data" / "sample_events.jsonl.gz"
+    with resources.as_file(sample) as path, open_app() as application:
+        from scrapesink.adapters.readers import open_input, read_records
+
+        infile = open_input(path)
+        try:
+            records = read_records(
+                infile, "jsonl", max_record_bytes=application.settings.max_payload_bytes
+            )
+            summary = application.ingest_service().ingest(records)
+        finally:
+            infile.close()
+        days = application.partitions.existing()
+        stats = application.events.stats()
+        data_dir = application.settings.data_dir
+    out.print(
+        f"[bold]sample ingested:[/] read {summary.read:,}, inserted {summary.inserted:,}, "
+        f"duplicates {summary.duplicates:,}, rejected {summary.rejected:,}"
+    )
+    sources = sorted({row.source for row in stats})
+    out.print(
+        f"{sum(r.events for r in stats):,} events from {len(sources)} sources "
+        f"({', '.join(sources)}) in {len(days)} day partitions"
+    )
+    out.print(
+        "\n[bold]next:[/]\n"
+        "  scrapesink events stats                      events per source and day\n"
+        "  scrapesink events list --source shop --limit 5\n"
+        "  scrapesink partitions list                   partitions, rows, sizes\n"
+        "  scrapesink demo                              again: everything is a duplicate now\n"
+        "  psql \"$(scrapesink db url)\"                 the tables: raw_events, raw_event_keys\n"
+        f"  data directory: {data_dir}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigError as exc:
+        err.print(f"error: {exc.message}", highlight=False, markup=False)
+        sys.exit(EXIT_FATAL)
+
+
+__all__ = ["app", "fail", "main"]

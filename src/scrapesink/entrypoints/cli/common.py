@@ -1,0 +1,79 @@
+"""What every CLI command shares: exit codes, consoles, settings from global options, errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from scrapesink.bootstrap import App, SchemaPolicy, bootstrap
+from scrapesink.config import Settings, get_settings
+from scrapesink.errors import ScrapesinkError
+
+EXIT_OK = 0
+EXIT_FATAL = 1  # nothing (more) could be done: bad configuration, unreachable database, bad file
+EXIT_USAGE = 2  # click's code for a wrong command line
+EXIT_REJECTED = 3  # the run finished, but some records were rejected
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+_overrides: dict[str, Any] = {}
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def set_overrides(**values: Any) -> None:
+    _overrides.clear()
+    _overrides.update({k: v for k, v in values.items() if v is not None})
+
+
+def settings() -> Settings:
+    return get_settings(**_overrides)
+
+
+def fail(message: str, code: int = EXIT_FATAL) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn scrapesink errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except ScrapesinkError as exc:
+            fail(escape(exc.message))
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            sys.stderr.close()  # `scrapesink events list | head` is not an error
+            raise typer.Exit(EXIT_OK) from None
+
+    return wrapper
+
+
+@contextmanager
+def open_app(schema: SchemaPolicy = "auto", *, announce: bool = True) -> Iterator[App]:
+    app = bootstrap(settings(), schema=schema)
+    try:
+        if announce:
+            err.print(f"[dim]database: {escape(app.database_label)}[/]")
+        yield app
+    finally:
+        app.close()
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)

@@ -1,0 +1,109 @@
+"""The Python API: ``with scrapesink.open() as sink: sink.write_events(records)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from scrapesink.application.ingest import IngestSummary
+from scrapesink.application.ports import DayStats, EventPage, EventQuery
+from scrapesink.bootstrap import App, bootstrap
+from scrapesink.config import get_settings
+from scrapesink.domain.events import StoredEvent
+from scrapesink.errors import RecordError
+
+
+class Sink:
+    """A handle on scrapesink for one process. Thread-safe; close it (or use ``with``)."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    @property
+    def database(self) -> str:
+        """Which database this sink writes to (embedded or a URL without password)."""
+        return self._app.database_label
+
+    def write_events(
+        self,
+        records: Iterable[Mapping[str, Any] | Any],
+        *,
+        source: str | None = None,
+        id_field: str = "id",
+        time_field: str = "timestamp",
+    ) -> IngestSummary:
+        """Validate and store raw events; re-sending a record is a counted duplicate.
+
+        Args:
+            records: canonical ``{source, source_id, occurred_at, payload}`` dicts, or flat scraped
+                objects whose id and time fields are ``id_field`` and ``time_field``.
+            source: the source of flat records (and of canonical ones that lack it).
+            id_field: the id field of flat records.
+            time_field: the time field of flat records.
+
+        Returns:
+            The summary: read, inserted, duplicates, rejected (with each reason and ``[index]``).
+        """
+        rules = self._app.rules(id_field=id_field, time_field=time_field, default_source=source)
+        service = self._app.ingest_service(rules)
+        return service.ingest((f"[{i}]", record) for i, record in enumerate(records))
+
+    def get_event(self, source: str, source_id: str) -> StoredEvent | None:
+        """The stored event for a key, or None."""
+        return self._app.events.get(source, source_id)
+
+    def list_events(
+        self,
+        *,
+        source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        processed: bool | None = None,
+        contains: dict[str, Any] | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> EventPage:
+        """One page of events by (occurred_at, id); pass ``page.next_cursor`` as ``after``."""
+        if not 1 <= limit <= 10_000:
+            raise RecordError(f"limit must be between 1 and 10000, got {limit}", path="limit")
+        query = EventQuery(source, since, until, processed, contains, limit, after)
+        return self._app.events.query(query)
+
+    def event_stats(
+        self,
+        *,
+        source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[DayStats]:
+        """Event counts per source and UTC day."""
+        return self._app.events.stats(source=source, since=since, until=until)
+
+    def mark_processed(self, keys: Sequence[tuple[str, str]], processed: bool = True) -> int:
+        """Set (or clear) the processed flag of events; returns how many changed."""
+        return self._app.events.mark_processed(keys, processed)
+
+    def close(self) -> None:
+        self._app.close()
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open(**settings: Any) -> Sink:
+    """Open a sink. Keyword arguments override settings (``database_url=``, ``data_dir=``...).
+
+    With no database configured the embedded PostgreSQL starts in ``<data_dir>/pgdata`` and the
+    schema is migrated by itself; an external server must be at head (``scrapesink db upgrade``).
+    """
+    return Sink(bootstrap(get_settings(**settings)))
