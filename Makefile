@@ -30,7 +30,7 @@ demo: install ## start the embedded PostgreSQL, migrate, ingest the bundled samp
 	$(BIN)/scrapesink demo
 
 test: dev ## run the whole test suite (unit, integration, e2e) against real PostgreSQL
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 lint: dev ## ruff and mypy (strict on src/)
 	$(BIN)/ruff check src tests bench scripts

@@ -26,8 +26,14 @@ def rejected(record, rules=RULES) -> RecordError:
 
 
 def test_canonical_record_is_accepted_as_is():
-    v = check({"source": "s", "source_id": "a", "occurred_at": "2025-05-15T01:02:03Z",
-               "payload": {"x": 1}})
+    v = check(
+        {
+            "source": "s",
+            "source_id": "a",
+            "occurred_at": "2025-05-15T01:02:03Z",
+            "payload": {"x": 1},
+        }
+    )
     assert v.event.key == ("s", "a")
     assert v.event.occurred_at == datetime(2025, 5, 15, 1, 2, 3, tzinfo=UTC)
     assert v.event.payload == {"x": 1}
@@ -44,8 +50,10 @@ def test_flat_record_uses_id_and_time_fields_and_keeps_the_whole_object():
 
 
 def test_explicit_source_wins_over_a_flat_records_own_source_field():
-    v = check({"id": 1, "timestamp": "2025-05-15T00:00:00Z", "source": "Reuters"},
-              EventRules(default_source="news"))
+    v = check(
+        {"id": 1, "timestamp": "2025-05-15T00:00:00Z", "source": "Reuters"},
+        EventRules(default_source="news"),
+    )
     assert v.event.source == "news"
     assert v.event.payload["source"] == "Reuters"
 
@@ -61,12 +69,21 @@ def test_explicit_source_wins_over_a_flat_records_own_source_field():
         ({"source": "s", "id": "", "timestamp": "2025-05-15"}, "empty id", "id"),
         ({"source": "s", "id": True, "timestamp": "2025-05-15"}, "id must be text", "id"),
         ({"source": "s", "id": 1}, "missing field timestamp", "timestamp"),
-        ({"source": "s", "id": 1, "timestamp": "yesterday"}, "bad timestamp 'yesterday'",
-         "timestamp"),
-        ({"source": "s", "id": 1, "timestamp": [2025]}, "bad timestamp: expected text",
-         "timestamp"),
-        ({"source": "s", "source_id": "a", "occurred_at": "2025-05-15", "payload": [1]},
-         "payload must be an object, got an array", "payload"),
+        (
+            {"source": "s", "id": 1, "timestamp": "yesterday"},
+            "bad timestamp 'yesterday'",
+            "timestamp",
+        ),
+        (
+            {"source": "s", "id": 1, "timestamp": [2025]},
+            "bad timestamp: expected text",
+            "timestamp",
+        ),
+        (
+            {"source": "s", "source_id": "a", "occurred_at": "2025-05-15", "payload": [1]},
+            "payload must be an object, got an array",
+            "payload",
+        ),
     ],
 )
 def test_bad_records_are_rejected_with_reason_and_path(record, reason, path):
@@ -120,8 +137,12 @@ def test_payload_over_the_limit_is_rejected_with_its_size():
 
 
 def test_nul_characters_are_removed_everywhere_and_counted():
-    record = {"source": "s\x00", "id": "a\x00b", "timestamp": "2025-05-15",
-              "k\x00ey": ["v\x00", {"deep": "x\x00y"}]}
+    record = {
+        "source": "s\x00",
+        "id": "a\x00b",
+        "timestamp": "2025-05-15",
+        "k\x00ey": ["v\x00", {"deep": "x\x00y"}],
+    }
     v = check(record)
     assert v.cleaning.nul_removed
     assert v.event.source == "s"

@@ -57,9 +57,7 @@ def test_batches_summary_and_cross_batch_duplicates():
 
 def test_duplicate_key_inside_one_batch_keeps_the_first():
     store = MemoryStore()
-    summary = service(store, batch_size=10).ingest(
-        [rec(1, v="first"), rec(1, v="second")], now=NOW
-    )
+    summary = service(store, batch_size=10).ingest([rec(1, v="first"), rec(1, v="second")], now=NOW)
     assert (summary.inserted, summary.duplicates) == (1, 1)
     assert store.events[("s", "1")].payload["v"] == "first"
 
@@ -67,8 +65,12 @@ def test_duplicate_key_inside_one_batch_keeps_the_first():
 def test_rejected_records_never_block_their_neighbours():
     store = MemoryStore()
     seen = []
-    records = [rec(1), ("line 2", {"id": 2}), RecordError("malformed JSON", location="line 3"),
-               rec(4)]
+    records = [
+        rec(1),
+        ("line 2", {"id": 2}),
+        RecordError("malformed JSON", location="line 3"),
+        rec(4),
+    ]
     summary = service(store).ingest(records, on_reject=seen.append, now=NOW)
     assert summary.inserted == 2
     assert summary.rejected == 2

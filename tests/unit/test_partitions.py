@@ -50,7 +50,9 @@ def test_from_name_round_trips_and_rejects_strangers():
 def test_days_ahead_includes_today():
     parts = days_ahead(date(2025, 12, 30), 3)
     assert [p.name for p in parts] == [
-        "raw_events_2025_12_30", "raw_events_2025_12_31", "raw_events_2026_01_01",
+        "raw_events_2025_12_30",
+        "raw_events_2025_12_31",
+        "raw_events_2026_01_01",
         "raw_events_2026_01_02",
     ]
 

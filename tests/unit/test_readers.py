@@ -64,8 +64,14 @@ def test_json_single_object_is_one_record():
 
 
 def csv_items(text: str, required=("id", "timestamp")):
-    return list(read_csv(io.BytesIO(text.encode("utf-8")), name="f.csv",
-                         max_record_bytes=1 << 20, required_columns=required))
+    return list(
+        read_csv(
+            io.BytesIO(text.encode("utf-8")),
+            name="f.csv",
+            max_record_bytes=1 << 20,
+            required_columns=required,
+        )
+    )
 
 
 def test_csv_rows_become_objects_with_line_numbers_even_across_embedded_newlines():
@@ -96,8 +102,9 @@ def test_canonical_csv_decodes_the_payload_column_and_needs_its_own_columns():
 
 def test_csv_accepts_a_spreadsheet_bom():
     data = "\ufeffid,timestamp\n1,2025-05-15\n".encode()
-    items = list(read_csv(io.BytesIO(data), name="f.csv", max_record_bytes=1000,
-                          required_columns=("id",)))
+    items = list(
+        read_csv(io.BytesIO(data), name="f.csv", max_record_bytes=1000, required_columns=("id",))
+    )
     assert items == [("line 2", {"id": "1", "timestamp": "2025-05-15"})]
 
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
-from sqlalchemy.pool import NullPool
 
 from scrapesink.adapters.postgres.database import Database
 from scrapesink.errors import SchemaError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The newest revision in migrations/versions. Every command checks the schema against it, and
+# importing Alembic (with SQLAlchemy) to read it costs half a second per CLI call; a test keeps
+# this constant equal to Alembic's own head, and Alembic is imported only to migrate.
+HEAD = "0001"
 # Serializes migrations between processes sharing a database (e.g. two CLIs on the embedded one).
 _MIGRATION_LOCK = 0x5C5A_0001
 
@@ -27,14 +31,20 @@ class Migrator:
         self.database = database
 
     def _config(self, stdout: io.StringIO | None = None) -> Config:
+        from alembic.config import Config
+
         config = Config(stdout=stdout or io.StringIO())
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         return config
 
     def head(self) -> str:
-        head = ScriptDirectory.from_config(self._config()).get_current_head()
-        assert head is not None
-        return head
+        return HEAD
+
+    def alembic_head(self) -> str | None:
+        """The head as Alembic computes it from the scripts (slow; HEAD must equal it)."""
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self._config()).get_current_head()
 
     def current(self) -> str | None:
         """The revision the database is at, or None for an empty database."""
@@ -50,12 +60,18 @@ class Migrator:
 
     def upgrade(self, target: str = "head") -> tuple[str | None, str | None]:
         """Upgrade to ``target``; returns (before, after)."""
+        from alembic import command
+
         return self._run(lambda cfg: command.upgrade(cfg, target))
 
     def downgrade(self, target: str = "-1") -> tuple[str | None, str | None]:
+        from alembic import command
+
         return self._run(lambda cfg: command.downgrade(cfg, target))
 
     def history(self) -> str:
+        from alembic import command
+
         out = io.StringIO()
         command.history(self._config(out), verbose=False, indicate_current=False)
         return out.getvalue()
@@ -75,7 +91,10 @@ class Migrator:
             "run `scrapesink db upgrade`"
         )
 
-    def _run(self, action: object) -> tuple[str | None, str | None]:
+    def _run(self, action: Callable[[Config], None]) -> tuple[str | None, str | None]:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
         engine = create_engine(
             "postgresql+psycopg://",
             creator=lambda: psycopg.connect(self.database.conninfo),
@@ -90,7 +109,7 @@ class Migrator:
                 try:
                     config = self._config()
                     config.attributes["connection"] = connection
-                    action(config)  # type: ignore[operator]
+                    action(config)
                     connection.commit()
                 finally:
                     connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")

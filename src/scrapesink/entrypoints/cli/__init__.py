@@ -99,7 +99,7 @@ def demo() -> None:
         "  scrapesink events list --source shop --limit 5\n"
         "  scrapesink partitions list                   partitions, rows, sizes\n"
         "  scrapesink demo                              again: everything is a duplicate now\n"
-        "  psql \"$(scrapesink db url)\"                 the tables: raw_events, raw_event_keys\n"
+        '  psql "$(scrapesink db url)"                 the tables: raw_events, raw_event_keys\n'
         f"  data directory: {data_dir}"
     )
 

@@ -1,0 +1,5 @@
+"""`python -m scrapesink`."""
+
+from scrapesink.entrypoints.cli import main
+
+main()

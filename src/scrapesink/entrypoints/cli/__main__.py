@@ -1,0 +1,5 @@
+"""`python -m scrapesink.entrypoints.cli`."""
+
+from scrapesink.entrypoints.cli import main
+
+main()

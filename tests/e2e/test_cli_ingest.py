@@ -1,0 +1,247 @@
+"""`scrapesink` as a user runs it: a subprocess, its output and its exit codes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+SCRAPESINK = [sys.executable, "-m", "scrapesink.entrypoints.cli"]
+
+
+def run(env, *args, stdin: str | None = None, timeout=120):
+    return subprocess.run(
+        [*SCRAPESINK, *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def count(url, sql="SELECT count(*) FROM raw_events"):
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+GOOD = [
+    {"source": "shop", "id": i, "timestamp": f"2025-05-{10 + i % 5}T10:00:00Z", "p": i}
+    for i in range(20)
+]
+
+
+def test_ingest_stores_then_counts_duplicates_on_rerun(cli_env, database_url, tmp_path):
+    path = write_jsonl(tmp_path / "events.jsonl", GOOD)
+    first = run(cli_env, "ingest", str(path), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {
+        "file": str(path),
+        "read": 20,
+        "inserted": 20,
+        "duplicates": 0,
+        "rejected": 0,
+        "naive_timestamps": 0,
+        "nul_cleaned": 0,
+    }
+    assert "database: postgresql://" in first.stderr
+    second = run(cli_env, "ingest", str(path))
+    assert second.returncode == 0
+    assert "duplicates" in second.stdout and "20" in second.stdout
+    assert count(database_url) == 20
+
+
+def test_rejected_records_are_listed_with_line_numbers_and_exit_3(cli_env, database_url, tmp_path):
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            GOOD[0],
+            '{"source": "shop", "id": 1, "timestamp": ',  # line 2: malformed JSON
+            '"just a string"',  # line 3: not an object
+            {"source": "shop", "timestamp": "2025-05-15"},  # line 4: missing id
+            {"source": "shop", "id": 9, "timestamp": "soon"},  # line 5: bad timestamp
+            {"source": "", "id": 9, "timestamp": "2025-05-15"},  # line 6: empty source
+            {"source": "shop", "id": 9, "timestamp": "2999-01-01T00:00:00Z"},  # line 7: future
+            {"source": "shop", "id": 10, "timestamp": "2025-05-15", "t": "nul\u0000"},
+            GOOD[1],
+            GOOD[1],  # duplicate inside the batch
+        ],
+    )
+    result = run(cli_env, "ingest", str(path))
+    assert result.returncode == 3, result.stderr
+    err = result.stderr
+    for needle in [
+        "line 2: malformed JSON",
+        "line 3: not an object",
+        "line 4, id: missing field id",
+        "line 5, timestamp: bad timestamp",
+        "line 6, source: empty source",
+        "line 7, timestamp: occurred_at 2999-01-01T00:00:00+00:00 is more than 1 day",
+    ]:
+        assert needle in err, (needle, err)
+    assert "Traceback" not in err
+    assert "records with NUL removed" in result.stdout
+    assert count(database_url) == 3
+
+
+def test_stdin_csv_and_flat_field_names(cli_env, database_url):
+    csv_text = 'sku,seen,title\nA1,2025-05-15T10:00:00+02:00,"Hat, ""red"""\nA2,2025-05-15,x\n'
+    result = run(
+        cli_env,
+        "ingest",
+        "-",
+        "--format",
+        "csv",
+        "--source",
+        "shop",
+        "--id-field",
+        "sku",
+        "--time-field",
+        "seen",
+        stdin=csv_text,
+    )
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(database_url) as conn:
+        payload = conn.execute("SELECT payload FROM raw_events WHERE source_id = 'A1'").fetchone()[
+            0
+        ]
+    assert payload == {"sku": "A1", "seen": "2025-05-15T10:00:00+02:00", "title": 'Hat, "red"'}
+
+
+def test_json_array_and_gzip(cli_env, database_url, tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(GOOD[:5]))
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as fh:
+        fh.write("\n".join(json.dumps(r) for r in GOOD[5:]))
+    assert run(cli_env, "ingest", str(tmp_path / "a.json")).returncode == 0
+    assert run(cli_env, "ingest", str(tmp_path / "b.jsonl.gz")).returncode == 0
+    assert count(database_url) == 20
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["ingest", "{tmp}/missing.jsonl"], "no such file"),
+        ("", ["ingest", "{tmp}/empty.jsonl"], "the file is empty"),
+        (
+            "id,when\n1,2\n",
+            ["ingest", "{tmp}/bad.csv", "--source", "s"],
+            "missing column 'timestamp'",
+        ),
+        ("x", ["ingest", "{tmp}/f.txt"], "pass --format"),
+    ],
+)
+def test_unreadable_input_is_one_line_and_exit_1(cli_env, tmp_path, setup, args, message):
+    name = args[1].rsplit("/", 1)[1]
+    if setup is not None:
+        (tmp_path / name).write_text(setup)
+    result = run(cli_env, *[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # database line + the error
+
+
+def test_unreachable_database_is_one_line_no_traceback(cli_env, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", GOOD)
+    env = {
+        **cli_env,
+        "SCRAPESINK_DATABASE_URL": "postgresql://x@127.0.0.1:9/db",
+        "SCRAPESINK_CONNECT_TIMEOUT": "2",
+    }
+    result = run(env, "ingest", str(path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+    assert "cannot connect to PostgreSQL at postgresql://x@127.0.0.1:9/db" in result.stderr
+
+
+def test_invalid_setting_names_the_variable(cli_env):
+    result = run({**cli_env, "SCRAPESINK_BATCH_SIZE": "lots"}, "events", "stats")
+    assert result.returncode == 1
+    assert "SCRAPESINK_BATCH_SIZE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2(cli_env, tmp_path):
+    result = run(cli_env, "ingest", str(tmp_path / "x.jsonl"), "--format", "xml")
+    assert result.returncode == 2
+    assert "unknown format 'xml'" in result.stderr
+
+
+def test_outdated_external_schema_tells_the_user_to_upgrade(cli_env, empty_database_url, tmp_path):
+    env = {**cli_env, "SCRAPESINK_DATABASE_URL": empty_database_url}
+    path = write_jsonl(tmp_path / "e.jsonl", GOOD)
+    result = run(env, "ingest", str(path))
+    assert result.returncode == 1
+    assert "run `scrapesink db upgrade`" in result.stderr
+    upgraded = run(env, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "upgraded <empty> -> 0001" in upgraded.stdout
+    assert run(env, "ingest", str(path)).returncode == 0
+    current = run(env, "db", "current")
+    assert "up to date" in current.stdout
+
+
+def test_events_and_partitions_commands(cli_env, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", GOOD)
+    assert run(cli_env, "ingest", str(path)).returncode == 0
+    got = run(cli_env, "events", "get", "shop", "3")
+    assert json.loads(got.stdout)["payload"]["p"] == 3
+    missing = run(cli_env, "events", "get", "shop", "nope")
+    assert missing.returncode == 1 and "no event" in missing.stderr
+    listed = run(cli_env, "events", "list", "--source", "shop", "--limit", "8")
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(lines) == 8 and "next page: --after" in listed.stderr
+    cursor = listed.stderr.split("--after ")[1].split()[0]
+    rest = run(cli_env, "events", "list", "--source", "shop", "--limit", "100", "--after", cursor)
+    assert len(rest.stdout.splitlines()) == 12
+    marked = run(cli_env, "events", "mark-processed", "shop", "1", "2")
+    assert "2 event(s) marked processed" in marked.stdout
+    stats = run(cli_env, "events", "stats", "--json")
+    days = [json.loads(line) for line in stats.stdout.splitlines()]
+    assert sum(d["events"] for d in days) == 20 and sum(d["processed"] for d in days) == 2
+    parts = run(cli_env, "partitions", "list")
+    assert "raw_events_2025_05_10" in parts.stdout
+    ensure = run(cli_env, "partitions", "ensure", "--days", "3")
+    assert ensure.returncode == 0 and "3 day(s) ahead present" in ensure.stdout
+    dry = run(cli_env, "partitions", "prune", "--older-than", "30d", "--dry-run")
+    assert "would drop raw_events_2025_05_10" in dry.stdout
+    assert "raw_events_2025_05_10" in run(cli_env, "partitions", "list").stdout
+    pruned = run(cli_env, "partitions", "prune", "--older-than", "30d")
+    assert "dropped raw_events_2025_05_10 (4 rows)" in pruned.stdout
+    bad = run(cli_env, "partitions", "prune", "--older-than", "yesterday")
+    assert bad.returncode == 2
+
+
+def test_help_explains_every_command(cli_env):
+    for args in (
+        ["--help"],
+        ["ingest", "--help"],
+        ["events", "list", "--help"],
+        ["partitions", "prune", "--help"],
+        ["db", "--help"],
+    ):
+        result = run(cli_env, *args)
+        assert result.returncode == 0, args
+        assert "Usage" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_on_a_fresh_data_dir_uses_the_embedded_database(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRAPESINK_", "PG"))}
+    env.update(NO_COLOR="1", COLUMNS="200")
+    result = subprocess.run(
+        [*SCRAPESINK, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "database: embedded PostgreSQL in data/pgdata" in result.stderr
+    assert "inserted 3,060" in result.stdout and "rejected 4" in result.stdout
+    again = subprocess.run(
+        [*SCRAPESINK, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert "inserted 0, duplicates 3,310" in again.stdout
