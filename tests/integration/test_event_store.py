@@ -222,3 +222,25 @@ def test_huge_payload_within_limit_round_trips(sink: Sink):
     blob = "é" * 400_000  # ~800 kB of UTF-8, under the 1 MiB default
     assert sink.write_events([ev("big", "2025-05-15T10:00Z", blob=blob)]).inserted == 1
     assert sink.get_event("s", "big").payload["blob"] == blob
+
+
+def test_hostile_text_round_trips_through_copy(sink: Sink, app: App):
+    nasty = 'tab\there, newline\nthere, cr\r, backslash \\ and \\N, quote " and comma ,'
+    record = {
+        "source": "s\\x",
+        "source_id": nasty,
+        "occurred_at": "2025-05-15T10:00Z",
+        "payload": {nasty: nasty, "ü": "日本語 😀"},
+    }
+    raw_line = '{"source": "raw", "id": "t\\\\u0009", "timestamp": "2025-05-15",\t"v": "a\\\\b"}'
+    from scrapesink.application.ingest import IngestService
+
+    service = IngestService(app.events, app.rules())
+    import json as _json
+
+    summary = service.ingest([("[0]", record), ("line 1", _json.loads(raw_line), raw_line)])
+    assert summary.inserted == 2, summary.rejections
+    got = sink.get_event("s\\x", nasty)
+    assert got is not None and got.payload == {nasty: nasty, "ü": "日本語 😀"}
+    raw = sink.get_event("raw", "t\\u0009")
+    assert raw is not None and raw.payload["v"] == "a\\b"

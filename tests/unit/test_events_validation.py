@@ -173,3 +173,45 @@ def test_non_utc_offsets_do_not_change_the_day_logic():
     moment = datetime(2025, 5, 16, 0, 30, tzinfo=tz)  # 2025-05-15 10:30 UTC
     v = check({"source": "s", "id": 1, "timestamp": moment.isoformat()})
     assert v.event.occurred_at.date().isoformat() == "2025-05-15"
+
+
+RAW_RECORD = '{"source": "s", "id": 1, "timestamp": "2025-05-15T10:00:00Z", "t": "x"}'
+
+
+def test_flat_record_text_is_stored_verbatim_when_safe():
+    v = check(json.loads(RAW_RECORD), raw=RAW_RECORD)
+    assert v.event.payload_json == RAW_RECORD
+
+
+@pytest.mark.parametrize(
+    ("escape", "stored"),
+    [
+        ("a\\u0000b", "ab"),  # NUL: stripped on the slow path, counted
+        ("\\ud83d\\ude00", "\U0001f600"),  # a valid pair: stored as the character
+        ("caf\\u00e9", "café"),  # harmless escapes stay verbatim
+    ],
+)
+def test_escapes_postgresql_refuses_take_the_slow_path(escape, stored):
+    raw = RAW_RECORD.replace('"x"', f'"{escape}"')
+    v = check(json.loads(raw), raw=raw)
+    assert v.event.payload["t"] == stored
+    assert "\\u0000" not in v.event.payload_json
+    assert v.cleaning.nul_removed == ("0000" in escape)
+
+
+def test_lone_surrogate_escape_is_rejected_even_with_raw_text():
+    raw = RAW_RECORD.replace('"x"', '"\\ud800"')
+    with pytest.raises(RecordError, match="invalid Unicode"):
+        check(json.loads(raw), raw=raw)
+
+
+def test_raw_text_is_held_to_the_size_limit():
+    raw = RAW_RECORD.replace('"x"', '"' + "y" * 500 + '"')
+    with pytest.raises(RecordError, match="payload too large"):
+        check(json.loads(raw), EventRules(max_payload_bytes=200), raw=raw)
+
+
+def test_canonical_records_never_store_the_outer_text():
+    record = {"source": "s", "source_id": "a", "occurred_at": "2025-05-15", "payload": {"x": 1}}
+    v = check(record, raw=json.dumps(record))
+    assert v.event.payload == {"x": 1}

@@ -24,15 +24,20 @@ class MemoryStore:
     def prepare(self) -> None:
         self.prepared += 1
 
+    def stage(self, events: Sequence[RawEvent]):
+        events = list(events)
+        return lambda: self.write(events)
+
     def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
         assert len({e.key for e in events}) == len(events), "service must dedupe a batch"
         self.batches.append(len(events))
-        stored = set()
+        duplicates = set()
         for event in events:
-            if event.key not in self.events:
+            if event.key in self.events:
+                duplicates.add(event.key)
+            else:
                 self.events[event.key] = event
-                stored.add(event.key)
-        return WriteOutcome(frozenset(stored))
+        return WriteOutcome(len(events) - len(duplicates), frozenset(duplicates))
 
 
 def rec(i, source="s", **extra):
@@ -46,11 +51,18 @@ def service(store, batch_size=3):
 NOW = lambda: datetime(2025, 5, 16, tzinfo=UTC)  # noqa: E731
 
 
+def test_batches_grow_from_small_to_batch_size():
+    store = MemoryStore()
+    service(store, batch_size=2000).ingest([rec(i) for i in range(5000)], now=NOW)
+    assert store.batches == [500, 1000, 2000, 1500]
+
+
 def test_batches_summary_and_cross_batch_duplicates():
     store = MemoryStore()
     records = [rec(i) for i in range(7)] + [rec(2), rec(3)]
     summary = service(store).ingest(records, now=NOW)
-    assert store.batches == [3, 3, 3]
+    # 2 and 3 come back while their first copies are still in flight: duplicates at once
+    assert store.batches == [3, 3, 1]
     assert (summary.read, summary.inserted, summary.duplicates, summary.rejected) == (9, 7, 2, 0)
     assert store.prepared == 1
 

@@ -19,7 +19,16 @@ from scrapesink.errors import InputError, RecordError
 
 
 def jsonl(text: str, limit: int = 1024 * 1024):
-    return list(read_jsonl(io.BytesIO(text.encode()), max_record_bytes=limit))
+    """Items without the raw text (checked separately)."""
+    items = read_jsonl(io.BytesIO(text.encode()), max_record_bytes=limit)
+    return [item if isinstance(item, RecordError) else item[:2] for item in items]
+
+
+def test_jsonl_hands_over_the_exact_text_of_each_line():
+    items = list(
+        read_jsonl(io.BytesIO(b'\xef\xbb\xbf{"a":  1}\r\n {"b": 2} \n'), max_record_bytes=99)
+    )
+    assert items == [("line 1", {"a": 1}, '{"a":  1}'), ("line 2", {"b": 2}, '{"b": 2}')]
 
 
 def test_jsonl_reports_malformed_lines_and_goes_on():
@@ -124,7 +133,8 @@ def test_gzip_input_is_decompressed(tmp_path):
         fh.write('{"a": 1}\n')
     infile = open_input(path)
     try:
-        assert list(read_jsonl(infile.stream, max_record_bytes=100)) == [("line 1", {"a": 1})]
+        items = list(read_jsonl(infile.stream, max_record_bytes=100))
+        assert items == [("line 1", {"a": 1}, '{"a": 1}')]
     finally:
         infile.close()
     assert detect_format(str(path)) == "jsonl"
@@ -135,3 +145,12 @@ def test_detect_format_asks_when_it_cannot_tell():
     assert detect_format("x.CSV") == "csv"
     with pytest.raises(InputError, match="--format"):
         detect_format("x.txt")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_line_splitting_is_the_same_whatever_the_chunk_size(chunk):
+    from scrapesink.adapters.readers import _lines
+
+    data = b'{"a": 1}\n' + b"x" * 300 + b'\n\n{"b": 2}\n' + b"y" * 90 + b"\nlast"
+    lines = list(_lines(io.BytesIO(data), limit=100, chunk_size=chunk))
+    assert lines == [b'{"a": 1}', None, b"", b'{"b": 2}', b"y" * 90, b"last"]

@@ -20,20 +20,34 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import ijson
+import msgspec
 
 from scrapesink.errors import InputError, RecordError
 
 Format = Literal["jsonl", "json", "csv"]
-Item = tuple[str, Any] | RecordError
+# (location, value) or (location, value, the JSON text it was decoded from), or an error.
+Item = tuple[str, Any] | tuple[str, Any, str] | RecordError
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every call: json.loads(..., parse_constant=) would build a new one per line.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# msgspec decodes JSON about four times faster than the standard library, keeps big integers
+# exact and refuses NaN; whatever it refuses is decoded again by the standard library, whose
+# error messages are clearer and whose results validation then judges.
+_FAST = msgspec.json.Decoder()
+
+
 def loads(data: bytes | str) -> Any:
     """Strict JSON: NaN and Infinity are refused (PostgreSQL's jsonb has neither)."""
-    return json.loads(data, parse_constant=_reject_constant)
+    try:
+        return _FAST.decode(data)
+    except msgspec.DecodeError:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return _DECODER.decode(text)
 
 
 @dataclass
@@ -115,28 +129,46 @@ def read_jsonl(stream: IO[bytes], *, max_record_bytes: int) -> Iterator[Item]:
     # A line may carry some framing beyond the payload limit; anything past twice the limit is
     # refused unread, so one giant line cannot exhaust memory.
     limit = 2 * max_record_bytes + 4096
-    lineno = 0
-    while True:
-        line = stream.readline(limit + 1)
-        if not line:
-            return
-        lineno += 1
-        location = f"line {lineno}"
-        if len(line) > limit and not line.endswith(b"\n"):
-            while True:  # skip the rest of the oversized line
-                more = stream.readline(limit + 1)
-                if not more or more.endswith(b"\n"):
-                    break
-            yield RecordError(f"record too large: over {limit:,} bytes", location=location)
-            continue
-        if not line.strip():
+    for lineno, line in enumerate(_lines(stream, limit), 1):
+        if line is None:
+            yield RecordError(f"record too large: over {limit:,} bytes", location=f"line {lineno}")
             continue
         try:
-            yield location, loads(line)
+            text = line.decode("utf-8").strip()
         except UnicodeDecodeError:
-            yield RecordError("not valid UTF-8", location=location)
+            yield RecordError("not valid UTF-8", location=f"line {lineno}")
+            continue
+        if lineno == 1:
+            text = text.lstrip("\ufeff")
+        if not text:
+            continue
+        try:
+            # The text goes along: a flat record's payload can be stored without re-encoding.
+            yield f"line {lineno}", loads(text), text
         except ValueError as exc:
-            yield RecordError(f"malformed JSON: {exc}", location=location)
+            yield RecordError(f"malformed JSON: {exc}", location=f"line {lineno}")
+
+
+def _lines(stream: IO[bytes], limit: int, chunk_size: int = 1 << 20) -> Iterator[bytes | None]:
+    """Split a byte stream into lines, reading a megabyte at a time (``bytes.split`` is C-fast,
+    ``readline`` per line is not); a line longer than ``limit`` comes out as None, unkept."""
+    pending = b""
+    oversized = False
+    while chunk := stream.read(chunk_size):
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if oversized:
+                oversized = False
+                yield None
+            else:
+                yield line if len(line) <= limit else None
+        if len(pending) > limit:
+            oversized, pending = True, b""
+    if oversized:
+        yield None
+    elif pending:
+        yield pending
 
 
 def read_json(stream: IO[bytes], *, name: str) -> Iterator[Item]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -12,9 +12,14 @@ from scrapesink.domain.events import RawEvent, StoredEvent
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
-    """What a store did with one batch: the keys it newly stored (the rest were duplicates)."""
+    """What a store did with one batch: how many it newly stored, and which keys it already had.
 
-    stored: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    Duplicates are listed rather than stored keys because they are the rare case: a batch of
+    new events is reported without touching its keys one by one.
+    """
+
+    stored: int = 0
+    duplicates: frozenset[tuple[str, str]] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +56,11 @@ class EventStore(Protocol):
         """Get ready to write (e.g. premake partitions)."""
 
     def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
-        """Store a batch of events with unique keys; first write of a key wins."""
+        """Store a batch of events with unique keys; the first write of a key wins."""
+
+    def stage(self, events: Sequence[RawEvent]) -> Callable[[], WriteOutcome]:
+        """Split :meth:`write` in two: encode the batch now, return the storing part to run later
+        (in another thread). ``stage(events)()`` is ``write(events)``."""
 
     def get(self, source: str, source_id: str) -> StoredEvent | None: ...
 

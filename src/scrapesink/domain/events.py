@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from scrapesink.errors import RecordError
 
@@ -34,9 +35,12 @@ EPOCH_MILLIS_THRESHOLD = 10**11
 CANONICAL_FIELDS = ("source", "source_id", "occurred_at", "payload")
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    """One validated raw event, ready to store. ``payload_json`` is the exact stored text."""
+class RawEvent(NamedTuple):
+    """One validated raw event, ready to store. ``payload_json`` is the exact stored text.
+
+    A named tuple, not a frozen dataclass: one is built per record on the hot path, and a
+    frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost several times more.
+    """
 
     source: str
     source_id: str
@@ -78,22 +82,25 @@ class EventRules:
     max_age: timedelta | None = None
 
 
-@dataclass(slots=True)
 class Cleaning:
-    """What validation changed, to be counted in the summary."""
+    """What validation changed, to be counted in the summary (plain class: cheap to create)."""
 
-    naive_timestamp: bool = False
-    nul_removed: bool = False
+    naive_timestamp = False
+    nul_removed = False
 
 
-@dataclass(slots=True)
-class Validated:
+class Validated(NamedTuple):
     event: RawEvent
-    cleaning: Cleaning = field(default_factory=Cleaning)
+    cleaning: Cleaning
 
 
 def validate_event(
-    record: Any, rules: EventRules, *, now: datetime | None = None, location: str | None = None
+    record: Any,
+    rules: EventRules,
+    *,
+    now: datetime | None = None,
+    location: str | None = None,
+    raw: str | None = None,
 ) -> Validated:
     """Turn one parsed record into a :class:`RawEvent` or raise :class:`RecordError`.
 
@@ -102,8 +109,11 @@ def validate_event(
         rules: field names, defaults and limits.
         now: the reference time for the accepted window (default: the current time).
         location: where the record came from (``line 12``), copied into the error.
+        raw: the JSON text ``record`` was decoded from, when the reader has it. A flat record's
+            payload is the whole object, so this text is stored as is instead of encoding the
+            object again (the costliest step of ingest); it is checked like an encoding would be.
     """
-    if not isinstance(record, Mapping):
+    if type(record) is not dict and not isinstance(record, Mapping):  # the ABC check is slow
         raise RecordError(f"not an object: got {_json_type(record)}", location=location)
     cleaning = Cleaning()
     canonical = "payload" in record and "source_id" in record
@@ -130,7 +140,15 @@ def validate_event(
     source_id = _key_text(id_value, id_name, location, cleaning, hint="")
     occurred_at = parse_timestamp(time_value, time_name, location, cleaning)
     check_window(occurred_at, rules, now=now, location=location, path=time_name)
-    payload_json = _serialize_payload(payload, rules.max_payload_bytes, location, cleaning)
+    if raw is not None and payload is record and _raw_is_safe(raw):
+        # UTF-8 needs at most 4 bytes a character: only text near the limit is measured exactly.
+        if 4 * len(raw) > rules.max_payload_bytes:
+            size = len(raw.encode("utf-8"))
+            if size > rules.max_payload_bytes:
+                raise _too_large(size, rules.max_payload_bytes, location)
+        payload_json = raw
+    else:
+        payload_json = _serialize_payload(payload, rules.max_payload_bytes, location, cleaning)
     return Validated(RawEvent(source, source_id, occurred_at, payload_json), cleaning)
 
 
@@ -227,15 +245,18 @@ def strip_nul(value: Any) -> tuple[Any, bool]:
 
 
 def _key_text(value: Any, name: str, location: str | None, cleaning: Cleaning, *, hint: str) -> str:
-    if value is None:
+    if type(value) is str:  # the common case first: this runs twice for every record
+        text = value
+    elif value is None:
         raise RecordError(f"missing field {name} {hint}".rstrip(), location=location, path=name)
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    elif isinstance(value, bool) or not isinstance(value, str | int):
         raise RecordError(
             f"{name} must be text or an integer, got {_json_type(value)}",
             location=location,
             path=name,
         )
-    text = str(value)
+    else:
+        text = str(value)
     if "\x00" in text:
         text = text.replace("\x00", "")
         cleaning.nul_removed = True
@@ -248,22 +269,29 @@ def _key_text(value: Any, name: str, location: str | None, cleaning: Cleaning, *
             location=location,
             path=name,
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RecordError(f"{name} holds invalid Unicode", location=location, path=name) from None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError(
+                f"{name} holds invalid Unicode", location=location, path=name
+            ) from None
     return text
 
 
 def _serialize_payload(
     payload: Mapping[str, Any], limit: int, location: str | None, cleaning: Cleaning
 ) -> str:
-    cleaned, changed = strip_nul(payload)
-    if changed:
-        cleaning.nul_removed = True
     try:
-        # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
-        text = json.dumps(cleaned, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _dumps(payload)
+        # The encoder writes U+0000 as the escape \u0000 even with ensure_ascii=False, so one
+        # substring test finds every NUL; the slow walk runs only for payloads that need it (or
+        # hold a literal backslash-u0000, which the walk then leaves alone).
+        if "\\u0000" in text:
+            cleaned, changed = strip_nul(payload)
+            if changed:
+                cleaning.nul_removed = True
+                text = _dumps(cleaned)
         size = len(text.encode("utf-8"))
     except ValueError as exc:
         if isinstance(exc, UnicodeEncodeError):
@@ -276,12 +304,33 @@ def _serialize_payload(
             f"payload is not JSON: {exc}", location=location, path="payload"
         ) from None
     if size > limit:
-        raise RecordError(
-            f"payload too large: {size:,} bytes (limit {limit:,})",
-            location=location,
-            path="payload",
-        )
+        raise _too_large(size, limit, location)
     return text
+
+
+def _too_large(size: int, limit: int, location: str | None) -> RecordError:
+    return RecordError(
+        f"payload too large: {size:,} bytes (limit {limit:,})", location=location, path="payload"
+    )
+
+
+# \u escapes that PostgreSQL's jsonb refuses: NUL and the surrogate range (lone or not; a valid
+# pair is re-encoded as the character itself on the slow path).
+_UNSAFE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _raw_is_safe(raw: str) -> bool:
+    """True when decoder-checked JSON text can be stored verbatim.
+
+    The decoder already refused NaN, Infinity and invalid UTF-8; text holding an escape that
+    jsonb refuses takes the slow path, which strips NULs and rejects lone surrogates.
+    """
+    return "\\u" not in raw or _UNSAFE_ESCAPE.search(raw) is None
+
+
+def _dumps(value: Any) -> str:
+    # allow_nan=False: PostgreSQL's jsonb has no NaN or Infinity.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _json_type(value: Any) -> str:

@@ -118,9 +118,12 @@ class PartitionManager:
                 )
                 if dry_run:
                     continue
+                # The keys of exactly the rows being dropped, found through the primary key.
                 conn.execute(
-                    "DELETE FROM raw_event_keys WHERE occurred_at >= %s AND occurred_at < %s",
-                    (part.start, part.end),
+                    sql.SQL(
+                        "DELETE FROM raw_event_keys k USING {} p WHERE k.source = p.source"
+                        " AND k.source_id = p.source_id AND k.occurred_at = p.occurred_at"
+                    ).format(sql.Identifier(part.name))
                 )
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
         if dropped and not dry_run:

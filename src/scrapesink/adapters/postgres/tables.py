@@ -26,8 +26,8 @@ raw_events = Table(
     metadata,
     # Filled from raw_events_id_seq (see migration 0001: no identity on partitioned tables in 16).
     Column("id", BigInteger, nullable=False, server_default=text("nextval('raw_events_id_seq')")),
-    Column("source", Text, nullable=False),
-    Column("source_id", Text, nullable=False),
+    Column("source", Text(collation="C"), nullable=False),
+    Column("source_id", Text(collation="C"), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("payload", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
@@ -51,9 +51,8 @@ raw_events = Table(
 raw_event_keys = Table(
     "raw_event_keys",
     metadata,
-    Column("source", Text, nullable=False),
-    Column("source_id", Text, nullable=False),
+    Column("source", Text(collation="C"), nullable=False),
+    Column("source_id", Text(collation="C"), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("source", "source_id", name="raw_event_keys_pkey"),
-    Index("ix_raw_event_keys_occurred_at", "occurred_at"),
 )

@@ -1,0 +1,183 @@
+"""Raw-event ingest benchmarks: scrapesink's path against a bare COPY, and memory on 1M events.
+
+Ratios are measured in one run on one machine (the two paths alternate, best of N each), never
+compared with absolute numbers from elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from scrapesink.adapters.postgres.database import Database, PoolOptions
+from scrapesink.adapters.postgres.events import PostgresEventStore
+from scrapesink.adapters.postgres.migrate import Migrator
+from scrapesink.adapters.postgres.partitions import PartitionManager
+from scrapesink.adapters.readers import open_input, read_records
+from scrapesink.application.ingest import IngestService
+from scrapesink.domain.events import EventRules
+
+BASE = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def make_events(n: int, *, seed: int = 7, days: int = 14) -> Iterator[dict[str, object]]:
+    """Realistic flat scraped records (~350 bytes of JSON each) over ``days`` days."""
+    rng = random.Random(seed)
+    sellers = [f"seller-{i}" for i in range(200)]
+    for i in range(n):
+        at = BASE + timedelta(seconds=rng.uniform(0, days * 86400))
+        yield {
+            "source": rng.choice(("shop", "news", "jobs", "reviews")),
+            "id": f"item-{i:08d}",
+            "timestamp": at.isoformat(),
+            "title": f"Product number {i} with a reasonably long title",
+            "price": round(rng.uniform(1, 999), 2),
+            "currency": rng.choice(("EUR", "USD", "GBP")),
+            "seller": rng.choice(sellers),
+            "tags": rng.sample(["new", "sale", "eco", "bulk", "premium", "refurb"], 3),
+            "stock": {"available": rng.random() > 0.3, "count": rng.randint(0, 500)},
+            "url": f"https://shop.example/p/{i}",
+        }
+
+
+def write_jsonl(path: Path, n: int) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for record in make_events(n):
+            fh.write(json.dumps(record))
+            fh.write("\n")
+    return path
+
+
+@dataclass
+class Timing:
+    label: str
+    rows: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    if "?" in server_url:  # embedded: postgresql://postgres:@/postgres?host=/socket
+        base, query = server_url.split("?", 1)
+        url = base.rsplit("/", 1)[0] + "/" + name + "?" + query
+    Migrator(Database(url, PoolOptions(size=1, min_size=0))).upgrade()
+    return url
+
+
+def premake(database: Database, days: int) -> None:
+    """Both paths start with the same partitions present: creating them is not what is timed."""
+    PartitionManager(database).ensure_days(
+        (BASE + timedelta(days=d)).date() for d in range(days + 1)
+    )
+
+
+def bare_copy(url: str, path: Path) -> Timing:
+    """The baseline: the same rows straight into raw_events with COPY, no checks, no dedup.
+
+    Rows are prepared before the clock starts, so the baseline pays only for COPY itself.
+    """
+    rows = []
+    with path.open("rb") as fh:
+        for line in fh:
+            r = json.loads(line)
+            at = datetime.fromisoformat(r["timestamp"])
+            rows.append((r["source"], r["id"], at, json.dumps(r, separators=(",", ":"))))
+    database = Database(url, PoolOptions(size=1, min_size=1))
+    database.open()
+    premake(database, 15)
+    database.close()
+    start = time.perf_counter()
+    copy_sql = "COPY raw_events (source, source_id, occurred_at, payload) FROM STDIN"
+    with psycopg.connect(url) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+    return Timing("bare COPY", len(rows), time.perf_counter() - start)
+
+
+def scrapesink_path(url: str, path: Path, batch_size: int = 5000) -> Timing:
+    """The whole ingest path from the file: parse, validate, dedupe, stage, insert."""
+    database = Database(url, PoolOptions(size=2, min_size=1))
+    database.open()
+    try:
+        partitions = PartitionManager(database)
+        premake(database, 15)
+        store = PostgresEventStore(database, partitions, premake_days=0)
+        service = IngestService(store, EventRules(), batch_size=batch_size)
+        start = time.perf_counter()
+        infile = open_input(path)
+        try:
+            summary = service.ingest(read_records(infile, "jsonl", max_record_bytes=1 << 20))
+        finally:
+            infile.close()
+        elapsed = time.perf_counter() - start
+    finally:
+        database.close()
+    assert summary.inserted == summary.read, summary
+    return Timing("scrapesink ingest", summary.inserted, elapsed)
+
+
+def ratio_benchmark(server_url: str, workdir: Path, n: int, rounds: int) -> dict[str, object]:
+    path = write_jsonl(workdir / f"events_{n}.jsonl", n)
+    best: dict[str, Timing] = {}
+    for round_ in range(rounds):
+        for label, func in (("bare", bare_copy), ("ours", scrapesink_path)):
+            url = fresh_database(server_url, f"scrapesink_bench_{label}")
+            timing = func(url, path)
+            print(f"  round {round_ + 1} {timing.label:18} {timing.rate:10,.0f} rows/s", flush=True)
+            if label not in best or timing.seconds < best[label].seconds:
+                best[label] = timing
+    return {
+        "events": n,
+        "bare_copy_rows_per_s": round(best["bare"].rate),
+        "scrapesink_rows_per_s": round(best["ours"].rate),
+        "ratio": round(best["ours"].rate / best["bare"].rate, 3),
+    }
+
+
+def memory_benchmark(server_url: str, workdir: Path, n: int) -> dict[str, object]:
+    """Peak RSS of `scrapesink ingest` streaming an n-event file, measured by the kernel."""
+    path = write_jsonl(workdir / f"events_{n}.jsonl", n)
+    url = fresh_database(server_url, "scrapesink_bench_memory")
+    env = {**os.environ, "SCRAPESINK_DATABASE_URL": url, "SCRAPESINK_DATA_DIR": str(workdir)}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "scrapesink", "ingest", str(path), "--json", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads(proc.stdout)
+    return {
+        "events": n,
+        "inserted": summary["inserted"],
+        "file_mb": round(path.stat().st_size / 1e6),
+        "peak_rss_mb": round(peak_kib / 1024),
+        "seconds": round(elapsed, 1),
+        "rows_per_s": round(n / elapsed),
+    }

@@ -1,0 +1,76 @@
+"""Run scrapesink's benchmarks and write bench/RESULTS.md.
+
+    make bench                      # the full run (200k ratio, 1M-event memory)
+    python bench/run.py --quick     # small sizes, to check the harness
+
+Uses the embedded PostgreSQL in a temporary directory, or the server named by
+SCRAPESINK_BENCH_DATABASE_URL (its role needs CREATEDB). Never part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ingest_events import memory_benchmark, ratio_benchmark
+
+from scrapesink.adapters.embedded import EmbeddedPostgres
+
+RESULTS = Path(__file__).parent / "RESULTS.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--memory-events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.memory_events, args.rounds = 20_000, 50_000, 1
+
+    with tempfile.TemporaryDirectory(prefix="scrapesink-bench-") as tmp:
+        workdir = Path(tmp)
+        server = os.environ.get("SCRAPESINK_BENCH_DATABASE_URL")
+        if not server:
+            server = EmbeddedPostgres(workdir / "pgdata").start()
+        print(f"ratio: {args.events:,} events, best of {args.rounds}", flush=True)
+        ratio = ratio_benchmark(server, workdir, args.events, args.rounds)
+        print(json.dumps(ratio), flush=True)
+        print(f"memory: {args.memory_events:,} events through `scrapesink ingest`", flush=True)
+        memory = memory_benchmark(server, workdir, args.memory_events)
+        print(json.dumps(memory), flush=True)
+
+    if args.quick:
+        return
+    RESULTS.write_text(
+        "# Benchmark results\n\n"
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{'embedded PostgreSQL' if not os.environ.get('SCRAPESINK_BENCH_DATABASE_URL') else 'server'}."
+        " Machines here are shared: compare the ratios, not the absolute rates.\n\n"
+        "## Raw-event ingest vs a bare COPY (issue: foundation, target ratio >= 0.7)\n\n"
+        f"- events: {ratio['events']:,} (flat scraped records, ~350 B of JSON each, 14 days)\n"
+        f"- bare COPY into raw_events (rows prepared beforehand): "
+        f"{ratio['bare_copy_rows_per_s']:,} rows/s\n"
+        f"- scrapesink ingest from the JSONL file (parse, validate, dedupe, COPY to staging, "
+        f"insert through the key registry): {ratio['scrapesink_rows_per_s']:,} rows/s\n"
+        f"- **ratio: {ratio['ratio']}**\n\n"
+        "## Memory while streaming (target: peak RSS < 300 MB)\n\n"
+        f"- `scrapesink ingest` of {memory['events']:,} events ({memory['file_mb']} MB JSONL): "
+        f"**peak RSS {memory['peak_rss_mb']} MB**, {memory['seconds']} s "
+        f"({memory['rows_per_s']:,} rows/s)\n"
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
