@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -74,6 +75,7 @@ def bootstrap(
         min_connections: connections the pool keeps open (None: the configured pool size,
             for long-running servers; the CLI and Python API need just one warm).
     """
+    logging.getLogger("scrapesink").setLevel(settings.log_level)
     embedded = None
     if settings.embedded:
         embedded = EmbeddedPostgres(settings.pgdata_dir)

@@ -245,3 +245,35 @@ def test_demo_on_a_fresh_data_dir_uses_the_embedded_database(tmp_path):
         [*SCRAPESINK, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert "inserted 0, duplicates 3,310" in again.stdout
+
+
+def test_json_array_broken_midway_keeps_what_came_before(cli_env, database_url, tmp_path):
+    text = json.dumps(GOOD[:3])[:-1] + ', {"source": "shop", "id": 99, '  # cut mid-object
+    (tmp_path / "broken.json").write_text(text)
+    result = run(cli_env, "ingest", str(tmp_path / "broken.json"))
+    assert result.returncode == 1
+    assert "malformed JSON after item [2]" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert count(database_url) == 3
+
+
+def test_log_level_setting_shows_what_happened(cli_env, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", GOOD[:1])
+    quiet = run(cli_env, "ingest", str(path))
+    assert "created partition" not in quiet.stderr
+    loud = run({**cli_env, "SCRAPESINK_LOG_LEVEL": "info"}, "ingest", str(path))
+    assert loud.returncode == 0
+    assert "INFO scrapesink.application.ingest: ingest done: read 1, inserted 0" in loud.stderr
+
+
+def test_history_needs_no_database(cli_env):
+    env = {**cli_env, "SCRAPESINK_DATABASE_URL": "postgresql://x@127.0.0.1:9/none"}
+    result = run(env, "db", "history")
+    assert result.returncode == 0
+    assert "0001 (head)" in result.stdout
+
+
+def test_list_rejects_a_contains_filter_that_is_not_an_object(cli_env):
+    result = run(cli_env, "events", "list", "--contains", "[1]")
+    assert result.returncode == 2
+    assert "must be a JSON object" in result.stderr

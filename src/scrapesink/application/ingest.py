@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,6 +15,7 @@ from scrapesink.domain.events import EventRules, RawEvent, validate_event
 from scrapesink.errors import InputError, RecordError
 
 MAX_KEPT_REJECTIONS = 1000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,6 +131,7 @@ class IngestService:
                 raise
             writer.submit(batch)
             writer.drain()
+        log.info("ingest done: %s", ", ".join(f"{k} {v}" for k, v in summary.as_dict().items()))
         return summary
 
 

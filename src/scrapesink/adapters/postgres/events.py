@@ -106,7 +106,7 @@ class PostgresEventStore:
         writer thread, which then holds the GIL only briefly and mostly waits on PostgreSQL.
         """
         if not events:
-            return WriteOutcome
+            return lambda: WriteOutcome()
         batch = _Batch(sorted(events, key=_by_time))
 
         def run() -> WriteOutcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 HEAD = "0001"
 # Serializes migrations between processes sharing a database (e.g. two CLIs on the embedded one).
 _MIGRATION_LOCK = 0x5C5A_0001
+log = logging.getLogger(__name__)
 
 
 class Migrator:
@@ -69,11 +71,16 @@ class Migrator:
 
         return self._run(lambda cfg: command.downgrade(cfg, target))
 
-    def history(self) -> str:
+    @staticmethod
+    def history() -> str:
+        """Every migration, newest first (reads the scripts; needs no database)."""
         from alembic import command
+        from alembic.config import Config
 
         out = io.StringIO()
-        command.history(self._config(out), verbose=False, indicate_current=False)
+        config = Config(stdout=out)
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        command.history(config, verbose=False, indicate_current=False)
         return out.getvalue()
 
     def ensure_current(self, *, auto_upgrade: bool) -> None:
@@ -83,7 +90,8 @@ class Migrator:
         if current == head:
             return
         if auto_upgrade:
-            self.upgrade()
+            before, after = self.upgrade()
+            log.info("migrated %s from %s to %s", self.database.label, before or "empty", after)
             return
         state = "has no scrapesink schema" if current is None else f"is at revision {current}"
         raise SchemaError(

@@ -9,6 +9,7 @@ missing fails loudly instead of hiding.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from scrapesink.adapters.postgres.database import Database
 from scrapesink.domain.partitions import PARENT_TABLE, DayPartition, days_ahead, expired
 
 PARTITION_LOCK = 0x5C5A_0002
+log = logging.getLogger(__name__)
 
 _LIST_SQL = """
 SELECT c.relname
@@ -86,6 +88,7 @@ class PartitionManager:
                 part = DayPartition(day)
                 conn.execute(_create_sql(part))
                 created.append(part)
+                log.info("created partition %s", part.name)
         with self._lock:
             self._known |= present | missing
         return created
@@ -126,6 +129,7 @@ class PartitionManager:
                     ).format(sql.Identifier(part.name))
                 )
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(part.name)))
+                log.info("dropped partition %s (%d rows)", part.name, dropped[-1].rows)
         if dropped and not dry_run:
             self.forget()
         return dropped

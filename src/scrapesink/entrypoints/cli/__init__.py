@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,10 @@ def demo() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    # scrapesink's own log lines go to stderr, at SCRAPESINK_LOG_LEVEL (set in bootstrap).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("scrapesink").addHandler(handler)
     try:
         app()
     except ConfigError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from scrapesink.adapters.postgres.migrate import Migrator
 from scrapesink.entrypoints.cli.common import handle_errors, open_app, out
 
 app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
@@ -43,9 +44,8 @@ def current() -> None:
 @app.command()
 @handle_errors
 def history() -> None:
-    """List every migration, newest first."""
-    with open_app(schema="skip", announce=False) as application:
-        out.print(application.migrator.history(), end="", highlight=False)
+    """List every migration, newest first (no database needed)."""
+    out.print(Migrator.history(), end="", highlight=False)
 
 
 @app.command()

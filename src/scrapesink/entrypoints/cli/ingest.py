@@ -69,14 +69,14 @@ def ingest(
         raise typer.BadParameter(
             f"unknown format {fmt!r}: use jsonl, json or csv", param_hint="--format"
         )
-    with open_app() as app:
-        rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
-        required = () if chosen != "csv" else _csv_columns(id_field, time_field, source)
-        infile = open_input(path)
-        try:
+    required = () if chosen != "csv" else _csv_columns(id_field, time_field, source)
+    infile = open_input(path)  # a missing or empty file fails before any database starts
+    try:
+        with open_app() as app:
+            rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
             summary = _run(app, rules, infile, chosen, required, quiet=quiet)
-        finally:
-            infile.close()
+    finally:
+        infile.close()
     _print_summary(summary, name=infile.name, as_json=as_json)
     raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTED)
 

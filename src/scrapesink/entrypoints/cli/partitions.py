@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from scrapesink.config import parse_duration
 from scrapesink.entrypoints.cli.common import handle_errors, open_app, out
@@ -28,7 +28,13 @@ def list_() -> None:
     """Every partition: name, UTC range, exact row count, size on disk."""
     with open_app() as application:
         infos = application.partitions.details()
-    table = Table("partition", "from (UTC)", "to (UTC)", "rows", "size")
+    table = Table(
+        Column("partition", no_wrap=True),
+        "from (UTC)",
+        "to (UTC)",
+        Column("rows", justify="right"),
+        Column("size", justify="right"),
+    )
     for info in infos:
         table.add_row(
             info.name,
