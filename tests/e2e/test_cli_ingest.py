@@ -277,3 +277,40 @@ def test_list_rejects_a_contains_filter_that_is_not_an_object(cli_env):
     result = run(cli_env, "events", "list", "--contains", "[1]")
     assert result.returncode == 2
     assert "must be a JSON object" in result.stderr
+
+
+def test_progress_bar_is_drawn_on_a_terminal_only(cli_env, tmp_path):
+    import pty
+
+    path = write_jsonl(tmp_path / "e.jsonl", GOOD * 1)
+    parent, child = pty.openpty()
+    proc = subprocess.Popen(
+        [*SCRAPESINK, "ingest", str(path)],
+        env={**cli_env, "TERM": "xterm", "NO_COLOR": ""},
+        stdout=subprocess.PIPE,
+        stderr=child,
+        text=True,
+    )
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(parent, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.communicate(timeout=60)
+    os.close(parent)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "━" in terminal  # rich drew (and then erased) a live progress bar
+    piped = run(cli_env, "ingest", str(path))
+    assert "━" not in piped.stderr and "\x1b[" not in piped.stderr  # nothing for logs, pipes
+
+
+def test_configured_url_never_starts_the_embedded_server(cli_env, data_dir, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", GOOD[:2])
+    assert run(cli_env, "ingest", str(path)).returncode == 0
+    assert not (data_dir / "pgdata").exists()
