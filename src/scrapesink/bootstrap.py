@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from scrapesink.adapters.csv_sink import CsvEventSink
+from scrapesink.adapters.deadletters import DeadLetterStore
 from scrapesink.adapters.embedded import EmbeddedPostgres
+from scrapesink.adapters.journal import Journal
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.events import PostgresEventStore
 from scrapesink.adapters.postgres.migrate import Migrator
 from scrapesink.adapters.postgres.partitions import PartitionManager
+from scrapesink.application.delivery import RetryPolicy, SinkReport
+from scrapesink.application.durable import DurableWriter, ReplayResult, replay
 from scrapesink.application.ingest import IngestService
+from scrapesink.application.ports import EventSink
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
+from scrapesink.errors import TransientStorageError
 
 SchemaPolicy = Literal["auto", "check", "skip"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,7 +37,15 @@ class App:
     partitions: PartitionManager
     events: PostgresEventStore
     embedded: EmbeddedPostgres | None = None
+    _writer: DurableWriter | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        data_dir = self.settings.data_dir
+        self.csv = CsvEventSink(data_dir)
+        self.dead_letters = DeadLetterStore(data_dir / "deadletters.sqlite")
+        self.journal_dir = data_dir / "journal"
+        self._journal_path: Path | None = None
 
     def rules(
         self,
@@ -47,19 +64,75 @@ class App:
             max_age=s.max_age,
         )
 
+    @property
+    def sinks(self) -> list[EventSink]:
+        sinks: list[EventSink] = [self.events]
+        if self.settings.csv_enabled:
+            sinks.append(self.csv)
+        return sinks
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.settings.retry_seconds, self.settings.cooldown_seconds)
+
+    def start_writing(self) -> ReplayResult:
+        """Before the first write: repair CSV tails, premake partitions, drain old journals."""
+        for sink in self.sinks:
+            try:
+                sink.repair()
+            except TransientStorageError as exc:
+                log.warning("%s: %s", sink.name, exc.message)
+        try:
+            self.events.prepare()
+        except TransientStorageError as exc:
+            log.warning("partitions not premade: %s", exc.message)
+        return self.replay()
+
+    def writer(self) -> DurableWriter:
+        if self._writer is None:
+            journal = Journal.create(self.journal_dir)
+            self._journal_path = journal.path
+            self._writer = DurableWriter(
+                journal,
+                self.sinks,
+                self.dead_letters,
+                self.policy,
+                batch_size=self.settings.batch_size,
+            )
+        return self._writer
+
     def ingest_service(self, rules: EventRules | None = None) -> IngestService:
-        return IngestService(
-            self.events, rules or self.rules(), batch_size=self.settings.batch_size
+        rules = rules or self.rules()
+        return IngestService(self.writer(), rules, batch_size=self.settings.batch_size)
+
+    def replay(self) -> ReplayResult:
+        """Deliver what every journal but our own still holds for some sink."""
+        own = self._journal_path
+        paths = [p for p in Journal.files(self.journal_dir) if p != own]
+        return replay(
+            paths,
+            Journal,
+            self.sinks,
+            self.dead_letters,
+            self.policy,
+            batch_size=self.settings.batch_size,
         )
 
     @property
     def database_label(self) -> str:
         return self.embedded.describe() if self.embedded else self.database.label
 
-    def close(self) -> None:
+    def close(self) -> dict[str, SinkReport]:
+        """Deliver what can be, close the journal (kept if something is pending), release."""
+        reports: dict[str, SinkReport] = {}
         if not self._closed:
             self._closed = True
-            self.database.close()
+            try:
+                if self._writer is not None:
+                    reports = self._writer.close()
+            finally:
+                self.database.close()
+        return reports
 
 
 def bootstrap(

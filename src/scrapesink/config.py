@@ -70,6 +70,15 @@ class Settings(BaseSettings):
         default=None, description="Partitions older than this are dropped by maintenance."
     )
 
+    # -- delivery ------------------------------------------------------------------------------
+    csv_enabled: bool = Field(default=True, description="Mirror raw events into CSV files.")
+    retry_seconds: float = Field(
+        default=10.0, ge=0, description="How long a sink's transient errors are retried."
+    )
+    cooldown_seconds: float = Field(
+        default=30.0, ge=0, description="How long a failed sink is left alone before a retry."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @field_validator("log_level", mode="before")

@@ -91,9 +91,11 @@ class SchemaError(ScrapesinkError):
 
 
 class StorageError(ScrapesinkError):
-    """A store failed to do what was asked. ``sqlstate`` is PostgreSQL's code, when it has one."""
+    """A store failed to do what was asked. ``sqlstate`` is PostgreSQL's code, when it has one,
+    ``constraint_name`` the constraint a value broke."""
 
     sqlstate: str | None = None
+    constraint_name: str | None = None
 
 
 class TransientStorageError(StorageError):

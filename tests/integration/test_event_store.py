@@ -233,11 +233,9 @@ def test_hostile_text_round_trips_through_copy(sink: Sink, app: App):
         "payload": {nasty: nasty, "ü": "日本語 😀"},
     }
     raw_line = '{"source": "raw", "id": "t\\\\u0009", "timestamp": "2025-05-15",\t"v": "a\\\\b"}'
-    from scrapesink.application.ingest import IngestService
-
-    service = IngestService(app.events, app.rules())
     import json as _json
 
+    service = app.ingest_service()
     summary = service.ingest([("[0]", record), ("line 1", _json.loads(raw_line), raw_line)])
     assert summary.inserted == 2, summary.rejections
     got = sink.get_event("s\\x", nasty)

@@ -1,81 +1,57 @@
-"""The ingest service over an in-memory store: batching, in-batch dedup, rejections, summary."""
+"""The ingest service over in-memory fakes: batching, dedup, rejections, per-sink outcome."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 
+from scrapesink.application.delivery import RetryPolicy
+from scrapesink.application.durable import DurableWriter
 from scrapesink.application.ingest import IngestService
-from scrapesink.application.ports import WriteOutcome
-from scrapesink.domain.events import EventRules, RawEvent
+from scrapesink.domain.events import EventRules
 from scrapesink.errors import InputError, RecordError
+from tests.unit.fakes import MemoryDeadLetters, MemoryJournal, MemorySink
 
-
-class MemoryStore:
-    """A fake EventStore: first write of a key wins, like the real one."""
-
-    def __init__(self) -> None:
-        self.events: dict[tuple[str, str], RawEvent] = {}
-        self.batches: list[int] = []
-        self.prepared = 0
-
-    def prepare(self) -> None:
-        self.prepared += 1
-
-    def stage(self, events: Sequence[RawEvent]):
-        events = list(events)
-        return lambda: self.write(events)
-
-    def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
-        assert len({e.key for e in events}) == len(events), "service must dedupe a batch"
-        self.batches.append(len(events))
-        duplicates = set()
-        for event in events:
-            if event.key in self.events:
-                duplicates.add(event.key)
-            else:
-                self.events[event.key] = event
-        return WriteOutcome(len(events) - len(duplicates), frozenset(duplicates))
+NOW = lambda: datetime(2025, 5, 16, tzinfo=UTC)  # noqa: E731
 
 
 def rec(i, source="s", **extra):
     return (f"line {i}", {"source": source, "id": i, "timestamp": "2025-05-15T10:00:00Z", **extra})
 
 
-def service(store, batch_size=3):
-    return IngestService(store, EventRules(), batch_size=batch_size)
-
-
-NOW = lambda: datetime(2025, 5, 16, tzinfo=UTC)  # noqa: E731
+def make(batch_size=3, sinks=None):
+    sinks = sinks or [MemorySink("postgres"), MemorySink("csv")]
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, sinks, MemoryDeadLetters(), RetryPolicy(0, 60))
+    return IngestService(writer, EventRules(), batch_size=batch_size), journal, sinks
 
 
 def test_batches_grow_from_small_to_batch_size():
-    store = MemoryStore()
-    service(store, batch_size=2000).ingest([rec(i) for i in range(5000)], now=NOW)
+    service, _, (store, _) = make(batch_size=2000)
+    service.ingest([rec(i) for i in range(5000)], now=NOW)
     assert store.batches == [500, 1000, 2000, 1500]
 
 
-def test_batches_summary_and_cross_batch_duplicates():
-    store = MemoryStore()
-    records = [rec(i) for i in range(7)] + [rec(2), rec(3)]
-    summary = service(store).ingest(records, now=NOW)
-    # 2 and 3 come back while their first copies are still in flight: duplicates at once
-    assert store.batches == [3, 3, 1]
-    assert (summary.read, summary.inserted, summary.duplicates, summary.rejected) == (9, 7, 2, 0)
-    assert store.prepared == 1
+def test_every_sink_gets_every_record_and_the_journal_is_compacted():
+    service, journal, (pg, csv) = make()
+    records = [rec(i) for i in range(7)] + [rec(20), rec(3)]  # rec(3) again, much later
+    summary = service.ingest(records, now=NOW)
+    assert (summary.read, summary.inserted, summary.duplicates, summary.rejected) == (9, 8, 1, 0)
+    assert set(pg.events) == set(csv.events) == {("s", str(i)) for i in (*range(7), 20)}
+    assert summary.sinks["csv"].stored == 8
+    assert journal.entries == {}  # both sinks have everything: nothing left to keep
 
 
 def test_duplicate_key_inside_one_batch_keeps_the_first():
-    store = MemoryStore()
-    summary = service(store, batch_size=10).ingest([rec(1, v="first"), rec(1, v="second")], now=NOW)
+    service, _, (pg, _) = make(batch_size=10)
+    summary = service.ingest([rec(1, v="first"), rec(1, v="second")], now=NOW)
     assert (summary.inserted, summary.duplicates) == (1, 1)
-    assert store.events[("s", "1")].payload["v"] == "first"
+    assert pg.events[("s", "1")].payload["v"] == "first"
 
 
 def test_rejected_records_never_block_their_neighbours():
-    store = MemoryStore()
+    service, _, _ = make()
     seen = []
     records = [
         rec(1),
@@ -83,7 +59,7 @@ def test_rejected_records_never_block_their_neighbours():
         RecordError("malformed JSON", location="line 3"),
         rec(4),
     ]
-    summary = service(store).ingest(records, on_reject=seen.append, now=NOW)
+    summary = service.ingest(records, on_reject=seen.append, now=NOW)
     assert summary.inserted == 2
     assert summary.rejected == 2
     assert [e.location for e in summary.rejections] == ["line 2", "line 3"]
@@ -92,7 +68,7 @@ def test_rejected_records_never_block_their_neighbours():
 
 
 def test_records_before_a_fatal_input_error_are_stored():
-    store = MemoryStore()
+    service, _, (pg, _) = make(batch_size=100)
 
     def broken():
         yield rec(1)
@@ -100,13 +76,13 @@ def test_records_before_a_fatal_input_error_are_stored():
         raise InputError("f.json: malformed JSON after item [1]")
 
     with pytest.raises(InputError):
-        service(store, batch_size=100).ingest(broken(), now=NOW)
-    assert set(store.events) == {("s", "1"), ("s", "2")}
+        service.ingest(broken(), now=NOW)
+    assert set(pg.events) == {("s", "1"), ("s", "2")}
 
 
 def test_cleaning_is_counted():
-    store = MemoryStore()
-    summary = service(store).ingest(
+    service, _, _ = make()
+    summary = service.ingest(
         [("line 1", {"source": "s", "id": 1, "timestamp": "2025-05-15T10:00:00", "t": "a\x00"})],
         now=NOW,
     )

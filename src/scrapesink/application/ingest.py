@@ -1,16 +1,16 @@
-"""The ingest service: validate each record, batch, deliver to the event store, count everything."""
+"""The ingest service: validate each record, batch, journal, deliver to every sink, count."""
 
 from __future__ import annotations
 
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scrapesink.application.ports import EventStore, WriteOutcome
+from scrapesink.application.delivery import SinkReport
+from scrapesink.application.durable import DurableWriter
 from scrapesink.domain.events import EventRules, RawEvent, validate_event
 from scrapesink.errors import InputError, RecordError
 
@@ -20,16 +20,42 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class IngestSummary:
-    """What one ingest did. ``rejections`` keeps the first 1000 errors; ``rejected`` counts all."""
+    """What one ingest did. ``rejections`` keeps the first 1000 errors; ``rejected`` counts all.
+
+    ``sinks`` says per sink what was stored, found duplicate, left pending (still in the
+    journal, delivered by ``replay``) or sent to dead letters. ``inserted`` is what the primary
+    sink (PostgreSQL) stored; ``duplicates`` adds the copies dropped before the journal (the
+    same key again in the same input).
+    """
 
     read: int = 0
-    inserted: int = 0
-    duplicates: int = 0
+    accepted: int = 0
+    input_duplicates: int = 0
     rejected: int = 0
     naive_timestamps: int = 0
     nul_cleaned: int = 0
     batches: int = 0
     rejections: list[RecordError] = field(default_factory=list)
+    sinks: dict[str, SinkReport] = field(default_factory=dict)
+    primary: str = "postgres"
+
+    @property
+    def inserted(self) -> int:
+        report = self.sinks.get(self.primary)
+        return report.stored if report else 0
+
+    @property
+    def duplicates(self) -> int:
+        report = self.sinks.get(self.primary)
+        return self.input_duplicates + (report.duplicates if report else 0)
+
+    @property
+    def pending(self) -> int:
+        return sum(report.pending for report in self.sinks.values())
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(report.dead_letters for report in self.sinks.values())
 
     @property
     def ok(self) -> bool:
@@ -41,8 +67,11 @@ class IngestSummary:
             "inserted": self.inserted,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "pending": self.pending,
+            "dead_letters": self.dead_letters,
             "naive_timestamps": self.naive_timestamps,
             "nul_cleaned": self.nul_cleaned,
+            "sinks": {name: report.as_dict() for name, report in self.sinks.items()},
         }
 
 
@@ -53,10 +82,10 @@ RejectHook = Callable[[RecordError], None]
 
 
 class IngestService:
-    """Validate → batch → store. Knows nothing of where records come from or where they go."""
+    """Validate → batch → journal (acknowledged) → every sink. Knows no store by name."""
 
-    def __init__(self, store: EventStore, rules: EventRules, *, batch_size: int = 5000) -> None:
-        self.store = store
+    def __init__(self, writer: DurableWriter, rules: EventRules, *, batch_size: int = 5000) -> None:
+        self.writer = writer
         self.rules = rules
         self.batch_size = batch_size
 
@@ -67,17 +96,19 @@ class IngestService:
         on_reject: RejectHook | None = None,
         on_batch: ProgressHook | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        settle: bool = True,
     ) -> IngestSummary:
         """Ingest ``records``: ``(location, value)`` pairs or errors from a reader.
 
-        Batches are pipelined: while one is being written, the next is read and validated (the
-        store's thread mostly waits on the database, so two cores are both busy). At most two
-        batches are in memory. Records read before a fatal input error are still stored before
-        the error propagates; a storage error stops the ingest at once.
+        Each batch is journaled (that is the acknowledgement) and handed to every sink, whose
+        lanes store it in the background while the next batch is read. With ``settle`` the call
+        waits for the sinks and reports what each did; without, it returns once everything is
+        journaled (background delivery). Records read before a fatal input error are kept.
         """
         summary = IngestSummary()
+        before = self.writer.reports()
         batch: dict[tuple[str, str], RawEvent] = {}
-        self.store.prepare()
+        recent: deque[dict[tuple[str, str], RawEvent]] = deque(maxlen=2)
 
         def reject(error: RecordError) -> None:
             summary.rejected += 1
@@ -86,112 +117,72 @@ class IngestService:
             if on_reject is not None:
                 on_reject(error)
 
-        with _Writer(self.store, summary, on_batch) as writer:
-            in_flight = writer.keys  # read-only here; the writer adds and removes batches' keys
-            reference = now()
-            # Small batches first, doubling up to batch_size: the database starts working
-            # while the first big batch would still be being read.
-            limit = min(self.batch_size, 500)
-            try:
-                for item in records:
-                    summary.read += 1
-                    if isinstance(item, RecordError):
-                        reject(item)
-                        continue
-                    try:
-                        checked = validate_event(
-                            item[1],
-                            self.rules,
-                            now=reference,
-                            location=item[0],
-                            raw=item[2] if len(item) == 3 else None,
-                        )
-                    except RecordError as error:
-                        reject(error)
-                        continue
-                    cleaning = checked.cleaning
-                    if cleaning.naive_timestamp or cleaning.nul_removed:
-                        summary.naive_timestamps += cleaning.naive_timestamp
-                        summary.nul_cleaned += cleaning.nul_removed
-                    event = checked.event
-                    key = (event.source, event.source_id)
-                    if key in batch or key in in_flight:
-                        # the same key again before its first copy is committed: first one wins
-                        summary.duplicates += 1
-                        continue
-                    batch[key] = event
-                    if len(batch) >= limit:
-                        writer.submit(batch)
-                        batch = {}
-                        limit = min(2 * limit, self.batch_size)
-                        reference = now()
-            except InputError:
-                writer.submit(batch)  # what was read before the input broke is good: keep it
-                writer.drain()
-                raise
-            writer.submit(batch)
-            writer.drain()
+        def flush() -> None:
+            if batch:
+                self.writer.write(list(batch.values()))
+                summary.accepted += len(batch)
+                summary.batches += 1
+                recent.append(batch)
+                if on_batch is not None:
+                    on_batch(summary)
+
+        reference = now()
+        # Small batches first, doubling up to batch_size: the sinks start working while the
+        # first big batch would still be being read.
+        limit = min(self.batch_size, 500)
+        try:
+            for item in records:
+                summary.read += 1
+                if isinstance(item, RecordError):
+                    reject(item)
+                    continue
+                try:
+                    checked = validate_event(
+                        item[1],
+                        self.rules,
+                        now=reference,
+                        location=item[0],
+                        raw=item[2] if len(item) == 3 else None,
+                    )
+                except RecordError as error:
+                    reject(error)
+                    continue
+                cleaning = checked.cleaning
+                if cleaning.naive_timestamp or cleaning.nul_removed:
+                    summary.naive_timestamps += cleaning.naive_timestamp
+                    summary.nul_cleaned += cleaning.nul_removed
+                event = checked.event
+                key = (event.source, event.source_id)
+                # The same key again while its first copy may still be in flight: the first
+                # one wins, in input order, whichever batch commits first.
+                if key in batch or any(key in earlier for earlier in recent):
+                    summary.input_duplicates += 1
+                    continue
+                batch[key] = event
+                if len(batch) >= limit:
+                    flush()
+                    batch = {}
+                    limit = min(2 * limit, self.batch_size)
+                    reference = now()
+        except InputError:
+            flush()  # what was read before the input broke is good: keep it
+            if settle:
+                self.writer.settle()
+            raise
+        flush()
+        after = self.writer.settle() if settle else self.writer.reports()
+        summary.sinks = {name: _minus(after[name], before.get(name)) for name in after}
         log.info("ingest done: %s", ", ".join(f"{k} {v}" for k, v in summary.as_dict().items()))
         return summary
 
 
-class _Writer:
-    """Writes batches in background threads (one connection each) while the caller reads on.
-
-    Up to ``depth`` batches are in flight at once, so the database works on one batch while the
-    next is being claimed and the caller parses a third. Batches in flight never share a key:
-    the caller looks in :attr:`keys` and counts such a record as a duplicate, which keeps "first
-    write wins" in input order.
-    """
-
-    def __init__(
-        self,
-        store: EventStore,
-        summary: IngestSummary,
-        on_batch: ProgressHook | None,
-        depth: int = 2,
-    ) -> None:
-        self._store = store
-        self._summary = summary
-        self._on_batch = on_batch
-        self._depth = depth
-        self._executor = ThreadPoolExecutor(
-            max_workers=depth, thread_name_prefix="scrapesink-write"
-        )
-        self._pending: deque[tuple[Future[WriteOutcome], dict[tuple[str, str], RawEvent]]] = deque()
-        self.keys: set[tuple[str, str]] = set()  # of the batches in flight
-
-    def submit(self, batch: dict[tuple[str, str], RawEvent]) -> None:
-        """Hand over a batch (keyed by its events' keys); the caller must not reuse the dict."""
-        if not batch:
-            return
-        while len(self._pending) >= self._depth:
-            self._finish_oldest()
-        self.keys.update(batch)
-        store_it = self._store.stage(list(batch.values()))  # encoding happens here, in our thread
-        future = self._executor.submit(store_it)
-        self._pending.append((future, batch))
-
-    def drain(self) -> None:
-        """Wait for every batch in flight; a storage error is raised here."""
-        while self._pending:
-            self._finish_oldest()
-
-    def _finish_oldest(self) -> None:
-        future, batch = self._pending.popleft()
-        try:
-            outcome = future.result()
-        finally:
-            self.keys.difference_update(batch)
-        self._summary.inserted += outcome.stored
-        self._summary.duplicates += len(outcome.duplicates)
-        self._summary.batches += 1
-        if self._on_batch is not None:
-            self._on_batch(self._summary)
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        # On an error the batches in flight still finish (they cannot be cancelled halfway).
-        self._executor.shutdown(wait=True)
+def _minus(after: SinkReport, before: SinkReport | None) -> SinkReport:
+    if before is None:
+        return after
+    return SinkReport(
+        stored=after.stored - before.stored,
+        duplicates=after.duplicates - before.duplicates,
+        pending=after.pending - before.pending,
+        dead_letters=after.dead_letters - before.dead_letters,
+        error=after.error if after.pending > before.pending else None,
+    )

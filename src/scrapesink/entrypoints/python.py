@@ -5,21 +5,35 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
+from scrapesink.application.delivery import SinkReport
+from scrapesink.application.durable import ReplayResult
 from scrapesink.application.ingest import IngestSummary
 from scrapesink.application.ports import DayStats, EventPage, EventQuery
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import get_settings
 from scrapesink.domain.events import StoredEvent
-from scrapesink.errors import RecordError
+from scrapesink.errors import ConfigError, RecordError
+
+Deliver = Literal["sync", "background"]
 
 
 class Sink:
-    """A handle on scrapesink for one process. Thread-safe; close it (or use ``with``)."""
+    """A handle on scrapesink for one process; close it (or use ``with``).
 
-    def __init__(self, app: App) -> None:
+    Every write is journaled locally before the call returns, then delivered to PostgreSQL and
+    the CSV files. ``deliver="sync"`` (default) waits for the sinks and reports what each did;
+    ``deliver="background"`` returns once the records are journaled and delivers while the
+    scraper goes on — :meth:`flush` and :meth:`close` wait and report.
+    """
+
+    def __init__(self, app: App, *, deliver: Deliver = "sync") -> None:
+        if deliver not in ("sync", "background"):
+            raise ConfigError(f"deliver must be 'sync' or 'background', got {deliver!r}")
         self._app = app
+        self._deliver = deliver
+        self.startup = app.start_writing()
 
     @property
     def database(self) -> str:
@@ -44,11 +58,25 @@ class Sink:
             time_field: the time field of flat records.
 
         Returns:
-            The summary: read, inserted, duplicates, rejected (with each reason and ``[index]``).
+            The summary: read, inserted, duplicates, rejected (with each reason and ``[index]``),
+            and per sink (``summary.sinks["postgres"]``, ``["csv"]``) what was stored, found
+            duplicate, left pending or sent to dead letters. In background mode the per-sink
+            figures come from :meth:`flush`.
         """
         rules = self._app.rules(id_field=id_field, time_field=time_field, default_source=source)
         service = self._app.ingest_service(rules)
-        return service.ingest((f"[{i}]", record) for i, record in enumerate(records))
+        return service.ingest(
+            ((f"[{i}]", record) for i, record in enumerate(records)),
+            settle=self._deliver == "sync",
+        )
+
+    def flush(self) -> dict[str, SinkReport]:
+        """Wait until every journaled record is delivered (or pending); totals per sink."""
+        return self._app.writer().settle()
+
+    def replay(self) -> ReplayResult:
+        """Deliver what journals left by earlier processes still hold (done at open, too)."""
+        return self._app.replay()
 
     def get_event(self, source: str, source_id: str) -> StoredEvent | None:
         """The stored event for a key, or None."""
@@ -85,8 +113,13 @@ class Sink:
         """Set (or clear) the processed flag of events; returns how many changed."""
         return self._app.events.mark_processed(keys, processed)
 
-    def close(self) -> None:
-        self._app.close()
+    def close(self) -> dict[str, SinkReport]:
+        """Deliver what can be, then release; returns the totals per sink for this sink's life.
+
+        Anything a sink could not take stays in the local journal and is delivered by the next
+        ``scrapesink replay`` or the next open.
+        """
+        return self._app.close()
 
     def __enter__(self) -> Sink:
         return self

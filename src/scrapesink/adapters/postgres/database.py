@@ -48,6 +48,7 @@ def translate(exc: BaseException, *, query: str | None = None) -> StorageError:
         else:
             error = QueryError(message, table_name=table, query=query)
         error.sqlstate = state or None
+        error.constraint_name = getattr(getattr(exc, "diag", None), "constraint_name", None)
         return error
     if isinstance(exc, OSError):
         return TransientStorageError(f"{type(exc).__name__}: {exc}", query=query)

@@ -19,7 +19,7 @@ from tenacity import (
 
 from scrapesink.adapters.postgres.database import Database
 from scrapesink.adapters.postgres.partitions import PartitionManager
-from scrapesink.application.ports import DayStats, EventPage, EventQuery, WriteOutcome
+from scrapesink.application.ports import Batch, DayStats, EventPage, EventQuery, WriteOutcome
 from scrapesink.domain.events import RawEvent, StoredEvent
 from scrapesink.errors import ConstraintError, InputError, TransientStorageError
 
@@ -49,8 +49,14 @@ SELECT count(*)::int,
        CASE WHEN count(*) < %(n)b THEN array_agg(source_id) END
 FROM claimed
 """  # noqa: S608 - composed of constants
+_PROGRESS = (
+    "INSERT INTO journal_progress (journal_id, first_seq, last_seq) VALUES (%s, %s, %s)"
+    " ON CONFLICT DO NOTHING"
+)
 _COPY = "COPY raw_events (source, source_id, occurred_at, payload) FROM STDIN"
-_NO_PARTITION = "23514"  # "no partition of relation ... found for row": pruned under our feet
+# "no partition of relation ... found for row" (a check violation without a constraint name):
+# a partition was pruned under our feet.
+_NO_PARTITION = "23514"
 _RETRIED_STATES = {"40001", "40P01"}
 _COLUMNS = "e.id, e.source, e.source_id, e.occurred_at, e.payload, e.created_at, e.processed"
 
@@ -66,10 +72,11 @@ def _by_time(event: RawEvent) -> datetime:
 class _Batch:
     """A batch encoded for the database: sorted by time, key arrays, the COPY text."""
 
-    __slots__ = ("days", "events", "params", "text")
+    __slots__ = ("days", "events", "first", "journal_id", "last", "params", "text")
 
-    def __init__(self, events: list[RawEvent]) -> None:
+    def __init__(self, events: list[RawEvent], batch: Batch) -> None:
         self.events = events
+        self.journal_id, self.first, self.last = batch.journal_id, batch.first, batch.last
         self.params: dict[str, Any] = {
             "sources": [e.source for e in events],
             "ids": [e.source_id for e in events],
@@ -94,34 +101,59 @@ class PostgresEventStore:
         self._expect_duplicates = False
 
     def prepare(self) -> None:
+        """Premake today's partition and the days ahead."""
         self.partitions.premake(self.premake_days)
 
-    def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
-        return self.stage(events)()
+    name = "postgres"
+    parallelism = 2  # two batches in flight on two connections; progress is kept per range
 
-    def stage(self, events: Sequence[RawEvent]) -> Callable[[], WriteOutcome]:
+    def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
+        """Store events outside any journal (tests, benchmarks, one-off loads)."""
+        return self.stage(Batch("", 0, len(events) - 1, events))()
+
+    def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
         """Encode the batch now (CPU: sort, key arrays, COPY text) and return the database part.
 
         The ingest service calls this in its reading thread and runs the returned function in a
         writer thread, which then holds the GIL only briefly and mostly waits on PostgreSQL.
         """
-        if not events:
+        if not batch.events:
             return lambda: WriteOutcome()
-        batch = _Batch(sorted(events, key=_by_time))
+        encoded = _Batch(sorted(batch.events, key=_by_time), batch)
 
         def run() -> WriteOutcome:
-            self.partitions.ensure_days(batch.days)
+            self.partitions.ensure_days(encoded.days)
             try:
-                return self._write(batch)
+                return self._write(encoded)
             except ConstraintError as exc:
-                if exc.sqlstate != _NO_PARTITION:
+                if exc.sqlstate != _NO_PARTITION or exc.constraint_name is not None:
                     raise
                 # Another process pruned a partition we believed in: re-check, go again once.
                 self.partitions.forget()
-                self.partitions.ensure_days(batch.days)
-                return self._write(batch)
+                self.partitions.ensure_days(encoded.days)
+                return self._write(encoded)
 
         return run
+
+    def delivered(self, journal_id: str) -> list[tuple[int, int]]:
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT first_seq, last_seq FROM journal_progress WHERE journal_id = %s"
+                " ORDER BY first_seq",
+                (journal_id,),
+            ).fetchall()
+        return [(int(a), int(b)) for a, b in rows]
+
+    def skip(self, journal_id: str, first: int, last: int) -> None:
+        with self.database.connection() as conn:
+            conn.execute(_PROGRESS, (journal_id, first, last))
+
+    def forget(self, journal_id: str) -> None:
+        with self.database.connection() as conn:
+            conn.execute("DELETE FROM journal_progress WHERE journal_id = %s", (journal_id,))
+
+    def repair(self) -> None:
+        """Nothing to repair: every batch is one transaction."""
 
     @retry(
         retry=retry_if_exception(_worth_retrying),
@@ -151,6 +183,8 @@ class PostgresEventStore:
                 text = copy_text(batch.events, duplicates) if duplicates else batch.text
                 with cur.copy(_COPY) as copy:
                     copy.write(text)
+            if batch.journal_id:  # the range is recorded in the same transaction as its data
+                cur.execute(_PROGRESS, (batch.journal_id, batch.first, batch.last))
         return WriteOutcome(count, duplicates)
 
     # -- queries ------------------------------------------------------------------------------

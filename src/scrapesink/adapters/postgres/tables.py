@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Index,
@@ -55,4 +56,17 @@ raw_event_keys = Table(
     Column("source_id", Text(collation="C"), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("source", "source_id", name="raw_event_keys_pkey"),
+)
+
+# Which journal ranges (seq first..last of one journal file) PostgreSQL holds: written in the same
+# transaction as the events, so "delivered" can never be recorded without the data or vice versa.
+journal_progress = Table(
+    "journal_progress",
+    metadata,
+    Column("journal_id", Text(collation="C"), nullable=False),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("journal_id", "first_seq", name="journal_progress_pkey"),
+    CheckConstraint("first_seq <= last_seq", name="journal_progress_range"),
 )

@@ -79,6 +79,7 @@ def demo() -> None:
             records = read_records(
                 infile, "jsonl", max_record_bytes=application.settings.max_payload_bytes
             )
+            application.start_writing()
             summary = application.ingest_service().ingest(records)
         finally:
             infile.close()

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
+from scrapesink.application.durable import ReplayResult
 from scrapesink.bootstrap import App, SchemaPolicy, bootstrap
 from scrapesink.config import Settings, get_settings
 from scrapesink.errors import ScrapesinkError
@@ -19,6 +20,7 @@ EXIT_OK = 0
 EXIT_FATAL = 1  # nothing (more) could be done: bad configuration, unreachable database, bad file
 EXIT_USAGE = 2  # click's code for a wrong command line
 EXIT_REJECTED = 3  # the run finished, but some records were rejected
+EXIT_PENDING = 4  # records are safe in the journal but a store has not got them yet
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -77,3 +79,16 @@ def escape(text: str) -> str:
     from rich.markup import escape as rich_escape
 
     return rich_escape(text)
+
+
+def report_replay(result: ReplayResult) -> None:
+    """One line about journals left by earlier runs, when there were any."""
+    if not result.journals:
+        return
+    stored = ", ".join(f"{name} {r.stored:,}" for name, r in result.reports.items())
+    pending = sum(r.pending for r in result.reports.values())
+    err.print(
+        f"replayed {result.journals} journal(s) left by earlier runs: stored {stored}"
+        + (f"; {pending:,} still pending" if pending else ""),
+        highlight=False,
+    )

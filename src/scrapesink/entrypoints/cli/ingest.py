@@ -27,12 +27,14 @@ from scrapesink.bootstrap import App
 from scrapesink.domain.events import EventRules
 from scrapesink.entrypoints.cli.common import (
     EXIT_OK,
+    EXIT_PENDING,
     EXIT_REJECTED,
     err,
     escape,
     handle_errors,
     open_app,
     out,
+    report_replay,
 )
 from scrapesink.errors import RecordError
 
@@ -59,7 +61,11 @@ def ingest(
     scraped objects (the whole object becomes the payload). Re-running the same input is safe:
     a key (source, source_id) is stored once, later copies are counted as duplicates.
 
-    Exit codes: 0 all stored or duplicate, 3 some records rejected, 1 fatal error.
+    Every record is first written to a local journal, then to PostgreSQL and the CSV files
+    under the data directory. A store that is down gets its records later (`scrapesink replay`).
+
+    Exit codes: 0 all stored or duplicate, 3 some records rejected, 4 some records pending
+    for a store that was unavailable (safe in the journal), 1 fatal error.
     """
     if fmt is None:
         chosen: Format = "jsonl" if path == "-" else detect_format(path)
@@ -73,12 +79,13 @@ def ingest(
     infile = open_input(path)  # a missing or empty file fails before any database starts
     try:
         with open_app() as app:
+            report_replay(app.start_writing())
             rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
             summary = _run(app, rules, infile, chosen, required, quiet=quiet)
     finally:
         infile.close()
     _print_summary(summary, name=infile.name, as_json=as_json)
-    raise typer.Exit(EXIT_OK if summary.ok else EXIT_REJECTED)
+    raise typer.Exit(exit_code(summary))
 
 
 def _csv_columns(id_field: str, time_field: str, source: str | None) -> tuple[str, ...]:
@@ -144,3 +151,30 @@ def _print_summary(summary: IngestSummary, *, name: str, as_json: bool) -> None:
     if summary.nul_cleaned:
         table.add_row("records with NUL removed", f"{summary.nul_cleaned:,}")
     out.print(table)
+    sinks = Table("sink", "stored", "duplicates", "pending", "dead letters", title_justify="left")
+    for sink, report in summary.sinks.items():
+        pending = f"[yellow]{report.pending:,}[/]" if report.pending else "0"
+        dead = f"[red]{report.dead_letters:,}[/]" if report.dead_letters else "0"
+        sinks.add_row(sink, f"{report.stored:,}", f"{report.duplicates:,}", pending, dead)
+    out.print(sinks)
+    for sink, report in summary.sinks.items():
+        if report.pending:
+            err.print(
+                f"[yellow]pending[/] {report.pending:,} record(s) for {sink}: "
+                f"{escape(report.error or 'not delivered')}; they are safe in the journal, "
+                "`scrapesink replay` delivers them",
+                highlight=False,
+            )
+        if report.dead_letters:
+            err.print(
+                f"[red]dead letters[/] {report.dead_letters:,} record(s) refused by {sink}: "
+                "see `scrapesink deadletters list`",
+                highlight=False,
+            )
+
+
+def exit_code(summary: IngestSummary) -> int:
+    """4 when something is pending (a cron job must notice), 3 for rejections, else 0."""
+    if summary.pending:
+        return EXIT_PENDING
+    return EXIT_OK if summary.ok else EXIT_REJECTED

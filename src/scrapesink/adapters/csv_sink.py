@@ -1,0 +1,286 @@
+"""The CSV mirror: ``<data dir>/raw_events/<source>/<YYYY-MM-DD>.csv``, exactly once, multi-process.
+
+Files are RFC 4180 CSV in UTF-8 (``newline=''`` quoting: embedded newlines, quotes and commas are
+quoted), header ``source,source_id,occurred_at,payload`` exactly once per file, one row per event
+key ever seen (first write wins, like PostgreSQL).
+
+How exactly-once survives crashes and concurrent processes. A small SQLite database beside the
+files (``csv_state.sqlite``) holds, per file, its *committed* length; the keys already written;
+and which journal ranges the CSV files hold. Each batch is delivered under that database's write
+lock (``BEGIN IMMEDIATE``) and each file's ``flock``:
+
+1. a file longer than its committed length holds a torn or uncommitted tail from a crash: it is
+   truncated back (no other writer can be mid-append: we hold the locks);
+2. the header is written if, after that, the file is empty — decided under the lock, from its
+   size, never from an existence check before it;
+3. the batch's new rows for a file are appended with one ``os.write`` on an ``O_APPEND``
+   descriptor, and fsynced;
+4. the new lengths, keys and the journal range are committed in one SQLite transaction.
+
+A crash before 4 leaves files longer than committed (repaired by 1, at start-up or by the next
+writer) and the journal range undelivered (delivered again by replay).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import io
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC
+from pathlib import Path
+
+from scrapesink.application.ports import Batch, WriteOutcome
+from scrapesink.domain.events import RawEvent
+from scrapesink.errors import TransientStorageError
+
+HEADER = ("source", "source_id", "occurred_at", "payload")
+_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (source TEXT NOT NULL, source_id TEXT NOT NULL,
+                                 PRIMARY KEY (source, source_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS progress (journal_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
+                                     last_seq INTEGER NOT NULL,
+                                     PRIMARY KEY (journal_id, first_seq));
+"""
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def source_dir_name(source: str) -> str:
+    """A source as one safe directory name: unsafe bytes percent-encoded (``a/b`` -> ``a%2Fb``)."""
+    name = _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), source)
+    return name if name not in (".", "..") else name.replace(".", "%2E")
+
+
+def encode_rows(events: list[RawEvent]) -> list[tuple[tuple[str, str], str, str]]:
+    """(key, relative file, CSV line) for each event — CPU work done before taking any lock."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    rows = []
+    for e in events:
+        at = e.occurred_at.astimezone(UTC)
+        writer.writerow((e.source, e.source_id, at.isoformat(), e.payload_json))
+        line = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        rel = f"{source_dir_name(e.source)}/{at:%Y-%m-%d}.csv"
+        rows.append(((e.source, e.source_id), rel, line))
+    return rows
+
+
+class CsvEventSink:
+    """Raw events mirrored into CSV files."""
+
+    name = "csv"
+    parallelism = 1  # appends happen in journal order
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "raw_events"
+        self.state_path = data_dir / "csv_state.sqlite"
+        self._header = _line(HEADER)
+        self._initialized = False
+
+    def _initialize(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() is None
+        for statement in _STATE_SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        if fresh:
+            # No state yet but files on disk (state deleted, or files from elsewhere): adopt
+            # them as they are rather than treat them as uncommitted and cut them.
+            for path in self.files():
+                db.execute(
+                    "INSERT OR IGNORE INTO files VALUES (?, ?)",
+                    (path.relative_to(self.root).as_posix(), path.stat().st_size),
+                )
+        db.execute("COMMIT")
+        self._initialized = True
+
+    # -- state ------------------------------------------------------------------------------
+    @contextmanager
+    def _state(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.state_path, isolation_level=None, timeout=60)
+        except (OSError, sqlite3.Error) as exc:
+            raise _unavailable(exc, self.state_path) from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if not self._initialized:
+                self._initialize(db)
+            if write:
+                db.execute("BEGIN IMMEDIATE")  # the cross-process CSV write lock
+            yield db
+            if write:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise _unavailable(exc, self.state_path) from exc
+        finally:
+            db.close()
+
+    def delivered(self, journal_id: str) -> list[tuple[int, int]]:
+        with self._state(write=False) as db:
+            rows = db.execute(
+                "SELECT first_seq, last_seq FROM progress WHERE journal_id = ? ORDER BY first_seq",
+                (journal_id,),
+            ).fetchall()
+        return [(int(a), int(b)) for a, b in rows]
+
+    def skip(self, journal_id: str, first: int, last: int) -> None:
+        with self._state(write=True) as db:
+            db.execute("INSERT OR IGNORE INTO progress VALUES (?, ?, ?)", (journal_id, first, last))
+
+    def forget(self, journal_id: str) -> None:
+        with self._state(write=True) as db:
+            db.execute("DELETE FROM progress WHERE journal_id = ?", (journal_id,))
+
+    # -- writing ----------------------------------------------------------------------------
+    def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
+        rows = encode_rows(list(batch.events))
+        return lambda: self._deliver(batch, rows)
+
+    def _deliver(self, batch: Batch, rows: list[tuple[tuple[str, str], str, str]]) -> WriteOutcome:
+        rels = sorted({rel for _, rel, _ in rows})
+        with self._state(write=True) as db:
+            # Register new files with length 0 *before* writing them: a crash right after the
+            # write then leaves a file longer than committed, which repair cuts back.
+            db.executemany("INSERT OR IGNORE INTO files VALUES (?, 0)", [(r,) for r in rels])
+        with self._state(write=True) as db:
+            if (
+                batch.journal_id
+                and db.execute(
+                    "SELECT 1 FROM progress WHERE journal_id = ? AND first_seq = ?",
+                    (batch.journal_id, batch.first),
+                ).fetchone()
+            ):
+                return WriteOutcome(0, frozenset(key for key, _, _ in rows))  # delivered before
+            known = _known_keys(db, [key for key, _, _ in rows])
+            by_file: dict[str, list[str]] = {}
+            fresh: list[tuple[str, str]] = []
+            for key, rel, line in rows:
+                if key in known:
+                    continue
+                known.add(key)  # the same key twice in one batch: first wins
+                fresh.append(key)
+                by_file.setdefault(rel, []).append(line)
+            committed = dict(db.execute("SELECT path, length FROM files").fetchall())
+            lengths = self._append(by_file, committed)
+            db.executemany(
+                "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET length = ?",
+                [(rel, n, n) for rel, n in lengths.items()],
+            )
+            db.executemany("INSERT INTO keys VALUES (?, ?)", fresh)
+            if batch.journal_id:
+                db.execute(
+                    "INSERT OR IGNORE INTO progress VALUES (?, ?, ?)",
+                    (batch.journal_id, batch.first, batch.last),
+                )
+        duplicates = frozenset(key for key, _, _ in rows) - frozenset(fresh)
+        return WriteOutcome(len(fresh), duplicates)
+
+    def _append(self, by_file: dict[str, list[str]], committed: dict[str, int]) -> dict[str, int]:
+        """Append each file's lines under its flock; returns the new lengths (after fsync)."""
+        lengths: dict[str, int] = {}
+        fds: list[int] = []
+        try:
+            for rel in sorted(by_file):  # one lock order for every writer
+                path = self.root / rel
+                created = _ensure_dir(path.parent)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fds.append(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = _repair(fd, committed.get(rel))
+                data = "".join(by_file[rel])
+                if size == 0:
+                    data = self._header + data
+                payload = data.encode("utf-8")
+                written = os.write(fd, payload)  # one write: no other appender can interleave
+                if written != len(payload):
+                    raise OSError(errno.EIO, f"short write to {path}: {written} of {len(payload)}")
+                os.fsync(fd)
+                if created or size == 0:
+                    _fsync_dir(path.parent)
+                lengths[rel] = size + written
+        except OSError as exc:
+            raise _unavailable(exc, self.root) from exc
+        finally:
+            for fd in fds:
+                os.close(fd)  # closing releases the flock
+        return lengths
+
+    def repair(self) -> None:
+        """Truncate every file back to its committed length (a torn line, an uncommitted tail)."""
+        with self._state(write=True) as db:
+            for rel, length in db.execute("SELECT path, length FROM files").fetchall():
+                path = self.root / rel
+                if not path.exists():
+                    continue
+                try:
+                    fd = os.open(path, os.O_WRONLY)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                        _repair(fd, length)
+                    finally:
+                        os.close(fd)
+                except OSError as exc:
+                    raise _unavailable(exc, path) from exc
+
+    def files(self) -> list[Path]:
+        return sorted(self.root.rglob("*.csv")) if self.root.is_dir() else []
+
+
+def _line(values: tuple[str, ...]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow(values)
+    return buffer.getvalue()
+
+
+def _known_keys(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    known: set[tuple[str, str]] = set()
+    for start in range(0, len(keys), 400):  # SQLite's variable limit, two per key
+        chunk = keys[start : start + 400]
+        values = ",".join("(?, ?)" for _ in chunk)
+        params = [part for key in chunk for part in key]
+        query = "SELECT source, source_id FROM keys WHERE (source, source_id) IN (VALUES {})"
+        known.update(db.execute(query.format(values), params).fetchall())  # placeholders only
+    return known
+
+
+def _repair(fd: int, committed: int | None) -> int:
+    """Cut a file back to its committed length; returns the length to append at."""
+    size = os.fstat(fd).st_size
+    if committed is None:  # a file we hold no state for (state lost): keep what is there
+        return size
+    if size > committed:
+        os.ftruncate(fd, committed)
+        os.fsync(fd)
+        return committed
+    return size
+
+
+def _ensure_dir(path: Path) -> bool:
+    if path.is_dir():
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unavailable(exc: BaseException, where: Path) -> TransientStorageError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return TransientStorageError(f"CSV files in {where} are not writable: {reason}")

@@ -1,0 +1,232 @@
+"""Delivery: journal batches to every sink, each sink on its own lane, failures contained.
+
+Policy, per lane (one per sink):
+
+* a batch is encoded in the caller's thread (``sink.stage``) and stored in the lane's threads, at
+  most ``sink.parallelism`` at once (back-pressure beyond that);
+* transient errors (connection refused or lost, timeouts, disk full, directory not writable) are
+  retried with jittered exponential backoff for up to ``retry_seconds``; then the lane is *down*
+  for ``cooldown_seconds``: batches meanwhile stay in the journal, pending for that sink only,
+  and the other lanes go on;
+* a permanent error (a value the store refuses) splits the batch in halves until the offending
+  records are alone; each goes to the dead-letter store and its journal slot is marked handled,
+  so its good neighbours are stored and nothing blocks behind it.
+
+Nothing is ever dropped: whatever a lane did not store is still in the journal, and
+:func:`replay` (run by ``scrapesink replay`` and at start-up) delivers it later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from scrapesink.application.ports import Batch, DeadLetters, EventSink, WriteOutcome
+from scrapesink.errors import PermanentStorageError, TransientStorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_seconds: float = 10.0
+    cooldown_seconds: float = 30.0
+
+
+@dataclass
+class SinkReport:
+    """What one sink did in one run."""
+
+    stored: int = 0
+    duplicates: int = 0
+    pending: int = 0
+    dead_letters: int = 0
+    error: str | None = None  # why records are pending
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "pending": self.pending,
+            "dead_letters": self.dead_letters,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Lane:
+    """Delivers batches to one sink."""
+
+    sink: EventSink
+    dead_letters: DeadLetters
+    policy: RetryPolicy
+    report: SinkReport = field(default_factory=SinkReport)
+    handled: list[tuple[int, int]] = field(default_factory=list)  # ranges stored or dead
+    pending: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.sink.parallelism)
+        self._executor = ThreadPoolExecutor(
+            self.sink.parallelism, thread_name_prefix=f"scrapesink-{self.sink.name}"
+        )
+        self._futures: set[Future[None]] = set()
+        self._down_until = 0.0
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def submit(self, batch: Batch) -> None:
+        if self.down:
+            self._left_pending(batch, None)
+            return
+        work = self.sink.stage(batch)
+        self._slots.acquire()
+        future = self._executor.submit(self._run, batch, work)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def drain(self) -> None:
+        while True:
+            with self._lock:
+                futures = list(self._futures)
+            if not futures:
+                return
+            for future in futures:
+                future.result()
+
+    def close(self) -> None:
+        self.drain()
+        self._executor.shutdown(wait=True)
+
+    # -- in a lane thread ---------------------------------------------------------------------
+    def _run(self, batch: Batch, work: Callable[[], WriteOutcome]) -> None:
+        try:
+            self._store(batch, work)
+        finally:
+            self._slots.release()
+
+    def _store(self, batch: Batch, work: Callable[[], WriteOutcome]) -> None:
+        try:
+            outcome = self._with_retries(work)
+        except TransientStorageError as exc:
+            self._went_down(exc)
+            self._left_pending(batch, exc)
+            return
+        except PermanentStorageError as exc:
+            self._isolate(batch, exc)
+            return
+        except Exception as exc:
+            log.exception("unexpected error delivering to %s", self.sink.name)
+            self._left_pending(batch, exc)
+            return
+        with self._lock:
+            self.report.stored += outcome.stored
+            self.report.duplicates += len(outcome.duplicates)
+            self.handled.append((batch.first, batch.last))
+
+    def _with_retries(self, work: Callable[[], WriteOutcome]) -> WriteOutcome:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(TransientStorageError),
+            stop=stop_after_delay(self.policy.retry_seconds),
+            wait=wait_random_exponential(multiplier=0.1, max=3.0),
+            reraise=True,
+        ):
+            with attempt:
+                return work()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _isolate(self, batch: Batch, error: PermanentStorageError) -> None:
+        if len(batch.events) == 1:
+            event = batch.events[0]
+            log.warning(
+                "%s refused %s/%s: %s", self.sink.name, event.source, event.source_id, error.message
+            )
+            try:
+                self.dead_letters.add(self.sink.name, batch.journal_id, batch.first, event, error)
+                if batch.journal_id:
+                    self.sink.skip(batch.journal_id, batch.first, batch.last)
+            except TransientStorageError as exc:
+                self._left_pending(batch, exc)
+                return
+            with self._lock:
+                self.report.dead_letters += 1
+                self.handled.append((batch.first, batch.last))
+            return
+        for half in batch.split():
+            self._store(half, self.sink.stage(half))
+
+    def _went_down(self, error: TransientStorageError) -> None:
+        log.warning("%s unavailable, records stay pending: %s", self.sink.name, error.message)
+        self._down_until = time.monotonic() + self.policy.cooldown_seconds
+
+    def _left_pending(self, batch: Batch, error: BaseException | None) -> None:
+        with self._lock:
+            self.report.pending += len(batch.events)
+            self.pending.append((batch.first, batch.last))
+            if error is not None:
+                self.report.error = getattr(error, "message", None) or str(error)
+
+
+class Delivery:
+    """All lanes of one journal, plus what is needed to compact it."""
+
+    def __init__(
+        self, sinks: Sequence[EventSink], dead_letters: DeadLetters, policy: RetryPolicy
+    ) -> None:
+        self.lanes = [Lane(sink, dead_letters, policy) for sink in sinks]
+
+    def submit(self, batch: Batch) -> None:
+        for lane in self.lanes:
+            lane.submit(batch)
+
+    def drain(self) -> None:
+        for lane in self.lanes:
+            lane.drain()
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.close()
+
+    def reports(self) -> dict[str, SinkReport]:
+        return {lane.sink.name: lane.report for lane in self.lanes}
+
+
+def contiguous_end(start: int, ranges: Sequence[tuple[int, int]]) -> int:
+    """The last seq such that ``start..seq`` is covered by ``ranges`` (``start - 1`` if none)."""
+    end = start - 1
+    for first, last in sorted(ranges):
+        if first > end + 1:
+            break
+        end = max(end, last)
+    return end
+
+
+def missing(first: int, last: int, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``first..last`` not covered by ``ranges``."""
+    gaps, cursor = [], first
+    for a, b in sorted(ranges):
+        if b < cursor:
+            continue
+        if a > last:
+            break
+        if a > cursor:
+            gaps.append((cursor, min(a - 1, last)))
+        cursor = max(cursor, b + 1)
+        if cursor > last:
+            break
+    if cursor <= last:
+        gaps.append((cursor, last))
+    return gaps

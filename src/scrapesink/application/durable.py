@@ -1,0 +1,200 @@
+"""The durable write path: journal first (that is the acknowledgement), then every sink.
+
+:class:`DurableWriter` owns one process's journal and its delivery lanes; :func:`replay` drains
+journals that other (dead) processes left behind, or that were left pending by a sink outage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from scrapesink.application.delivery import (
+    Delivery,
+    Lane,
+    RetryPolicy,
+    SinkReport,
+    contiguous_end,
+    missing,
+)
+from scrapesink.application.ports import Batch, DeadLetters, EventSink, Journal, JournalEntry
+from scrapesink.domain.events import RawEvent
+from scrapesink.errors import StorageError, TransientStorageError
+
+log = logging.getLogger(__name__)
+
+
+class DurableWriter:
+    """Journal, then deliver to every sink; counts what each sink did."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        sinks: Sequence[EventSink],
+        dead_letters: DeadLetters,
+        policy: RetryPolicy,
+        *,
+        batch_size: int = 5000,
+    ) -> None:
+        self.journal = journal
+        self.sinks = list(sinks)
+        self.delivery = Delivery(sinks, dead_letters, policy)
+        self.batch_size = batch_size
+        self._start = journal.last_seq + 1
+        self._closed = False
+
+    def write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
+        """Append to the journal (durable on return: acknowledged), then hand to every sink."""
+        first, last = self.journal.append(events)
+        if events:
+            self.delivery.submit(Batch(self.journal.id, first, last, events))
+        return first, last
+
+    def settle(self) -> dict[str, SinkReport]:
+        """Wait for deliveries, retry what a recovered sink missed, compact the journal."""
+        self.delivery.drain()
+        for lane in self.delivery.lanes:
+            if lane.pending and not lane.down:
+                self._catch_up(lane)
+        self.delivery.drain()
+        self._compact()
+        return self.reports()
+
+    def reports(self) -> dict[str, SinkReport]:
+        return {name: replace(report) for name, report in self.delivery.reports().items()}
+
+    def close(self) -> dict[str, SinkReport]:
+        if self._closed:
+            return self.reports()
+        self._closed = True
+        reports = self.settle()
+        self.delivery.close()
+        if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
+            _forget(self.sinks, self.journal.id)
+        return reports
+
+    def _catch_up(self, lane: Lane) -> None:
+        ranges, lane.pending = lane.pending, []
+        for first, last in ranges:
+            lane.report.pending -= last - first + 1
+            for batch in _batches(self.journal, first, last, self.batch_size):
+                lane.submit(batch)
+
+    def _compact(self) -> None:
+        upto = min(
+            (contiguous_end(self._start, lane.handled) for lane in self.delivery.lanes),
+            default=self._start - 1,
+        )
+        if upto >= self._start:
+            self.journal.compact(upto)
+
+
+@dataclass
+class ReplayResult:
+    journals: int = 0
+    removed: int = 0
+    busy: int = 0
+    reports: dict[str, SinkReport] = field(default_factory=dict)
+
+
+def replay(
+    journal_paths: Iterable[Path],
+    open_journal: Callable[[Path], Journal],
+    sinks: Sequence[EventSink],
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+    *,
+    batch_size: int = 5000,
+) -> ReplayResult:
+    """Deliver everything the given journals hold that a sink lacks; remove drained journals.
+
+    Journals held by a live process are skipped (counted as busy).
+    """
+    from scrapesink.adapters.journal import JournalBusy  # the one adapter error replay expects
+
+    result = ReplayResult(reports={sink.name: SinkReport() for sink in sinks})
+    for path in journal_paths:
+        try:
+            journal = open_journal(path)
+        except JournalBusy:
+            result.busy += 1
+            continue
+        result.journals += 1
+        try:
+            _replay_one(journal, sinks, dead_letters, policy, batch_size, result)
+        finally:
+            removed = journal.close()  # True when drained: the file is gone
+        if removed:
+            result.removed += 1
+            _forget(sinks, journal.id)
+    return result
+
+
+def _replay_one(
+    journal: Journal,
+    sinks: Sequence[EventSink],
+    dead_letters: DeadLetters,
+    policy: RetryPolicy,
+    batch_size: int,
+    result: ReplayResult,
+) -> bool:
+    start = journal.first_seq()
+    if start is None:
+        return True
+    delivery = Delivery(sinks, dead_letters, policy)
+    ends = []
+    try:
+        for lane in delivery.lanes:
+            try:
+                have = lane.sink.delivered(journal.id)
+            except TransientStorageError as exc:
+                lane.report.pending += journal.count_between(start, journal.last_seq)
+                lane.report.error = exc.message
+                ends.append(start - 1)
+                continue
+            for first, last in missing(start, journal.last_seq, have):
+                for batch in _batches(journal, first, last, batch_size):
+                    lane.submit(batch)
+            lane.drain()
+            lane.handled.extend(have)
+            ends.append(contiguous_end(start, lane.handled))
+    finally:
+        delivery.close()
+    for name, report in delivery.reports().items():
+        total = result.reports[name]
+        total.stored += report.stored
+        total.duplicates += report.duplicates
+        total.pending += report.pending
+        total.dead_letters += report.dead_letters
+        total.error = report.error or total.error
+    upto = min(ends, default=start - 1)
+    if upto >= start:
+        journal.compact(upto)
+    return upto >= journal.last_seq
+
+
+def _batches(journal: Journal, first: int, last: int, size: int) -> Iterable[Batch]:
+    """Contiguous batches of the journal's entries in ``first..last``."""
+    for chunk in journal.read(first, last, chunk=size):
+        run: list[JournalEntry] = []
+        for entry in chunk:
+            if run and entry.seq != run[-1].seq + 1:
+                yield _batch(journal.id, run)
+                run = []
+            run.append(entry)
+        if run:
+            yield _batch(journal.id, run)
+
+
+def _batch(journal_id: str, entries: Sequence[JournalEntry]) -> Batch:
+    return Batch(journal_id, entries[0].seq, entries[-1].seq, [e.event for e in entries])
+
+
+def _forget(sinks: Sequence[EventSink], journal_id: str) -> None:
+    for sink in sinks:
+        try:
+            sink.forget(journal_id)
+        except StorageError as exc:  # only bookkeeping is left behind
+            log.info("could not forget journal %s in %s: %s", journal_id, sink.name, exc)

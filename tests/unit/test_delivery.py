@@ -1,0 +1,87 @@
+"""Delivery lanes: a failing sink never blocks or loses the other; refused records are isolated."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from scrapesink.application.delivery import RetryPolicy, contiguous_end, missing
+from scrapesink.application.durable import DurableWriter, replay
+from scrapesink.domain.events import RawEvent
+from scrapesink.errors import ConstraintError, TransientStorageError
+from tests.unit.fakes import MemoryDeadLetters, MemoryJournal, MemorySink
+
+AT = datetime(2025, 5, 15, tzinfo=UTC)
+
+
+def events(n, start=0):
+    return [RawEvent("s", str(i), AT, "{}") for i in range(start, start + n)]
+
+
+def test_contiguous_end_and_missing():
+    assert contiguous_end(1, [(1, 5), (6, 9), (12, 20)]) == 9
+    assert contiguous_end(1, [(2, 5)]) == 0
+    assert contiguous_end(3, [(1, 5), (4, 8)]) == 8
+    assert missing(1, 20, [(1, 5), (9, 10)]) == [(6, 8), (11, 20)]
+    assert missing(1, 5, []) == [(1, 5)]
+    assert missing(1, 5, [(1, 5)]) == []
+
+
+def test_a_sink_that_is_down_leaves_its_records_pending_and_the_other_goes_on():
+    pg, csv = MemorySink("postgres"), MemorySink("csv")
+    pg.fail_with = TransientStorageError("connection refused")
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    writer.write(events(10))
+    writer.write(events(10, start=10))
+    reports = writer.close()
+    assert reports["csv"].stored == 20
+    assert reports["postgres"].pending == 20
+    assert reports["postgres"].error == "connection refused"
+    assert len(journal.entries) == 20  # kept: postgres lacks all of it
+    assert not journal.entries.keys() - set(range(1, 21))
+
+
+def test_replay_after_recovery_delivers_exactly_what_was_missing():
+    pg, csv = MemorySink("postgres"), MemorySink("csv")
+    pg.fail_with = TransientStorageError("down")
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    writer.write(events(7))
+    writer.close()
+    pg.fail_with = None
+    result = replay(["j"], lambda _: journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    assert result.reports["postgres"].stored == 7
+    assert result.reports["csv"].stored == 0  # csv had it all: nothing sent twice
+    assert len(pg.events) == len(csv.events) == 7
+    assert journal.entries == {} and result.removed == 1
+
+
+def test_a_refused_record_goes_to_dead_letters_and_its_neighbours_are_stored():
+    pg = MemorySink("postgres")
+    pg.refuse = lambda e: ConstraintError("bad value") if e.source_id == "13" else None
+    dead = MemoryDeadLetters()
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg], dead, RetryPolicy(0, 60))
+    writer.write(events(20))
+    reports = writer.close()
+    assert reports["postgres"].stored == 19
+    assert reports["postgres"].dead_letters == 1
+    assert [(sink, seq, e.source_id) for sink, _, seq, e, _ in dead.letters] == [
+        ("postgres", 14, "13")
+    ]
+    assert journal.entries == {}  # the refused record is handled: nothing blocks compaction
+
+
+def test_a_sink_that_recovers_within_the_run_catches_up_from_the_journal():
+    pg = MemorySink("postgres")
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg], MemoryDeadLetters(), RetryPolicy(0, 0))
+    pg.fail_with = TransientStorageError("blip")
+    writer.write(events(5))
+    writer.delivery.drain()
+    pg.fail_with = None
+    writer.write(events(5, start=5))
+    reports = writer.close()
+    assert reports["postgres"].pending == 0
+    assert reports["postgres"].stored == 10
+    assert journal.entries == {}
