@@ -17,6 +17,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,3 +192,68 @@ class Journal:
 
 class JournalBusy(StorageError):
     """The journal is held by another live process."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalInfo:
+    """A journal seen from outside, without taking it over (for `scrapesink status`)."""
+
+    path: Path
+    id: str
+    entries: int
+    first_seq: int | None
+    last_seq: int | None
+    size_bytes: int
+    in_use: bool
+
+    def pending(self, delivered: Sequence[tuple[int, int]]) -> tuple[int, datetime | None]:
+        """How many entries ``delivered`` lacks, and when the oldest of them was journaled."""
+        if self.first_seq is None or self.last_seq is None:
+            return 0, None
+        from scrapesink.application.delivery import missing
+
+        gaps = missing(self.first_seq, self.last_seq, delivered)
+        if not gaps:
+            return 0, None
+        with _read_only(self.path) as db:
+            count, oldest = 0, None
+            for first, last in gaps:
+                n, t = db.execute(
+                    "SELECT count(*), min(journaled_at) FROM entries WHERE seq BETWEEN ? AND ?",
+                    (first, last),
+                ).fetchone()
+                count += n
+                if t is not None:
+                    oldest = t if oldest is None else min(oldest, t)
+        return count, datetime.fromtimestamp(oldest, UTC) if oldest is not None else None
+
+
+def inspect(path: Path) -> JournalInfo:
+    lock_path = f"{path}.lock"
+    in_use = False
+    if os.path.exists(lock_path):
+        fd = os.open(lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            in_use = True
+        finally:
+            os.close(fd)
+    with _read_only(path) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
+        count, first, last = db.execute(
+            "SELECT count(*), min(seq), max(seq) FROM entries"
+        ).fetchone()
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    return JournalInfo(path, row[0] if row else path.stem, count, first, last, size, in_use)
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        yield db
+    except sqlite3.Error as exc:
+        raise StorageError(f"journal {path} is unreadable: {exc}") from exc
+    finally:
+        db.close()

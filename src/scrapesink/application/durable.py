@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 from scrapesink.application.delivery import (
     Delivery,
@@ -21,7 +22,13 @@ from scrapesink.application.delivery import (
 )
 from scrapesink.application.ports import Batch, DeadLetters, EventSink, Journal, JournalEntry
 from scrapesink.domain.events import RawEvent
-from scrapesink.errors import StorageError, TransientStorageError
+from scrapesink.errors import (
+    ConfigError,
+    PermanentStorageError,
+    ScrapesinkError,
+    StorageError,
+    TransientStorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +205,56 @@ def _forget(sinks: Sequence[EventSink], journal_id: str) -> None:
             sink.forget(journal_id)
         except StorageError as exc:  # only bookkeeping is left behind
             log.info("could not forget journal %s in %s: %s", journal_id, sink.name, exc)
+
+
+@dataclass
+class RetryResult:
+    stored: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+class DeadLetterRecords(Protocol):
+    """What retrying needs of the dead-letter store."""
+
+    def remove(self, ids: Sequence[int]) -> int: ...
+
+    def failed_again(self, letter_id: int, error: ScrapesinkError) -> None: ...
+
+
+class DeadLetterLike(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def sink(self) -> str: ...
+
+    @property
+    def event(self) -> RawEvent: ...
+
+
+def retry_dead_letters(
+    letters: Sequence[DeadLetterLike], sinks: Sequence[EventSink], store: DeadLetterRecords
+) -> RetryResult:
+    """Send each dead letter to its sink again; stored ones leave the store.
+
+    Raises:
+        TransientStorageError: a sink is unavailable (nothing more is tried).
+        ConfigError: a letter belongs to a sink that is not enabled.
+    """
+    by_name = {sink.name: sink for sink in sinks}
+    result = RetryResult()
+    try:
+        for letter in letters:
+            sink = by_name.get(letter.sink)
+            if sink is None:
+                raise ConfigError(f"dead letter {letter.id} is for {letter.sink!r}, not enabled")
+            try:
+                sink.stage(Batch("", 0, 0, [letter.event]))()
+            except PermanentStorageError as exc:
+                store.failed_again(letter.id, exc)
+                result.refused[letter.id] = exc.message
+                continue
+            result.stored.append(letter.id)
+    finally:
+        store.remove(result.stored)
+    return result

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from scrapesink.application.delivery import SinkReport
-from scrapesink.application.durable import ReplayResult
+from scrapesink.application.durable import ReplayResult, RetryResult, retry_dead_letters
 from scrapesink.application.ingest import IngestSummary
 from scrapesink.application.ports import DayStats, EventPage, EventQuery
 from scrapesink.bootstrap import App, bootstrap
@@ -73,6 +73,11 @@ class Sink:
     def flush(self) -> dict[str, SinkReport]:
         """Wait until every journaled record is delivered (or pending); totals per sink."""
         return self._app.writer().settle()
+
+    def retry_dead_letters(self, sink: str | None = None) -> RetryResult:
+        """Send dead letters (of one sink, or all) to their sink again; stored ones are removed."""
+        store = self._app.dead_letters
+        return retry_dead_letters(store.list(sink=sink, limit=1_000_000), self._app.sinks, store)
 
     def replay(self) -> ReplayResult:
         """Deliver what journals left by earlier processes still hold (done at open, too)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from scrapesink import __version__
-from scrapesink.entrypoints.cli import db, events, partitions
+from scrapesink.entrypoints.cli import db, events, ops, partitions
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -40,6 +40,10 @@ app.add_typer(events.app, name="events")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(db.app, name="db")
 app.command()(ingest)
+app.command()(ops.status)
+app.command()(ops.replay)
+app.command()(ops.export)
+app.add_typer(ops.deadletters_app, name="deadletters")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,246 @@
+"""Operator commands: status, replay, dead letters, and the spreadsheet export."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from scrapesink.adapters.csv_sink import CsvEventSink
+from scrapesink.adapters.deadletters import DeadLetterStore
+from scrapesink.adapters.export import export_excel
+from scrapesink.adapters.journal import Journal, inspect
+from scrapesink.application.durable import retry_dead_letters
+from scrapesink.application.ports import EventSink
+from scrapesink.bootstrap import App, bootstrap
+from scrapesink.entrypoints.cli.common import (
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PENDING,
+    err,
+    escape,
+    handle_errors,
+    open_app,
+    out,
+    settings,
+)
+from scrapesink.errors import TransientStorageError
+
+deadletters_app = typer.Typer(
+    help="Records a store refused permanently: list, show, retry, purge.", no_args_is_help=True
+)
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = max(0, int((datetime.now(UTC) - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+@handle_errors
+def status(as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+    """Per store: records pending in journals and the oldest one's age; dead letters; journals.
+
+    Works while PostgreSQL is down (its pending count then covers every journaled record).
+    Exit code 4 when anything is pending.
+    """
+    config = settings()
+    app: App | None = None
+    try:
+        app = bootstrap(config, schema="check")
+        sinks: list[EventSink] = app.sinks
+        database = app.database_label
+    except TransientStorageError as exc:
+        sinks = [CsvEventSink(config.data_dir)] if config.csv_enabled else []
+        database = f"unreachable ({exc.message})"
+    try:
+        names = ["postgres", *[s.name for s in sinks if s.name != "postgres"]]
+        pending = dict.fromkeys(names, 0)
+        oldest: dict[str, datetime | None] = dict.fromkeys(names)
+        infos = [inspect(path) for path in Journal.files(config.data_dir / "journal")]
+        by_name = {s.name: s for s in sinks}
+        for info in infos:
+            for name in names:
+                sink = by_name.get(name)
+                delivered = sink.delivered(info.id) if sink is not None else []
+                count, first = info.pending(delivered)
+                pending[name] += count
+                if first is not None:
+                    current = oldest[name]
+                    oldest[name] = first if current is None else min(current, first)
+        dead = DeadLetterStore(config.data_dir / "deadletters.sqlite").counts()
+    finally:
+        if app is not None:
+            app.close()
+    size = sum(info.size_bytes for info in infos)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "database": database,
+                    "sinks": {
+                        name: {
+                            "pending": pending[name],
+                            "oldest_pending": _iso(oldest[name]),
+                            "dead_letters": dead.get(name, 0),
+                        }
+                        for name in names
+                    },
+                    "journals": len(infos),
+                    "journals_in_use": sum(info.in_use for info in infos),
+                    "journal_bytes": size,
+                }
+            )
+        )
+    else:
+        out.print(f"database: {escape(database)}", highlight=False)
+        table = Table("sink", "pending", "oldest pending", "dead letters")
+        for name in names:
+            shown = f"[yellow]{pending[name]:,}[/]" if pending[name] else "0"
+            table.add_row(name, shown, _age(oldest[name]), f"{dead.get(name, 0):,}")
+        out.print(table)
+        in_use = sum(info.in_use for info in infos)
+        out.print(f"journals: {len(infos)} ({in_use} in use), {size / 1e6:.1f} MB")
+    raise typer.Exit(EXIT_PENDING if any(pending.values()) else EXIT_OK)
+
+
+@handle_errors
+def replay() -> None:
+    """Deliver everything journals still hold for a store (also done when ingest starts).
+
+    Exit code 4 when something could still not be delivered.
+    """
+    with open_app() as app:
+        result = app.replay()
+    if result.busy:
+        out.print(f"{result.busy} journal(s) in use by running processes were left to them")
+    table = Table("sink", "stored", "duplicates", "pending", "dead letters")
+    for name, report in result.reports.items():
+        table.add_row(
+            name,
+            f"{report.stored:,}",
+            f"{report.duplicates:,}",
+            f"{report.pending:,}",
+            f"{report.dead_letters:,}",
+        )
+    out.print(f"replayed {result.journals} journal(s), {result.removed} drained and removed")
+    out.print(table)
+    pending = sum(r.pending for r in result.reports.values())
+    for name, report in result.reports.items():
+        if report.pending:
+            err.print(f"[yellow]pending[/] {name}: {escape(report.error or 'unavailable')}")
+    raise typer.Exit(EXIT_PENDING if pending else EXIT_OK)
+
+
+@deadletters_app.command("list")
+@handle_errors
+def dl_list(
+    sink: str | None = typer.Option(None, help="Only this store (postgres, csv)."),
+    limit: int = typer.Option(100, min=1, max=100_000),
+) -> None:
+    """Dead letters, oldest first."""
+    store = DeadLetterStore(settings().data_dir / "deadletters.sqlite")
+    letters = store.list(sink=sink, limit=limit)
+    table = Table("id", "sink", "source", "source_id", "error", "attempts", "last failed")
+    for letter in letters:
+        table.add_row(
+            str(letter.id),
+            letter.sink,
+            escape(letter.event.source),
+            escape(letter.event.source_id),
+            escape(f"{letter.error_type}: {letter.message}"[:80]),
+            str(letter.attempts),
+            _age(letter.last_failed_at),
+        )
+    out.print(table)
+    out.print(f"{len(letters)} dead letter(s)")
+
+
+@deadletters_app.command("show")
+@handle_errors
+def dl_show(letter_id: int) -> None:
+    """One dead letter with its record, as JSON."""
+    letter = DeadLetterStore(settings().data_dir / "deadletters.sqlite").get(letter_id)
+    event = letter.event
+    out.print_json(
+        json.dumps(
+            {
+                "id": letter.id,
+                "sink": letter.sink,
+                "error_type": letter.error_type,
+                "message": letter.message,
+                "attempts": letter.attempts,
+                "first_failed_at": letter.first_failed_at.isoformat(),
+                "last_failed_at": letter.last_failed_at.isoformat(),
+                "record": {
+                    "source": event.source,
+                    "source_id": event.source_id,
+                    "occurred_at": event.occurred_at.isoformat(),
+                    "payload": event.payload,
+                },
+            },
+            ensure_ascii=False,
+        )
+    )
+
+
+@deadletters_app.command("retry")
+@handle_errors
+def dl_retry(
+    ids: list[int] = typer.Argument(None, help="Dead letter ids (default: all)."),
+    sink: str | None = typer.Option(None, help="Only this store."),
+) -> None:
+    """Send dead letters to their store again (after fixing the cause); stored ones are removed."""
+    with open_app() as app:
+        store = app.dead_letters
+        letters = [store.get(i) for i in ids] if ids else store.list(sink=sink, limit=1_000_000)
+        result = retry_dead_letters(letters, app.sinks, store)
+    for letter_id, message in result.refused.items():
+        err.print(f"[red]still refused[/] {letter_id}: {escape(message)}")
+    out.print(f"{len(result.stored)} stored and removed, {len(result.refused)} still refused")
+    raise typer.Exit(EXIT_FATAL if result.refused else EXIT_OK)
+
+
+@deadletters_app.command("purge")
+@handle_errors
+def dl_purge(
+    sink: str | None = typer.Option(None, help="Only this store."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+) -> None:
+    """Delete dead letters for good."""
+    store = DeadLetterStore(settings().data_dir / "deadletters.sqlite")
+    if not yes and not typer.confirm(f"delete every dead letter{f' of {sink}' if sink else ''}?"):
+        raise typer.Exit(EXIT_FATAL)
+    out.print(f"{store.purge(sink=sink)} dead letter(s) deleted")
+
+
+@handle_errors
+def export(
+    excel: bool = typer.Option(False, "--excel", help="Spreadsheet-safe copy (required)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Target directory (default: <data dir>/export/excel)."
+    ),
+) -> None:
+    """Write a spreadsheet-safe copy of the CSV files: UTF-8 BOM, formulas neutralised.
+
+    Cells starting with = + - @ (or a tab or carriage return) get a leading apostrophe, so a
+    spreadsheet shows them as text instead of running them. The machine-readable files under
+    the data directory are never changed.
+    """
+    if not excel:
+        raise typer.BadParameter("choose a format: --excel", param_hint="--excel")
+    config = settings()
+    target = out_dir or config.data_dir / "export" / "excel"
+    written = export_excel(CsvEventSink(config.data_dir).root, target)
+    out.print(f"{len(written)} file(s) written to {target}")
