@@ -1,0 +1,266 @@
+"""Fault injection with real processes and real PostgreSQL: a stopped server, kill -9, contention."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pandas as pd
+import psycopg
+import pytest
+
+from scrapesink.adapters.embedded import EmbeddedPostgres
+from scrapesink.adapters.postgres.database import Database, PoolOptions
+from scrapesink.adapters.postgres.migrate import Migrator
+from tests.conftest import with_database
+
+SCRAPESINK = [sys.executable, "-m", "scrapesink"]
+
+
+class StoppablePostgres:
+    """An embedded server of the test's own, which the test may stop and start again."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.url = EmbeddedPostgres(pgdata).start()
+        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+        self.bin = EmbeddedPostgres(pgdata).bin_dir
+
+    def _pg_ctl(self, *args: str) -> None:
+        user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
+        subprocess.run(
+            [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), *args],
+            user=user,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl(
+            "-w",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {self.socket_dir}",
+            "-l",
+            str(self.pgdata / "log"),
+            "start",
+        )
+
+
+@pytest.fixture(scope="module")
+def stoppable(tmp_path_factory) -> StoppablePostgres:
+    return StoppablePostgres(tmp_path_factory.mktemp("stoppable") / "pgdata")
+
+
+def fresh_db(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server_url, name)
+    Migrator(Database(url, PoolOptions(size=1, min_size=0))).upgrade()
+    return url
+
+
+def env_for(url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCRAPESINK_")}
+    env.update(
+        SCRAPESINK_DATABASE_URL=url,
+        SCRAPESINK_DATA_DIR=str(data_dir),
+        NO_COLOR="1",
+        COLUMNS="200",
+        **extra,
+    )
+    return env
+
+
+def csv_keys(data_dir: Path) -> list[tuple[str, str]]:
+    """Every row of every CSV file, checking each file is whole: one header, no torn line."""
+    keys = []
+    for path in sorted((data_dir / "raw_events").rglob("*.csv")):
+        raw = path.read_bytes()
+        assert raw.endswith(b"\r\n"), f"{path} ends in a partial line"
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0] == ["source", "source_id", "occurred_at", "payload"]
+        assert ["source", "source_id", "occurred_at", "payload"] not in rows[1:], "second header"
+        for row in rows[1:]:
+            assert len(row) == 4, row
+            json.loads(row[3])
+            keys.append((row[0], row[1]))
+    return keys
+
+
+def pg_keys(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as conn:
+        return [tuple(r) for r in conn.execute("SELECT source, source_id FROM raw_events")]
+
+
+@pytest.mark.slow
+def test_postgresql_stopped_mid_ingest_loses_nothing(stoppable: StoppablePostgres, tmp_path):
+    url = fresh_db(stoppable.url, "stopped_mid_ingest")
+    data_dir = tmp_path / "data"
+    path = tmp_path / "events.jsonl"
+    with path.open("w") as fh:
+        for i in range(100_000):
+            fh.write(
+                json.dumps({"source": "feed", "id": i, "timestamp": "2025-05-15T10:00:00Z", "n": i})
+                + "\n"
+            )
+    env = env_for(
+        url,
+        data_dir,
+        SCRAPESINK_RETRY_SECONDS="1",
+        SCRAPESINK_POOL_TIMEOUT="2",
+        SCRAPESINK_CONNECT_TIMEOUT="2",
+        SCRAPESINK_COOLDOWN_SECONDS="600",
+    )
+    proc = subprocess.Popen(
+        [*SCRAPESINK, "ingest", str(path)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with psycopg.connect(url) as conn:
+                if conn.execute("SELECT count(*) FROM raw_events").fetchone()[0] > 0:
+                    break
+            time.sleep(0.02)
+        stoppable.stop()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stoppable.start()
+    assert proc.returncode == 4, err
+    assert "Traceback" not in err
+    assert "pending" in err and "scrapesink replay" in err
+    keys = csv_keys(data_dir)
+    assert len(keys) == len(set(keys)) == 100_000  # the CSV files got everything
+    assert len(pg_keys(url)) < 100_000
+
+    status = subprocess.run(
+        [*SCRAPESINK, "status", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert status.returncode == 4
+    assert json.loads(status.stdout)["sinks"]["postgres"]["pending"] > 0
+
+    replay = subprocess.run(
+        [*SCRAPESINK, "replay"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert replay.returncode == 0, replay.stderr
+    pg = pg_keys(url)
+    assert len(pg) == len(set(pg)) == 100_000
+    assert sorted(pg) == sorted(csv_keys(data_dir))
+    assert list((data_dir / "journal").glob("*.sqlite")) == []
+
+
+KILL_CHILD = """
+import sys, scrapesink
+i = int(sys.argv[1])
+with scrapesink.open() as sink:
+    while True:
+        batch = [{"source": "k", "id": n, "timestamp": "2025-05-15T10:00:00Z",
+                  "text": "line\\nbreak, \\"quote\\" " * 20} for n in range(i, i + 250)]
+        sink.write_events(batch)
+        print(f"acked {i} {i + 249}", flush=True)
+        i += 250
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_never_loses_or_doubles_an_acknowledged_record(
+    server_url, tmp_path
+):
+    url = fresh_db(server_url, f"kill9_{os.getpid()}")
+    data_dir = tmp_path / "data"
+    env = env_for(url, data_dir)
+    acked: set[str] = set()
+    rng = random.Random(9)
+    for round_ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_CHILD, str(round_ * 1_000_000)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(rng.uniform(1.0, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        for line in out.splitlines():
+            if line.startswith("acked "):
+                _, first, last = line.split()
+                acked.update(str(n) for n in range(int(first), int(last) + 1))
+        assert "Traceback" not in err, err
+    assert acked, "no batch was acknowledged before the kills"
+    # the last victim's journal is still there (earlier ones were drained by the next start)
+    assert list((data_dir / "journal").glob("*.sqlite")), "no journal survived a kill"
+    replay = subprocess.run(
+        [*SCRAPESINK, "replay"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert replay.returncode == 0, replay.stderr
+    in_csv = [key for _, key in csv_keys(data_dir)]
+    in_pg = [key for _, key in pg_keys(url)]
+    assert len(in_csv) == len(set(in_csv)), "a record twice in CSV"
+    assert len(in_pg) == len(set(in_pg)), "a record twice in PostgreSQL"
+    assert acked <= set(in_pg), "an acknowledged record is missing from PostgreSQL"
+    assert acked <= set(in_csv), "an acknowledged record is missing from CSV"
+    assert set(in_pg) == set(in_csv)
+
+
+CONTENTION_CHILD = """
+import sys, scrapesink
+p = int(sys.argv[1])
+body = "ünïcödé, \\"quoted\\",\\ttabbed\\nnew line; " * 120   # > 4 KiB a row
+records = [{"source": "shared", "id": n, "timestamp": "2025-05-15T12:00:00Z", "body": body,
+            "writer": p} for n in range(p * 400, p * 400 + 500)]
+with scrapesink.open() as sink:
+    for start in range(0, len(records), 50):
+        sink.write_events(records[start:start + 50])
+"""
+
+
+@pytest.mark.slow
+def test_eight_processes_append_to_the_same_csv_file(server_url, tmp_path):
+    url = fresh_db(server_url, f"contention_{os.getpid()}")
+    data_dir = tmp_path / "data"
+    env = env_for(url, data_dir)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONTENTION_CHILD, str(p)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(8)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    path = data_dir / "raw_events" / "shared" / "2025-05-15.csv"
+    keys = csv_keys(data_dir)
+    expected = 7 * 400 + 500  # neighbours overlap by 100 ids: first write wins
+    assert len(keys) == len(set(keys)) == expected
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert len(frame) == expected
+    assert list(frame.columns) == ["source", "source_id", "occurred_at", "payload"]
+    assert all(len(p.encode()) > 4096 for p in frame["payload"])
+    assert json.loads(frame["payload"][0])["body"].startswith('ünïcödé, "quoted",\ttabbed\n')
+    assert len(pg_keys(url)) == expected
