@@ -1,4 +1,4 @@
-"""Fault injection with real processes and real PostgreSQL: a stopped server, kill -9, contention."""
+"""Fault injection with real processes and PostgreSQL: a stopped server, kill -9, contention."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_postgresql_stopped_mid_ingest_loses_nothing(stoppable: StoppablePostgre
                     break
             time.sleep(0.02)
         stoppable.stop()
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
