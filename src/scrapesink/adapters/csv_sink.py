@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import functools
 import io
 import os
 import re
@@ -57,20 +58,24 @@ def source_dir_name(source: str) -> str:
     return name if name not in (".", "..") else name.replace(".", "%2E")
 
 
-def encode_rows(events: list[RawEvent]) -> list[tuple[tuple[str, str], str, str]]:
-    """(key, relative file, CSV line) for each event — CPU work done before taking any lock."""
+@functools.lru_cache(maxsize=4096)
+def _dir_of(source: str) -> str:
+    return source_dir_name(source)
+
+
+def file_of(event: RawEvent) -> str:
+    """The CSV file (relative to the raw_events directory) an event belongs in."""
+    return f"{_dir_of(event.source)}/{event.occurred_at.astimezone(UTC).date().isoformat()}.csv"
+
+
+def format_rows(events: list[RawEvent]) -> str:
+    """Events as CSV text, in one ``writerows`` call (the csv module's fast path)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    rows = []
-    for e in events:
-        at = e.occurred_at.astimezone(UTC)
-        writer.writerow((e.source, e.source_id, at.isoformat(), e.payload_json))
-        line = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        rel = f"{source_dir_name(e.source)}/{at:%Y-%m-%d}.csv"
-        rows.append(((e.source, e.source_id), rel, line))
-    return rows
+    csv.writer(buffer, lineterminator="\r\n").writerows(
+        (e.source, e.source_id, e.occurred_at.astimezone(UTC).isoformat(), e.payload_json)
+        for e in events
+    )
+    return buffer.getvalue()
 
 
 class CsvEventSink:
@@ -84,6 +89,7 @@ class CsvEventSink:
         self.state_path = data_dir / "csv_state.sqlite"
         self._header = _line(HEADER)
         self._initialized = False
+        self._known_files: set[str] = set()  # registered in the state already
 
     def _initialize(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -143,15 +149,21 @@ class CsvEventSink:
 
     # -- writing ----------------------------------------------------------------------------
     def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
-        rows = encode_rows(list(batch.events))
-        return lambda: self._deliver(batch, rows)
+        # Nothing to encode ahead: which rows are written is known only under the lock.
+        return lambda: self._deliver(batch)
 
-    def _deliver(self, batch: Batch, rows: list[tuple[tuple[str, str], str, str]]) -> WriteOutcome:
-        rels = sorted({rel for _, rel, _ in rows})
-        with self._state(write=True) as db:
-            # Register new files with length 0 *before* writing them: a crash right after the
-            # write then leaves a file longer than committed, which repair cuts back.
-            db.executemany("INSERT OR IGNORE INTO files VALUES (?, 0)", [(r,) for r in rels])
+    def _deliver(self, batch: Batch) -> WriteOutcome:
+        files = [file_of(e) for e in batch.events]
+        new_files = sorted(set(files) - self._known_files)
+        if new_files:
+            with self._state(write=True) as db:
+                # Register new files with length 0 *before* writing them: a crash right after
+                # the write leaves a file longer than committed, which repair cuts back.
+                db.executemany(
+                    "INSERT OR IGNORE INTO files VALUES (?, 0)", [(r,) for r in new_files]
+                )
+            self._known_files.update(new_files)
+        keys = [e.key for e in batch.events]
         with self._state(write=True) as db:
             if (
                 batch.journal_id
@@ -160,18 +172,19 @@ class CsvEventSink:
                     (batch.journal_id, batch.first),
                 ).fetchone()
             ):
-                return WriteOutcome(0, frozenset(key for key, _, _ in rows))  # delivered before
-            known = _known_keys(db, [key for key, _, _ in rows])
-            by_file: dict[str, list[str]] = {}
+                return WriteOutcome(0, frozenset(keys))  # delivered before
+            known = _known_keys(db, keys)
+            by_file: dict[str, list[RawEvent]] = {}
             fresh: list[tuple[str, str]] = []
-            for key, rel, line in rows:
+            for event, key, rel in zip(batch.events, keys, files, strict=True):
                 if key in known:
                     continue
                 known.add(key)  # the same key twice in one batch: first wins
                 fresh.append(key)
-                by_file.setdefault(rel, []).append(line)
+                by_file.setdefault(rel, []).append(event)
             committed = dict(db.execute("SELECT path, length FROM files").fetchall())
-            lengths = self._append(by_file, committed)
+            texts = {rel: format_rows(events) for rel, events in by_file.items()}
+            lengths = self._append(texts, committed)
             db.executemany(
                 "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET length = ?",
                 [(rel, n, n) for rel, n in lengths.items()],
@@ -182,22 +195,22 @@ class CsvEventSink:
                     "INSERT OR IGNORE INTO progress VALUES (?, ?, ?)",
                     (batch.journal_id, batch.first, batch.last),
                 )
-        duplicates = frozenset(key for key, _, _ in rows) - frozenset(fresh)
+        duplicates = frozenset(keys) - frozenset(fresh)
         return WriteOutcome(len(fresh), duplicates)
 
-    def _append(self, by_file: dict[str, list[str]], committed: dict[str, int]) -> dict[str, int]:
-        """Append each file's lines under its flock; returns the new lengths (after fsync)."""
+    def _append(self, texts: dict[str, str], committed: dict[str, int]) -> dict[str, int]:
+        """Append each file's text under its flock; returns the new lengths (after fsync)."""
         lengths: dict[str, int] = {}
         fds: list[int] = []
         try:
-            for rel in sorted(by_file):  # one lock order for every writer
+            for rel in sorted(texts):  # one lock order for every writer
                 path = self.root / rel
                 created = _ensure_dir(path.parent)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 fds.append(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 size = _repair(fd, committed.get(rel))
-                data = "".join(by_file[rel])
+                data = texts[rel]
                 if size == 0:
                     data = self._header + data
                 payload = data.encode("utf-8")
@@ -243,14 +256,19 @@ def _line(values: tuple[str, ...]) -> str:
 
 
 def _known_keys(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    known: set[tuple[str, str]] = set()
-    for start in range(0, len(keys), 400):  # SQLite's variable limit, two per key
-        chunk = keys[start : start + 400]
-        values = ",".join("(?, ?)" for _ in chunk)
-        params = [part for key in chunk for part in key]
-        query = "SELECT source, source_id FROM keys WHERE (source, source_id) IN (VALUES {})"
-        known.update(db.execute(query.format(values), params).fetchall())  # placeholders only
-    return known
+    """Which of ``keys`` the CSV files hold already: one indexed join through a temp table."""
+    db.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS batch_keys (source TEXT NOT NULL,"
+        " source_id TEXT NOT NULL, PRIMARY KEY (source, source_id)) WITHOUT ROWID"
+    )
+    db.execute("DELETE FROM batch_keys")
+    db.executemany("INSERT OR IGNORE INTO batch_keys VALUES (?, ?)", keys)
+    return set(
+        db.execute(
+            "SELECT b.source, b.source_id FROM batch_keys b"
+            " JOIN keys k ON k.source = b.source AND k.source_id = b.source_id"
+        ).fetchall()
+    )
 
 
 def _repair(fd: int, committed: int | None) -> int:
