@@ -154,3 +154,26 @@ def test_line_splitting_is_the_same_whatever_the_chunk_size(chunk):
     data = b'{"a": 1}\n' + b"x" * 300 + b'\n\n{"b": 2}\n' + b"y" * 90 + b"\nlast"
     lines = list(_lines(io.BytesIO(data), limit=100, chunk_size=chunk))
     assert lines == [b'{"a": 1}', None, b"", b'{"b": 2}', b"y" * 90, b"last"]
+
+
+@pytest.mark.parametrize(
+    "source_id",
+    ["plain", "with,comma", 'with "quote"', "multi\nline", "cr\rhere", " lead", "trail ",
+     "tab\there", "ünï 😀", "'=1+1"],
+)
+def test_csv_rows_are_exactly_what_csv_writer_writes(source_id):
+    import csv as _csv
+    from datetime import UTC, datetime
+
+    from scrapesink.adapters.csv_sink import format_rows
+    from scrapesink.domain.events import RawEvent
+
+    event = RawEvent("s,rc", source_id, datetime(2025, 5, 15, tzinfo=UTC), '{"a": "b,\\"c\\""}')
+    buffer = io.StringIO()
+    _csv.writer(buffer, lineterminator="\r\n").writerow(
+        (event.source, event.source_id, event.occurred_at.isoformat(), event.payload_json)
+    )
+    ours = format_rows([event])
+    assert list(_csv.reader(io.StringIO(ours, newline=""))) == list(
+        _csv.reader(io.StringIO(buffer.getvalue(), newline=""))
+    )

@@ -69,13 +69,28 @@ def file_of(event: RawEvent) -> str:
 
 
 def format_rows(events: list[RawEvent]) -> str:
-    """Events as CSV text, in one ``writerows`` call (the csv module's fast path)."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerows(
-        (e.source, e.source_id, e.occurred_at.astimezone(UTC).isoformat(), e.payload_json)
+    """Events as RFC 4180 CSV text (what ``csv.writer`` with ``QUOTE_MINIMAL`` writes).
+
+    Hand-written on purpose: the payload always needs quoting, and ``str.replace`` doubles its
+    quotes several times faster than the csv module's per-character writer (measured: CSV
+    encoding was the largest cost of the CSV sink). The test suite checks the output against
+    ``csv.writer`` and reads it back with ``csv`` and pandas.
+    """
+    return "".join(
+        f"{_field(e.source)},{_field(e.source_id)},{e.occurred_at.astimezone(UTC).isoformat()},"
+        f'"{e.payload_json.replace(_QUOTE, _QUOTE2)}"\r\n'
         for e in events
     )
-    return buffer.getvalue()
+
+
+_QUOTE, _QUOTE2 = '"', '""'
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def _field(value: str) -> str:
+    if _NEEDS_QUOTES.search(value) is None and value[:1] != " " and value[-1:] != " ":
+        return value
+    return '"' + value.replace(_QUOTE, _QUOTE2) + '"'
 
 
 class CsvEventSink:
