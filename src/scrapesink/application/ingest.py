@@ -155,7 +155,7 @@ class IngestService:
                 key = (event.source, event.source_id)
                 # The same key again while its first copy may still be in flight: the first
                 # one wins, in input order, whichever batch commits first.
-                if key in batch or any(key in earlier for earlier in recent):
+                if key in batch or (recent and (key in recent[-1] or key in recent[0])):
                     summary.input_duplicates += 1
                     continue
                 batch[key] = event
