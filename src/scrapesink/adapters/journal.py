@@ -109,9 +109,7 @@ class Journal:
             return (self._last_seq + 1, self._last_seq)
         first = self._last_seq + 1
         last = first + len(events) - 1
-        records = _PACK.encode(
-            [(e.source, e.source_id, e.occurred_at.isoformat(), e.payload_json) for e in events]
-        )
+        records = _PACK.encode([(e.source, e.source_id, e.iso(), e.payload_json) for e in events])
         try:
             self._db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?)",
@@ -133,7 +131,7 @@ class Journal:
         )
         for batch_first, blob in rows:
             entries = [
-                Entry(batch_first + i, RawEvent(src, sid, datetime.fromisoformat(at), payload))
+                Entry(batch_first + i, RawEvent(src, sid, datetime.fromisoformat(at), payload, at))
                 for i, (src, sid, at, payload) in enumerate(_UNPACK.decode(blob))
                 if first <= batch_first + i <= last
             ]

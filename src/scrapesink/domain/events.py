@@ -46,10 +46,16 @@ class RawEvent(NamedTuple):
     source_id: str
     occurred_at: datetime
     payload_json: str
+    #: ``occurred_at.isoformat()`` (UTC), computed once: the journal, COPY and CSV all need it
+    occurred_iso: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.source, self.source_id)
+
+    def iso(self) -> str:
+        """The UTC time as ISO 8601 text (``2025-05-15T10:00:00+00:00``)."""
+        return self.occurred_iso or self.occurred_at.astimezone(UTC).isoformat()
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -149,7 +155,8 @@ def validate_event(
         payload_json = raw
     else:
         payload_json = _serialize_payload(payload, rules.max_payload_bytes, location, cleaning)
-    return Validated(RawEvent(source, source_id, occurred_at, payload_json), cleaning)
+    event = RawEvent(source, source_id, occurred_at, payload_json, occurred_at.isoformat())
+    return Validated(event, cleaning)
 
 
 def parse_timestamp(

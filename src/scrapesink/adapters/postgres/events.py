@@ -281,8 +281,7 @@ def copy_text(events: Sequence[RawEvent], skip: frozenset[tuple[str, str]]) -> b
     validation has already removed NUL, which COPY could not carry.
     """
     lines = [
-        f"{_escape(e.source)}\t{_escape(e.source_id)}\t{e.occurred_at.isoformat()}\t"
-        f"{_escape(e.payload_json)}\n"
+        f"{_escape(e.source)}\t{_escape(e.source_id)}\t{e.iso()}\t{_escape(e.payload_json)}\n"
         for e in events
         if not skip or e.key not in skip
     ]
