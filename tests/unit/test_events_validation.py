@@ -215,3 +215,20 @@ def test_canonical_records_never_store_the_outer_text():
     record = {"source": "s", "source_id": "a", "occurred_at": "2025-05-15", "payload": {"x": 1}}
     v = check(record, raw=json.dumps(record))
     assert v.event.payload == {"x": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2025-05-15T10:00:00+00:00",
+        "2025-05-15T10:00:00.123456+00:00",
+        "2025-05-15T10:00:00Z",
+        "2025-05-15T12:00:00+02:00",
+        "2025-05-15 10:00:00+00:00",
+        "2025-05-15T10:00:00.000000+00:00",
+    ],
+)
+def test_the_iso_text_always_names_the_same_instant_in_utc(text):
+    v = check({"source": "s", "id": 1, "timestamp": text})
+    assert datetime.fromisoformat(v.event.iso()) == v.event.occurred_at
+    assert v.event.iso().endswith("+00:00")

@@ -158,8 +158,18 @@ def test_line_splitting_is_the_same_whatever_the_chunk_size(chunk):
 
 @pytest.mark.parametrize(
     "source_id",
-    ["plain", "with,comma", 'with "quote"', "multi\nline", "cr\rhere", " lead", "trail ",
-     "tab\there", "ünï 😀", "'=1+1"],
+    [
+        "plain",
+        "with,comma",
+        'with "quote"',
+        "multi\nline",
+        "cr\rhere",
+        " lead",
+        "trail ",
+        "tab\there",
+        "ünï 😀",
+        "'=1+1",
+    ],
 )
 def test_csv_rows_are_exactly_what_csv_writer_writes(source_id):
     import csv as _csv

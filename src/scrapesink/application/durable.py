@@ -31,6 +31,7 @@ from scrapesink.errors import (
 )
 
 log = logging.getLogger(__name__)
+COMPACT_EVERY = 8  # batches between journal compactions while writing
 
 
 class DurableWriter:
@@ -51,12 +52,16 @@ class DurableWriter:
         self.batch_size = batch_size
         self._start = journal.last_seq + 1
         self._closed = False
+        self._writes = 0
 
     def write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
         """Append to the journal (durable on return: acknowledged), then hand to every sink."""
         first, last = self.journal.append(events)
         if events:
             self.delivery.submit(Batch(self.journal.id, first, last, events))
+            self._writes += 1
+            if self._writes % COMPACT_EVERY == 0:
+                self._compact()  # keeps the journal small during a long ingest
         return first, last
 
     def settle(self) -> dict[str, SinkReport]:

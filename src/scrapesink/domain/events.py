@@ -155,7 +155,18 @@ def validate_event(
         payload_json = raw
     else:
         payload_json = _serialize_payload(payload, rules.max_payload_bytes, location, cleaning)
-    event = RawEvent(source, source_id, occurred_at, payload_json, occurred_at.isoformat())
+    # Text already in the canonical UTC form (what isoformat() would print, as most scrapers
+    # and scrapesink's own exports write it) is kept as is: formatting costs more than parsing.
+    if (
+        type(time_value) is str
+        and len(time_value) in (25, 32)
+        and time_value[10] == "T"
+        and (time_value.endswith("+00:00"))
+    ):
+        iso = time_value
+    else:
+        iso = occurred_at.isoformat()
+    event = RawEvent(source, source_id, occurred_at, payload_json, iso)
     return Validated(event, cleaning)
 
 

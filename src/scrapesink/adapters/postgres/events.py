@@ -119,9 +119,9 @@ class PostgresEventStore:
         """
         if not batch.events:
             return lambda: WriteOutcome()
-        encoded = _Batch(sorted(batch.events, key=_by_time), batch)
 
         def run() -> WriteOutcome:
+            encoded = _Batch(sorted(batch.events, key=_by_time), batch)
             self.partitions.ensure_days(encoded.days)
             try:
                 return self._write(encoded)
