@@ -168,6 +168,11 @@ class Lane:
         for half in batch.split():
             self._store(half, self.sink.stage(half))
 
+    def collapse(self, start: int, upto: int) -> None:
+        """Replace the ranges covering ``start..upto`` by one (a long run stays small)."""
+        with self._lock:
+            self.handled = [(start, upto), *(r for r in self.handled if r[1] > upto)]
+
     def _went_down(self, error: TransientStorageError) -> None:
         log.warning("%s unavailable, records stay pending: %s", self.sink.name, error.message)
         self._down_until = time.monotonic() + self.policy.cooldown_seconds

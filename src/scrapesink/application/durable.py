@@ -101,6 +101,8 @@ class DurableWriter:
         )
         if upto >= self._start:
             self.journal.compact(upto)
+            for lane in self.delivery.lanes:
+                lane.collapse(self._start, upto)
 
 
 @dataclass

@@ -58,7 +58,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
     config = settings()
     app: App | None = None
     try:
-        app = bootstrap(config, schema="check")
+        app = bootstrap(config)
         sinks: list[EventSink] = app.sinks
         database = app.database_label
     except TransientStorageError as exc:
