@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _PACK = msgspec.msgpack.Encoder()
-_UNPACK = msgspec.msgpack.Decoder(list[tuple[str, str, str, str]])
+# RawEvent is a NamedTuple: msgspec packs and unpacks it in C, datetime included.
+_UNPACK = msgspec.msgpack.Decoder(list[RawEvent])
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,7 @@ class Journal:
             return (self._last_seq + 1, self._last_seq)
         first = self._last_seq + 1
         last = first + len(events) - 1
-        records = _PACK.encode([(e.source, e.source_id, e.iso(), e.payload_json) for e in events])
+        records = _PACK.encode(events)
         try:
             self._db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?)",
@@ -131,8 +132,8 @@ class Journal:
         )
         for batch_first, blob in rows:
             entries = [
-                Entry(batch_first + i, RawEvent(src, sid, datetime.fromisoformat(at), payload, at))
-                for i, (src, sid, at, payload) in enumerate(_UNPACK.decode(blob))
+                Entry(batch_first + i, event)
+                for i, event in enumerate(_UNPACK.decode(blob))
                 if first <= batch_first + i <= last
             ]
             for start in range(0, len(entries), chunk):

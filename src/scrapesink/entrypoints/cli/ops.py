@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from scrapesink.adapters.csv_sink import CsvEventSink
-from scrapesink.adapters.deadletters import DeadLetterStore
+from scrapesink.adapters.deadletters import DeadLetter, DeadLetterStore
 from scrapesink.adapters.export import export_excel
 from scrapesink.adapters.journal import Journal, inspect
 from scrapesink.application.durable import retry_dead_letters
@@ -148,10 +148,15 @@ def replay() -> None:
 def dl_list(
     sink: str | None = typer.Option(None, help="Only this store (postgres, csv)."),
     limit: int = typer.Option(100, min=1, max=100_000),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
 ) -> None:
     """Dead letters, oldest first."""
     store = DeadLetterStore(settings().data_dir / "deadletters.sqlite")
     letters = store.list(sink=sink, limit=limit)
+    if as_json:
+        for letter in letters:
+            print(json.dumps(_letter_json(letter), ensure_ascii=False))
+        return
     table = Table("id", "sink", "source", "source_id", "error", "attempts", "last failed")
     for letter in letters:
         table.add_row(
@@ -172,27 +177,26 @@ def dl_list(
 def dl_show(letter_id: int) -> None:
     """One dead letter with its record, as JSON."""
     letter = DeadLetterStore(settings().data_dir / "deadletters.sqlite").get(letter_id)
+    out.print_json(json.dumps(_letter_json(letter), ensure_ascii=False))
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, object]:
     event = letter.event
-    out.print_json(
-        json.dumps(
-            {
-                "id": letter.id,
-                "sink": letter.sink,
-                "error_type": letter.error_type,
-                "message": letter.message,
-                "attempts": letter.attempts,
-                "first_failed_at": letter.first_failed_at.isoformat(),
-                "last_failed_at": letter.last_failed_at.isoformat(),
-                "record": {
-                    "source": event.source,
-                    "source_id": event.source_id,
-                    "occurred_at": event.occurred_at.isoformat(),
-                    "payload": event.payload,
-                },
-            },
-            ensure_ascii=False,
-        )
-    )
+    return {
+        "id": letter.id,
+        "sink": letter.sink,
+        "error_type": letter.error_type,
+        "message": letter.message,
+        "attempts": letter.attempts,
+        "first_failed_at": letter.first_failed_at.isoformat(),
+        "last_failed_at": letter.last_failed_at.isoformat(),
+        "record": {
+            "source": event.source,
+            "source_id": event.source_id,
+            "occurred_at": event.iso(),
+            "payload": event.payload,
+        },
+    }
 
 
 @deadletters_app.command("retry")
