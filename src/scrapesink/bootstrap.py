@@ -111,7 +111,7 @@ class App:
         paths = [p for p in Journal.files(self.journal_dir) if p != own]
         return replay(
             paths,
-            Journal,
+            Journal.open_if_free,
             self.sinks,
             self.dead_letters,
             self.policy,

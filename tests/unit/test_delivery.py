@@ -85,3 +85,23 @@ def test_a_sink_that_recovers_within_the_run_catches_up_from_the_journal():
     assert reports["postgres"].pending == 0
     assert reports["postgres"].stored == 10
     assert journal.entries == {}
+
+
+def test_replay_leaves_journals_in_use_to_their_process():
+    pg = MemorySink("postgres")
+    result = replay(["live"], lambda _: None, [pg], MemoryDeadLetters(), RetryPolicy(0, 60))
+    assert (result.busy, result.journals) == (1, 0)
+    assert pg.events == {}
+
+
+def test_a_journal_in_use_cannot_be_taken_over(tmp_path):
+    from scrapesink.adapters.journal import Journal
+
+    mine = Journal.create(tmp_path)
+    try:
+        assert Journal.open_if_free(mine.path) is None
+    finally:
+        mine.close()
+    other = Journal.open_if_free(mine.path)  # removed when closed empty: a new one is made
+    assert other is not None
+    other.close()

@@ -99,6 +99,14 @@ class Journal:
     def create(cls, directory: Path) -> Journal:
         return cls(directory / f"{uuid.uuid4().hex}.sqlite")
 
+    @classmethod
+    def open_if_free(cls, path: Path) -> Journal | None:
+        """Take over a journal no live process holds; None when one does."""
+        try:
+            return cls(path)
+        except JournalBusy:
+            return None
+
     @staticmethod
     def files(directory: Path) -> list[Path]:
         return sorted(directory.glob("*.sqlite")) if directory.is_dir() else []

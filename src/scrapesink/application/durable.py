@@ -115,7 +115,7 @@ class ReplayResult:
 
 def replay(
     journal_paths: Iterable[Path],
-    open_journal: Callable[[Path], Journal],
+    open_journal: Callable[[Path], Journal | None],
     sinks: Sequence[EventSink],
     dead_letters: DeadLetters,
     policy: RetryPolicy,
@@ -124,15 +124,12 @@ def replay(
 ) -> ReplayResult:
     """Deliver everything the given journals hold that a sink lacks; remove drained journals.
 
-    Journals held by a live process are skipped (counted as busy).
+    Journals held by a live process (``open_journal`` returns None) are skipped, counted busy.
     """
-    from scrapesink.adapters.journal import JournalBusy  # the one adapter error replay expects
-
     result = ReplayResult(reports={sink.name: SinkReport() for sink in sinks})
     for path in journal_paths:
-        try:
-            journal = open_journal(path)
-        except JournalBusy:
+        journal = open_journal(path)
+        if journal is None:
             result.busy += 1
             continue
         result.journals += 1
