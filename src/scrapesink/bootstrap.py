@@ -38,6 +38,7 @@ class App:
     events: PostgresEventStore
     embedded: EmbeddedPostgres | None = None
     _writer: DurableWriter | None = field(default=None, repr=False)
+    offline: str | None = None  # why PostgreSQL did not answer at start (writers go on)
     _closed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +121,10 @@ class App:
 
     @property
     def database_label(self) -> str:
-        return self.embedded.describe() if self.embedded else self.database.label
+        label = self.embedded.describe() if self.embedded else self.database.label
+        if self.offline:
+            label += " — unreachable, records are journaled and delivered when it is back"
+        return label
 
     def close(self) -> dict[str, SinkReport]:
         """Deliver what can be, close the journal (kept if something is pending), release."""
@@ -136,7 +140,11 @@ class App:
 
 
 def bootstrap(
-    settings: Settings, *, schema: SchemaPolicy = "auto", min_connections: int | None = 1
+    settings: Settings,
+    *,
+    schema: SchemaPolicy = "auto",
+    min_connections: int | None = 1,
+    offline_ok: bool = False,
 ) -> App:
     """Build the application from ``settings``.
 
@@ -147,6 +155,9 @@ def bootstrap(
             neither (the ``db`` commands, which manage the schema themselves).
         min_connections: connections the pool keeps open (None: the configured pool size,
             for long-running servers; the CLI and Python API need just one warm).
+        offline_ok: when an external server does not answer, start anyway (writers: records
+            are journaled and mirrored to CSV, and PostgreSQL gets them when it is back; the
+            schema is then checked at the first delivery). Otherwise fail with one line.
     """
     logging.getLogger("scrapesink").setLevel(settings.log_level)
     embedded = None
@@ -167,16 +178,29 @@ def bootstrap(
         min_size=min_connections,
     )
     database = Database(conninfo, options, label=label)
-    database.open()
+    offline: str | None = None
+    try:
+        database.ping()
+    except TransientStorageError as exc:
+        if not offline_ok or embedded is not None:
+            raise
+        offline = exc.message
+    database.open(check=False)
     try:
         migrator = Migrator(database)
-        if schema != "skip":
+        if schema != "skip" and offline is None:
             migrator.ensure_current(auto_upgrade=schema == "auto" and embedded is not None)
         partitions = PartitionManager(database)
         events = PostgresEventStore(
-            database, partitions, premake_days=settings.partition_premake_days
+            database,
+            partitions,
+            premake_days=settings.partition_premake_days,
+            # checked at the first delivery when the server was down at start
+            schema_check=migrator.is_current if offline is not None else None,
         )
     except BaseException:
         database.close()
         raise
-    return App(settings, database, migrator, partitions, events, embedded)
+    app = App(settings, database, migrator, partitions, events, embedded)
+    app.offline = offline
+    return app

@@ -151,17 +151,31 @@ def test_unreadable_input_is_one_line_and_exit_1(cli_env, tmp_path, setup, args,
     assert len(result.stderr.strip().splitlines()) <= 2  # database line + the error
 
 
-def test_unreachable_database_is_one_line_no_traceback(cli_env, tmp_path):
+def test_unreachable_database_at_start_journals_and_replays_later(
+    cli_env, database_url, data_dir, tmp_path
+):
     path = write_jsonl(tmp_path / "e.jsonl", GOOD)
-    env = {
+    down = {
         **cli_env,
         "SCRAPESINK_DATABASE_URL": "postgresql://x@127.0.0.1:9/db",
         "SCRAPESINK_CONNECT_TIMEOUT": "2",
+        "SCRAPESINK_POOL_TIMEOUT": "1",
+        "SCRAPESINK_RETRY_SECONDS": "0.5",
     }
-    result = run(env, "ingest", str(path))
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+    result = run(down, "ingest", str(path))
+    assert result.returncode == 4, result.stderr  # pending, not lost
+    assert "Traceback" not in result.stderr
     assert "cannot connect to PostgreSQL at postgresql://x@127.0.0.1:9/db" in result.stderr
+    assert "pending 20 record(s) for postgres" in result.stderr
+    assert len(list((data_dir / "raw_events").rglob("*.csv"))) == 5  # the CSV mirror has them
+    # other commands need the database and say so in one line
+    query = run(down, "events", "stats")
+    assert query.returncode == 1 and "cannot connect" in query.stderr
+    assert len(query.stderr.strip().splitlines()) == 1
+    # the server "comes back" (here: the right URL) and replay delivers the journal
+    replay = run(cli_env, "replay")
+    assert replay.returncode == 0, replay.stderr
+    assert count(database_url) == 20
 
 
 def test_invalid_setting_names_the_variable(cli_env):

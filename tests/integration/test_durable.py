@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from scrapesink.adapters.export import export_excel
 from scrapesink.adapters.journal import Journal
@@ -143,14 +144,19 @@ def test_background_delivery_acknowledges_on_journal_and_flushes_on_close(
 ):
     import scrapesink
 
+    with pytest.raises(scrapesink.ConfigError, match="deliver must be"):
+        scrapesink.open(deliver="later", database_url="postgresql://x@127.0.0.1:9/none")
     sink = scrapesink.open(
         deliver="background",
         database_url=settings.database_url.get_secret_value(),
         data_dir=data_dir,
     )
+    assert sink.deliver == "background"
     for n in range(5):
         summary = sink.write_events([ev(f"{n}-{i}") for i in range(100)])
         assert summary.accepted == 100 and summary.rejected == 0
+    flushed = sink.flush()
+    assert flushed["postgres"].stored == flushed["csv"].stored == 500
     reports = sink.close()
     assert reports["postgres"].stored == reports["csv"].stored == 500
     assert pg_count(database_url) == len(csv_rows(data_dir)) == 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -15,6 +16,8 @@ from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import get_settings
 from scrapesink.domain.events import StoredEvent
 from scrapesink.errors import ConfigError, RecordError
+
+log = logging.getLogger(__name__)
 
 Deliver = Literal["sync", "background"]
 
@@ -34,6 +37,11 @@ class Sink:
         self._app = app
         self._deliver = deliver
         self.startup = app.start_writing()
+
+    @property
+    def deliver(self) -> Deliver:
+        """``"sync"`` or ``"background"``."""
+        return self._deliver
 
     @property
     def database(self) -> str:
@@ -138,10 +146,26 @@ class Sink:
         self.close()
 
 
-def open(**settings: Any) -> Sink:
+def open(deliver: Deliver = "sync", **settings: Any) -> Sink:
     """Open a sink. Keyword arguments override settings (``database_url=``, ``data_dir=``...).
 
     With no database configured the embedded PostgreSQL starts in ``<data_dir>/pgdata`` and the
     schema is migrated by itself; an external server must be at head (``scrapesink db upgrade``).
+    An external server that does not answer is not an error: records are journaled (and
+    mirrored to CSV) and reach PostgreSQL when it is back — ``summary.pending`` says how many
+    wait. Journals left by earlier processes are delivered first.
+
+    Args:
+        deliver: ``"sync"`` waits for PostgreSQL and CSV on every write; ``"background"``
+            returns once records are journaled (for long-running scrapers; flushed on close).
     """
-    return Sink(bootstrap(get_settings(**settings)))
+    if deliver not in ("sync", "background"):
+        raise ConfigError(f"deliver must be 'sync' or 'background', got {deliver!r}")
+    app = bootstrap(get_settings(**settings), offline_ok=True)
+    if app.offline:
+        log.warning("%s; records are journaled and delivered when it is back", app.offline)
+    try:
+        return Sink(app, deliver=deliver)
+    except BaseException:
+        app.close()
+        raise

@@ -93,16 +93,15 @@ class Database:
         self._options = options
         self._pool: ConnectionPool | None = None
 
-    def open(self) -> None:
-        """Check the server answers (one clear error if not), then open the pool."""
+    def open(self, *, check: bool = True) -> None:
+        """Check the server answers (one clear error if not), then open the pool.
+
+        With ``check=False`` the pool opens even if the server is down; it connects in the
+        background and callers get a TransientStorageError until the server is back.
+        """
         opts = self._options
-        try:
-            with psycopg.connect(self.conninfo, connect_timeout=opts.connect_timeout):
-                pass
-        except psycopg.Error as exc:
-            raise TransientStorageError(
-                f"cannot connect to PostgreSQL at {self.label}: {_first_line(exc)}"
-            ) from exc
+        if check:
+            self.ping()
         min_size = opts.size if opts.min_size is None else min(opts.min_size, opts.size)
         self._pool = ConnectionPool(
             self.conninfo,
@@ -116,6 +115,16 @@ class Database:
             open=False,
         )
         self._pool.open(wait=False)
+
+    def ping(self) -> None:
+        """Raises TransientStorageError, one line, when the server does not answer."""
+        try:
+            with psycopg.connect(self.conninfo, connect_timeout=self._options.connect_timeout):
+                pass
+        except psycopg.Error as exc:
+            raise TransientStorageError(
+                f"cannot connect to PostgreSQL at {self.label}: {_first_line(exc)}"
+            ) from exc
 
     def close(self) -> None:
         if self._pool is not None:

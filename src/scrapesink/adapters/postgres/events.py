@@ -17,7 +17,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from scrapesink.adapters.postgres.database import Database
+from scrapesink.adapters.postgres.database import Database, translate
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.application.ports import Batch, DayStats, EventPage, EventQuery, WriteOutcome
 from scrapesink.domain.events import RawEvent, StoredEvent
@@ -91,11 +91,19 @@ class PostgresEventStore:
     """Raw events in the day-partitioned ``raw_events`` table."""
 
     def __init__(
-        self, database: Database, partitions: PartitionManager, *, premake_days: int = 7
+        self,
+        database: Database,
+        partitions: PartitionManager,
+        *,
+        premake_days: int = 7,
+        schema_check: Callable[[], bool] | None = None,
     ) -> None:
         self.database = database
         self.partitions = partitions
         self.premake_days = premake_days
+        # Set when the server was unreachable at start: the schema is verified before the
+        # first write, so an outdated one leaves records pending instead of failing them.
+        self._schema_check = schema_check
         # Whether the last batch held known keys; picks the claim path (a hint, not state that
         # needs a lock: a wrong guess costs one failed savepoint).
         self._expect_duplicates = False
@@ -121,6 +129,7 @@ class PostgresEventStore:
             return lambda: WriteOutcome()
 
         def run() -> WriteOutcome:
+            self._verify_schema()
             encoded = _Batch(sorted(batch.events, key=_by_time), batch)
             self.partitions.ensure_days(encoded.days)
             try:
@@ -135,7 +144,22 @@ class PostgresEventStore:
 
         return run
 
+    def _verify_schema(self) -> None:
+        if self._schema_check is None:
+            return
+        try:
+            current = self._schema_check()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        if not current:
+            raise TransientStorageError(
+                f"database {self.database.label} is not at this scrapesink's schema: "
+                "run `scrapesink db upgrade`"
+            )
+        self._schema_check = None
+
     def delivered(self, journal_id: str) -> list[tuple[int, int]]:
+        self._verify_schema()
         with self.database.connection() as conn:
             rows = conn.execute(
                 "SELECT first_seq, last_seq FROM journal_progress WHERE journal_id = %s"

@@ -65,9 +65,13 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 @contextmanager
-def open_app(schema: SchemaPolicy = "auto", *, announce: bool = True) -> Iterator[App]:
-    app = bootstrap(settings(), schema=schema)
+def open_app(
+    schema: SchemaPolicy = "auto", *, announce: bool = True, offline_ok: bool = False
+) -> Iterator[App]:
+    app = bootstrap(settings(), schema=schema, offline_ok=offline_ok)
     try:
+        if app.offline:
+            err.print(f"[yellow]warning:[/] {escape(app.offline)}", highlight=False)
         if announce:
             err.print(f"[dim]database: {escape(app.database_label)}[/]")
         yield app

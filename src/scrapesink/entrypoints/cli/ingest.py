@@ -78,7 +78,7 @@ def ingest(
     required = () if chosen != "csv" else _csv_columns(id_field, time_field, source)
     infile = open_input(path)  # a missing or empty file fails before any database starts
     try:
-        with open_app() as app:
+        with open_app(offline_ok=True) as app:
             report_replay(app.start_writing())
             rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
             summary = _run(app, rules, infile, chosen, required, quiet=quiet)

@@ -121,7 +121,7 @@ def replay() -> None:
 
     Exit code 4 when something could still not be delivered.
     """
-    with open_app() as app:
+    with open_app(offline_ok=True) as app:
         result = app.replay()
     if result.busy:
         out.print(f"{result.busy} journal(s) in use by running processes were left to them")
