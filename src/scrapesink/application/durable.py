@@ -7,6 +7,7 @@ journals that other (dead) processes left behind, or that were left pending by a
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,9 +54,14 @@ class DurableWriter:
         self._start = journal.last_seq + 1
         self._closed = False
         self._writes = 0
+        self._lock = threading.RLock()
 
     def write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
         """Append to the journal (durable on return: acknowledged), then hand to every sink."""
+        with self._lock:  # one journal connection; callers may share a Sink across threads
+            return self._write(events)
+
+    def _write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
         first, last = self.journal.append(events)
         if events:
             self.delivery.submit(Batch(self.journal.id, first, last, events))
@@ -66,6 +72,10 @@ class DurableWriter:
 
     def settle(self) -> dict[str, SinkReport]:
         """Wait for deliveries, retry what a recovered sink missed, compact the journal."""
+        with self._lock:
+            return self._settle()
+
+    def _settle(self) -> dict[str, SinkReport]:
         self.delivery.drain()
         for lane in self.delivery.lanes:
             if lane.pending and not lane.down:
@@ -78,13 +88,14 @@ class DurableWriter:
         return {name: replace(report) for name, report in self.delivery.reports().items()}
 
     def close(self) -> dict[str, SinkReport]:
-        if self._closed:
-            return self.reports()
-        self._closed = True
-        reports = self.settle()
-        self.delivery.close()
-        if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
-            _forget(self.sinks, self.journal.id)
+        with self._lock:
+            if self._closed:
+                return self.reports()
+            self._closed = True
+            reports = self._settle()
+            self.delivery.close()
+            if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
+                _forget(self.sinks, self.journal.id)
         return reports
 
     def _catch_up(self, lane: Lane) -> None:

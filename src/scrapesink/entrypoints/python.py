@@ -23,7 +23,7 @@ Deliver = Literal["sync", "background"]
 
 
 class Sink:
-    """A handle on scrapesink for one process; close it (or use ``with``).
+    """A handle on scrapesink for one process; close it (or use ``with``). Threads may share it.
 
     Every write is journaled locally before the call returns, then delivered to PostgreSQL and
     the CSV files. ``deliver="sync"`` (default) waits for the sinks and reports what each did;

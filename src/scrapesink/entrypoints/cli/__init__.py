@@ -99,15 +99,21 @@ def demo() -> None:
         f"{sum(r.events for r in stats):,} events from {len(sources)} sources "
         f"({', '.join(sources)}) in {len(days)} day partitions"
     )
-    out.print(
-        "\n[bold]next:[/]\n"
-        "  scrapesink events stats                      events per source and day\n"
-        "  scrapesink events list --source shop --limit 5\n"
-        "  scrapesink partitions list                   partitions, rows, sizes\n"
-        "  scrapesink demo                              again: everything is a duplicate now\n"
-        '  psql "$(scrapesink db url)"                 the tables: raw_events, raw_event_keys\n'
-        f"  data directory: {data_dir}"
-    )
+    csv_report = summary.sinks.get("csv")
+    if csv_report is not None:
+        out.print(f"CSV mirror: {csv_report.stored:,} new rows under {data_dir}/raw_events")
+    hints = [
+        ("scrapesink events stats", "events per source and day"),
+        ("scrapesink events list --source shop --limit 5", ""),
+        ("scrapesink partitions list", "partitions, rows, sizes"),
+        ("scrapesink status", "pending per store, dead letters"),
+        ("scrapesink demo", "again: everything is a duplicate now"),
+        ('psql "$(scrapesink db url)"', "the tables: raw_events, raw_event_keys"),
+        (f"ls {data_dir}/raw_events/shop", "the CSV mirror, one file per UTC day"),
+    ]
+    out.print("\n[bold]next:[/]")
+    for command, what in hints:
+        out.print(f"  {command.ljust(46)} {what}".rstrip(), highlight=False)
 
 
 def main() -> None:
