@@ -105,3 +105,19 @@ def test_a_journal_in_use_cannot_be_taken_over(tmp_path):
     other = Journal.open_if_free(mine.path)  # removed when closed empty: a new one is made
     assert other is not None
     other.close()
+
+
+def test_a_statement_the_store_refuses_blames_no_record_and_keeps_the_batch():
+    from scrapesink.errors import QueryError
+
+    pg = MemorySink("postgres")
+    pg.fail_with = QueryError("permission denied for table raw_events")
+    dead = MemoryDeadLetters()
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg], dead, RetryPolicy(0, 60))
+    writer.write(events(5))
+    reports = writer.close()
+    assert dead.letters == []
+    assert reports["postgres"].pending == 5
+    assert "permission denied" in reports["postgres"].error
+    assert len(journal.entries) == 5

@@ -8,9 +8,11 @@ Policy, per lane (one per sink):
   retried with jittered exponential backoff for up to ``retry_seconds``; then the lane is *down*
   for ``cooldown_seconds``: batches meanwhile stay in the journal, pending for that sink only,
   and the other lanes go on;
-* a permanent error (a value the store refuses) splits the batch in halves until the offending
+* a constraint error (a value the store refuses) splits the batch in halves until the offending
   records are alone; each goes to the dead-letter store and its journal slot is marked handled,
-  so its good neighbours are stored and nothing blocks behind it.
+  so its good neighbours are stored and nothing blocks behind it;
+* any other permanent error (privileges, a schema that changed under us) blames no record: the
+  lane goes down like on a transient error and the batch waits in the journal for the fix.
 
 Nothing is ever dropped: whatever a lane did not store is still in the journal, and
 :func:`replay` (run by ``scrapesink replay`` and at start-up) delivers it later.
@@ -28,7 +30,12 @@ from dataclasses import dataclass, field
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from scrapesink.application.ports import Batch, DeadLetters, EventSink, WriteOutcome
-from scrapesink.errors import PermanentStorageError, TransientStorageError
+from scrapesink.errors import (
+    ConstraintError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +132,14 @@ class Lane:
             self._went_down(exc)
             self._left_pending(batch, exc)
             return
-        except PermanentStorageError as exc:
+        except ConstraintError as exc:  # a value the store refuses: find the record(s)
             self._isolate(batch, exc)
+            return
+        except PermanentStorageError as exc:
+            # The statement itself is refused (privileges, a changed schema): no record is to
+            # blame, so nothing goes to dead letters; the batch waits in the journal for a fix.
+            self._went_down(exc)
+            self._left_pending(batch, exc)
             return
         except Exception as exc:
             log.exception("unexpected error delivering to %s", self.sink.name)
@@ -148,7 +161,7 @@ class Lane:
                 return work()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _isolate(self, batch: Batch, error: PermanentStorageError) -> None:
+    def _isolate(self, batch: Batch, error: ConstraintError) -> None:
         if len(batch.events) == 1:
             event = batch.events[0]
             log.warning(
@@ -173,7 +186,7 @@ class Lane:
         with self._lock:
             self.handled = [(start, upto), *(r for r in self.handled if r[1] > upto)]
 
-    def _went_down(self, error: TransientStorageError) -> None:
+    def _went_down(self, error: StorageError) -> None:
         log.warning("%s unavailable, records stay pending: %s", self.sink.name, error.message)
         self._down_until = time.monotonic() + self.policy.cooldown_seconds
 
