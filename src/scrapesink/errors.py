@@ -2,6 +2,7 @@
 
     ScrapesinkError
     ├── ConfigError                 a setting is missing or invalid
+    │   └── DeclarationError        a model declaration is malformed (every problem, with paths)
     ├── InputError                  an input file cannot be read at all (missing, empty, bad header)
     ├── RecordError                 one record is invalid; carries where (line, JSON path) and why
     ├── SchemaError                 the database schema is not at the version this code needs
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ConstraintError",
+    "DeclarationError",
     "InputError",
     "NotFound",
     "PermanentStorageError",
@@ -64,6 +66,14 @@ class ScrapesinkError(Exception):
 
 class ConfigError(ScrapesinkError):
     """A setting is missing or has a value that cannot work."""
+
+
+class DeclarationError(ConfigError):
+    """A model declaration has problems; ``problems`` lists each with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class InputError(ScrapesinkError):
