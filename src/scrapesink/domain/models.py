@@ -290,16 +290,9 @@ class _Checker:
         return FieldDef(str(name), cast(FieldType, kind), nullable, primary, default, index, search)
 
     def indexes(self, data: Any, path: str, fields: tuple[FieldDef, ...]) -> tuple[IndexDef, ...]:
-        if not isinstance(data, list):
-            self.problem(path, "must be a list")
-            return ()
         names = {f.name for f in fields}
         parsed = []
-        for i, spec in enumerate(data):
-            where = f"{path}[{i}]"
-            if not isinstance(spec, dict):
-                self.problem(where, "must be an object")
-                continue
+        for where, spec in self.objects(data, path):
             self.unknown_keys(spec, {"fields", "unique", "using"}, where)
             columns = self.names(spec.get("fields"), f"{where}.fields", names)
             if not columns:
@@ -313,15 +306,8 @@ class _Checker:
         return tuple(parsed)
 
     def children(self, data: Any, path: str) -> tuple[ChildDef, ...]:
-        if not isinstance(data, list):
-            self.problem(path, "must be a list")
-            return ()
         parsed = []
-        for i, spec in enumerate(data):
-            where = f"{path}[{i}]"
-            if not isinstance(spec, dict):
-                self.problem(where, "must be an object")
-                continue
+        for where, spec in self.objects(data, path):
             self.unknown_keys(spec, {"name", "table_name", "relation", "key", "fields"}, where)
             name = spec.get("name")
             if not self.identifier(name, f"{where}.name", "child name"):
@@ -343,15 +329,8 @@ class _Checker:
         return tuple(parsed)
 
     def links(self, data: Any, path: str, owner: str) -> tuple[LinkDef, ...]:
-        if not isinstance(data, list):
-            self.problem(path, "must be a list")
-            return ()
         parsed = []
-        for i, spec in enumerate(data):
-            where = f"{path}[{i}]"
-            if not isinstance(spec, dict):
-                self.problem(where, "must be an object")
-                continue
+        for where, spec in self.objects(data, path):
             self.unknown_keys(spec, {"name", "model", "table_name", "fields"}, where)
             name = spec.get("name")
             model = spec.get("model")
@@ -365,6 +344,19 @@ class _Checker:
         return tuple(parsed)
 
     # -- small checks ---------------------------------------------------------------------------
+    def objects(self, data: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+        """The objects of a list, each with its path; anything else is reported."""
+        if not isinstance(data, list):
+            self.problem(path, "must be a list")
+            return []
+        found = []
+        for i, spec in enumerate(data):
+            if isinstance(spec, dict):
+                found.append((f"{path}[{i}]", spec))
+            else:
+                self.problem(f"{path}[{i}]", "must be an object")
+        return found
+
     def identifier(self, value: Any, path: str, what: str) -> bool:
         if not isinstance(value, str) or not IDENTIFIER.match(value):
             shown = json.dumps(value) if value is not None else "missing"
