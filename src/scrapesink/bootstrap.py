@@ -21,7 +21,7 @@ from scrapesink.application.ingest import IngestService
 from scrapesink.application.ports import EventSink
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
-from scrapesink.errors import TransientStorageError
+from scrapesink.errors import ScrapesinkError, TransientStorageError
 
 SchemaPolicy = Literal["auto", "check", "skip"]
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class App:
         return self.replay()
 
     def writer(self) -> DurableWriter:
+        if self._closed:
+            raise ScrapesinkError("this sink is closed: open a new one to write")
         if self._writer is None:
             journal = Journal.create(self.journal_dir)
             self._journal_path = journal.path

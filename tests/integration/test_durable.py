@@ -190,3 +190,11 @@ def test_replay_drains_a_journal_left_by_a_dead_process(settings, data_dir):
     assert result.reports["postgres"].stored == result.reports["csv"].stored == 1
     assert (result.journals, result.removed) == (1, 1)
     assert Journal.files(data_dir / "journal") == []
+
+
+def test_writing_to_a_closed_sink_is_a_clear_error(sink: Sink):
+    import scrapesink
+
+    sink.close()
+    with pytest.raises(scrapesink.ScrapesinkError, match="this sink is closed"):
+        sink.write_events([ev(1)])

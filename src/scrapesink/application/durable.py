@@ -59,6 +59,8 @@ class DurableWriter:
     def write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
         """Append to the journal (durable on return: acknowledged), then hand to every sink."""
         with self._lock:  # one journal connection; callers may share a Sink across threads
+            if self._closed:
+                raise ScrapesinkError("this sink is closed: open a new one to write")
             return self._write(events)
 
     def _write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
