@@ -6,13 +6,14 @@ Nothing here runs at import: the composition root calls :func:`get_settings` (or
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from scrapesink.errors import ConfigError
 
@@ -69,6 +70,19 @@ class Settings(BaseSettings):
     retention: timedelta | None = Field(
         default=None, description="Partitions older than this are dropped by maintenance."
     )
+
+    # -- models --------------------------------------------------------------------------------
+    models: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Model declaration files beside the bundled ones (os.pathsep-separated).",
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
 
     # -- delivery ------------------------------------------------------------------------------
     csv_enabled: bool = Field(default=True, description="Mirror raw events into CSV files.")
@@ -161,6 +175,8 @@ def get_settings(**overrides: Any) -> Settings:
     """
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a value the environment source could not even decode
+        raise ConfigError(f"invalid setting: {exc}") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

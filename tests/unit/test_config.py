@@ -73,3 +73,10 @@ def test_durations():
 def test_overrides_by_field_name():
     s = Settings(pg_host="h", pg_port=1234)
     assert s.external_conninfo() == "postgresql://postgres@h:1234/postgres"
+
+
+def test_model_files_are_a_path_list(monkeypatch):
+    import os
+
+    monkeypatch.setenv("SCRAPESINK_MODELS", f"/a.json{os.pathsep}/b/c.json{os.pathsep}")
+    assert [str(p) for p in get_settings().models] == ["/a.json", "/b/c.json"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from scrapesink import __version__
-from scrapesink.entrypoints.cli import db, events, ops, partitions
+from scrapesink.entrypoints.cli import db, events, models, ops, partitions
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -39,6 +39,7 @@ app = typer.Typer(
 app.add_typer(events.app, name="events")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(db.app, name="db")
+app.add_typer(models.app, name="models")
 app.command()(ingest)
 app.command()(ops.status)
 app.command()(ops.replay)
