@@ -174,6 +174,14 @@ def parse_timestamp(
     value: Any, name: str, location: str | None, cleaning: Cleaning | None = None
 ) -> datetime:
     """Read ISO 8601 text or an epoch number as an aware UTC datetime."""
+    if type(value) is str and value:  # the common case, without the checks below
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass  # maybe padded with spaces; the full path below says what is wrong
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
     if value is None or value == "":
         raise RecordError(f"missing field {name}", location=location, path=name)
     if isinstance(value, bool):
