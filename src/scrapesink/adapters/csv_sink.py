@@ -205,7 +205,12 @@ class CsvEventSink:
                 known.add(key)  # the same key twice in one batch: first wins
                 fresh.append(key)
                 by_file.setdefault(rel, []).append(event)
-            committed = dict(db.execute("SELECT path, length FROM files").fetchall())
+            committed = dict(
+                db.execute(
+                    "SELECT path, length FROM files WHERE path IN (SELECT value FROM json_each(?))",
+                    (_KEYS_JSON.encode(sorted(by_file)),),
+                ).fetchall()
+            )
             texts = {rel: format_rows(events) for rel, events in by_file.items()}
             lengths = self._append(texts, committed)
             db.executemany(
