@@ -23,7 +23,8 @@ from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.journal import Journal
 from scrapesink.adapters.postgres.database import Database, PoolOptions
-from scrapesink.adapters.postgres.events import PostgresEventStore, _Batch, _by_time
+from scrapesink.adapters.postgres.encoding import EncodedBatch, by_time
+from scrapesink.adapters.postgres.events import PostgresEventStore
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.adapters.readers import open_input, read_records
 from scrapesink.application.ports import Batch
@@ -68,7 +69,7 @@ def main() -> None:
         )
         encoded = timed(
             "PostgreSQL encoding (sort, key arrays, COPY text)",
-            lambda: [_Batch(sorted(b, key=_by_time), Batch("j", 0, 0, b)) for b in batches],
+            lambda: [EncodedBatch(sorted(b, key=by_time), Batch("j", 0, 0, b)) for b in batches],
         )
         database = Database(fresh_database(server, "profile"), PoolOptions(size=2, min_size=1))
         database.open()

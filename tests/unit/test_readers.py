@@ -175,7 +175,7 @@ def test_csv_rows_are_exactly_what_csv_writer_writes(source_id):
     import csv as _csv
     from datetime import UTC, datetime
 
-    from scrapesink.adapters.csv_sink import format_rows
+    from scrapesink.adapters.csv_format import format_rows
     from scrapesink.domain.events import RawEvent
 
     event = RawEvent("s,rc", source_id, datetime(2025, 5, 15, tzinfo=UTC), '{"a": "b,\\"c\\""}')

@@ -23,13 +23,9 @@ writer) and the journal range undelivered (delivered again by replay).
 
 from __future__ import annotations
 
-import csv
 import errno
 import fcntl
-import functools
-import io
 import os
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,11 +33,11 @@ from pathlib import Path
 
 import msgspec
 
+from scrapesink.adapters.csv_format import HEADER, file_of, format_rows, header_line
 from scrapesink.application.ports import Batch, WriteOutcome
 from scrapesink.domain.events import RawEvent
 from scrapesink.errors import TransientStorageError
 
-HEADER = ("source", "source_id", "occurred_at", "payload")
 _STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS keys (source TEXT NOT NULL, source_id TEXT NOT NULL,
@@ -50,55 +46,6 @@ CREATE TABLE IF NOT EXISTS progress (journal_id TEXT NOT NULL, first_seq INTEGER
                                      last_seq INTEGER NOT NULL,
                                      PRIMARY KEY (journal_id, first_seq));
 """
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def source_dir_name(source: str) -> str:
-    """A source as one safe directory name: unsafe bytes percent-encoded (``a/b`` -> ``a%2Fb``)."""
-    name = _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), source)
-    return name if name not in (".", "..") else name.replace(".", "%2E")
-
-
-@functools.lru_cache(maxsize=4096)
-def _dir_of(source: str) -> str:
-    return source_dir_name(source)
-
-
-def file_of(event: RawEvent) -> str:
-    """The CSV file (relative to the raw_events directory) an event belongs in."""
-    return f"{_dir_of(event.source)}/{event.iso()[:10]}.csv"
-
-
-def format_rows(events: list[RawEvent]) -> str:
-    """Events as RFC 4180 CSV text (what ``csv.writer`` with ``QUOTE_MINIMAL`` writes).
-
-    Hand-written on purpose: the payload always needs quoting, and ``str.replace`` doubles its
-    quotes several times faster than the csv module's per-character writer (measured: CSV
-    encoding was the largest cost of the CSV sink). The test suite checks the output against
-    ``csv.writer`` and reads it back with ``csv`` and pandas.
-    """
-    return "".join(
-        f"{_field(e.source)},{_field(e.source_id)},{e.iso()},"
-        f'"{e.payload_json.replace(_QUOTE, _QUOTE2)}"\r\n'
-        for e in events
-    )
-
-
-_QUOTE, _QUOTE2 = '"', '""'
-
-
-def _field(value: str) -> str:
-    # `in` tests are memchr-fast; most keys need no quotes at all.
-    if (
-        '"' not in value
-        and "," not in value
-        and "\n" not in value
-        and "\r" not in value
-        and value[:1] != " "
-        and value[-1:] != " "
-    ):
-        return value
-    return '"' + value.replace(_QUOTE, _QUOTE2) + '"'
 
 
 class CsvEventSink:
@@ -110,7 +57,7 @@ class CsvEventSink:
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir / "raw_events"
         self.state_path = data_dir / "csv_state.sqlite"
-        self._header = _line(HEADER)
+        self._header = header_line(HEADER)
         self._initialized = False
         self._known_files: set[str] = set()  # registered in the state already
 
@@ -275,12 +222,6 @@ class CsvEventSink:
 
     def files(self) -> list[Path]:
         return sorted(self.root.rglob("*.csv")) if self.root.is_dir() else []
-
-
-def _line(values: tuple[str, ...]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow(values)
-    return buffer.getvalue()
 
 
 def _known_keys(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:

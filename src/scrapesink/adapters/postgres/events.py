@@ -18,6 +18,7 @@ from tenacity import (
 )
 
 from scrapesink.adapters.postgres.database import Database, translate
+from scrapesink.adapters.postgres.encoding import EncodedBatch, by_time, copy_text
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.application.ports import Batch, DayStats, EventPage, EventQuery, WriteOutcome
 from scrapesink.domain.events import RawEvent, StoredEvent
@@ -65,28 +66,6 @@ def _worth_retrying(exc: BaseException) -> bool:
     return isinstance(exc, TransientStorageError) and exc.sqlstate in _RETRIED_STATES
 
 
-def _by_time(event: RawEvent) -> datetime:
-    return event.occurred_at
-
-
-class _Batch:
-    """A batch encoded for the database: sorted by time, key arrays, the COPY text."""
-
-    __slots__ = ("days", "events", "first", "journal_id", "last", "params", "text")
-
-    def __init__(self, events: list[RawEvent], batch: Batch) -> None:
-        self.events = events
-        self.journal_id, self.first, self.last = batch.journal_id, batch.first, batch.last
-        self.params: dict[str, Any] = {
-            "sources": [e.source for e in events],
-            "ids": [e.source_id for e in events],
-            "times": [e.occurred_at for e in events],
-            "n": len(events),
-        }
-        self.days = {e.occurred_at.date() for e in events}
-        self.text = copy_text(events, frozenset())
-
-
 class PostgresEventStore:
     """Raw events in the day-partitioned ``raw_events`` table."""
 
@@ -130,7 +109,7 @@ class PostgresEventStore:
 
         def run() -> WriteOutcome:
             self._verify_schema()
-            encoded = _Batch(sorted(batch.events, key=_by_time), batch)
+            encoded = EncodedBatch(sorted(batch.events, key=by_time), batch)
             self.partitions.ensure_days(encoded.days)
             try:
                 return self._write(encoded)
@@ -185,7 +164,7 @@ class PostgresEventStore:
         wait=wait_random_exponential(multiplier=0.05, max=2.0),
         reraise=True,
     )
-    def _write(self, batch: _Batch) -> WriteOutcome:
+    def _write(self, batch: EncodedBatch) -> WriteOutcome:
         count, duplicates = 0, frozenset[tuple[str, str]]()
         with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
             if not self._expect_duplicates:
@@ -295,30 +274,6 @@ class PostgresEventStore:
         }
         with self.database.connection() as conn:
             return conn.execute(sql, params).rowcount
-
-
-def copy_text(events: Sequence[RawEvent], skip: frozenset[tuple[str, str]]) -> bytes:
-    """The batch as one block of COPY text (tab-separated, backslash escapes).
-
-    Hand-written on purpose: psycopg's ``write_row`` costs a Python call per row, which showed as
-    the largest client cost of the write path; the text format needs only four escapes, and
-    validation has already removed NUL, which COPY could not carry.
-    """
-    lines = [
-        f"{_escape(e.source)}\t{_escape(e.source_id)}\t{e.iso()}\t{_escape(e.payload_json)}\n"
-        for e in events
-        if not skip or e.key not in skip
-    ]
-    return "".join(lines).encode("utf-8")
-
-
-def _escape(text: str) -> str:
-    # `in` tests are memchr-fast; most values need no replacement at all.
-    if "\\" in text:
-        text = text.replace("\\", "\\\\")
-    if "\n" in text or "\r" in text or "\t" in text:
-        text = text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return text
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
