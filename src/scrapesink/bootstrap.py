@@ -83,10 +83,11 @@ class App:
                 sink.repair()
             except TransientStorageError as exc:
                 log.warning("%s: %s", sink.name, exc.message)
-        try:
-            self.events.prepare()
-        except TransientStorageError as exc:
-            log.warning("partitions not premade: %s", exc.message)
+        if not self.offline:
+            try:
+                self.events.prepare()
+            except TransientStorageError as exc:
+                log.warning("partitions not premade: %s", exc.message)
         return self.replay()
 
     def writer(self) -> DurableWriter:
@@ -187,7 +188,7 @@ def bootstrap(
         if not offline_ok or embedded is not None:
             raise
         offline = exc.message
-    database.open(check=False)
+    database.open(check=False, suspect=offline is not None)  # pinged just above
     try:
         migrator = Migrator(database)
         if schema != "skip" and offline is None:

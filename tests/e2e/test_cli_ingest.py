@@ -159,7 +159,8 @@ def test_unreachable_database_at_start_journals_and_replays_later(
         **cli_env,
         "SCRAPESINK_DATABASE_URL": "postgresql://x@127.0.0.1:9/db",
         "SCRAPESINK_CONNECT_TIMEOUT": "2",
-        "SCRAPESINK_POOL_TIMEOUT": "1",
+        # a refused server must fail fast, not wait for the pool: run() times out at 120 s
+        "SCRAPESINK_POOL_TIMEOUT": "600",
         "SCRAPESINK_RETRY_SECONDS": "0.5",
     }
     result = run(down, "ingest", str(path))

@@ -119,11 +119,12 @@ def test_postgresql_stopped_mid_ingest_loses_nothing(stoppable: StoppablePostgre
                 json.dumps({"source": "feed", "id": i, "timestamp": "2025-05-15T10:00:00Z", "n": i})
                 + "\n"
             )
+    # pool_timeout is long on purpose: a stopped server must fail fast, not wait for the pool
     env = env_for(
         url,
         data_dir,
         SCRAPESINK_RETRY_SECONDS="1",
-        SCRAPESINK_POOL_TIMEOUT="2",
+        SCRAPESINK_POOL_TIMEOUT="600",
         SCRAPESINK_CONNECT_TIMEOUT="2",
         SCRAPESINK_COOLDOWN_SECONDS="600",
     )

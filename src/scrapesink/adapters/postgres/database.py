@@ -24,6 +24,7 @@ from scrapesink.errors import (
 _TRANSIENT_CLASSES = ("08", "57", "53")
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
 _CONSTRAINT_CLASSES = ("22", "23")  # data exception, integrity constraint violation
+_QUICK_WAIT = 2.0  # seconds to wait for a pooled connection before checking the server is up
 
 
 def translate(exc: BaseException, *, query: str | None = None) -> StorageError:
@@ -92,16 +93,19 @@ class Database:
         self.label = label or describe_url(conninfo)
         self._options = options
         self._pool: ConnectionPool | None = None
+        self._suspect = False  # the last attempt could not connect
 
-    def open(self, *, check: bool = True) -> None:
+    def open(self, *, check: bool = True, suspect: bool = False) -> None:
         """Check the server answers (one clear error if not), then open the pool.
 
         With ``check=False`` the pool opens even if the server is down; it connects in the
         background and callers get a TransientStorageError until the server is back.
+        ``suspect`` says the caller saw it down: the first user pings before waiting on the pool.
         """
         opts = self._options
         if check:
             self.ping()
+        self._suspect = suspect
         min_size = opts.size if opts.min_size is None else min(opts.min_size, opts.size)
         self._pool = ConnectionPool(
             self.conninfo,
@@ -139,12 +143,42 @@ class Database:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection inside a transaction; psycopg errors leave as StorageError."""
+        """A pooled connection inside a transaction; psycopg errors leave as StorageError.
+
+        After a connection failure the server is *suspect*: the next caller pings it first, so
+        while it is down every attempt fails within connect_timeout (at once when refused)
+        instead of waiting pool_timeout for the pool's background reconnection.
+        """
+        if self._suspect:
+            self.ping()
+            self._suspect = False
         try:
-            with self.pool.connection() as conn:
+            with self._pooled() as conn:
                 yield conn
         except (psycopg.Error, PoolTimeout) as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if isinstance(error, TransientStorageError) and (
+                not error.sqlstate or error.sqlstate.startswith(("08", "57"))
+            ):  # the connection itself failed (refused, lost, server shutting down)
+                self._suspect = True
+            raise error from exc
+
+    @contextmanager
+    def _pooled(self) -> Iterator[psycopg.Connection[Any]]:
+        """Wait for a pooled connection: briefly, then, if the server still answers a ping,
+        for the rest of pool_timeout (a busy pool). A server that died while connections were
+        in use fails here within seconds instead of after the whole pool_timeout."""
+        quick = min(self._options.timeout, _QUICK_WAIT)
+        try:
+            conn = self.pool.getconn(timeout=quick)
+        except PoolTimeout:
+            self.ping()
+            conn = self.pool.getconn(timeout=max(self._options.timeout - quick, 0.001))
+        try:
+            with conn:  # what pool.connection() does: commit, or roll back on error
+                yield conn
+        finally:
+            self.pool.putconn(conn)
 
     @contextmanager
     def direct(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
