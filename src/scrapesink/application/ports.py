@@ -129,32 +129,3 @@ class Journal(Protocol):
     def compact(self, upto: int) -> int: ...
 
     def close(self, *, remove_if_empty: bool = True) -> bool: ...
-
-
-class EventStore(Protocol):
-    """Where raw events are kept (PostgreSQL; an in-memory fake in unit tests)."""
-
-    def prepare(self) -> None:
-        """Get ready to write (e.g. premake partitions)."""
-
-    def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
-        """Store a batch of events with unique keys; the first write of a key wins."""
-
-    def stage(self, events: Sequence[RawEvent]) -> Callable[[], WriteOutcome]:
-        """Split :meth:`write` in two: encode the batch now, return the storing part to run later
-        (in another thread). ``stage(events)()`` is ``write(events)``."""
-
-    def get(self, source: str, source_id: str) -> StoredEvent | None: ...
-
-    def query(self, query: EventQuery) -> EventPage: ...
-
-    def stats(
-        self,
-        *,
-        source: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> list[DayStats]: ...
-
-    def mark_processed(self, keys: Sequence[tuple[str, str]], processed: bool = True) -> int:
-        """Set the processed flag; returns how many events changed."""
