@@ -122,17 +122,23 @@ def sink(app: App) -> Sink:
     return Sink(app)
 
 
-@pytest.fixture
-def cli_env(database_url: str, data_dir: Path) -> dict[str, str]:
-    """Environment for running the CLI as a subprocess against the test database."""
+def env_for(url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a scrapesink subprocess: this database and data dir, no colours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCRAPESINK_")}
     env.update(
-        SCRAPESINK_DATABASE_URL=database_url,
+        SCRAPESINK_DATABASE_URL=url,
         SCRAPESINK_DATA_DIR=str(data_dir),
         NO_COLOR="1",
         COLUMNS="200",
+        **extra,
     )
     return env
+
+
+@pytest.fixture
+def cli_env(database_url: str, data_dir: Path) -> dict[str, str]:
+    """Environment for running the CLI as a subprocess against the test database."""
+    return env_for(database_url, data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import pytest
 from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.migrate import Migrator
-from tests.conftest import with_database
+from tests.conftest import env_for, with_database
 
 SCRAPESINK = [sys.executable, "-m", "scrapesink"]
 
@@ -72,18 +72,6 @@ def fresh_db(server_url: str, name: str) -> str:
     url = with_database(server_url, name)
     Migrator(Database(url, PoolOptions(size=1, min_size=0))).upgrade()
     return url
-
-
-def env_for(url: str, data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCRAPESINK_")}
-    env.update(
-        SCRAPESINK_DATABASE_URL=url,
-        SCRAPESINK_DATA_DIR=str(data_dir),
-        NO_COLOR="1",
-        COLUMNS="200",
-        **extra,
-    )
-    return env
 
 
 def csv_keys(data_dir: Path) -> list[tuple[str, str]]:
