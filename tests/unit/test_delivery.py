@@ -17,6 +17,15 @@ def events(n, start=0):
     return [RawEvent("s", str(i), AT, "{}") for i in range(start, start + n)]
 
 
+def postgres_down(reason: str) -> tuple[MemorySink, MemorySink, MemoryJournal, DurableWriter]:
+    """A writer to two sinks whose "postgres" fails transiently until told otherwise."""
+    pg, csv = MemorySink("postgres"), MemorySink("csv")
+    pg.fail_with = TransientStorageError(reason)
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    return pg, csv, journal, writer
+
+
 def test_contiguous_end_and_missing():
     assert contiguous_end(1, [(1, 5), (6, 9), (12, 20)]) == 9
     assert contiguous_end(1, [(2, 5)]) == 0
@@ -27,10 +36,7 @@ def test_contiguous_end_and_missing():
 
 
 def test_a_sink_that_is_down_leaves_its_records_pending_and_the_other_goes_on():
-    pg, csv = MemorySink("postgres"), MemorySink("csv")
-    pg.fail_with = TransientStorageError("connection refused")
-    journal = MemoryJournal()
-    writer = DurableWriter(journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    _, _, journal, writer = postgres_down("connection refused")
     writer.write(events(10))
     writer.write(events(10, start=10))
     reports = writer.close()
@@ -42,10 +48,7 @@ def test_a_sink_that_is_down_leaves_its_records_pending_and_the_other_goes_on():
 
 
 def test_replay_after_recovery_delivers_exactly_what_was_missing():
-    pg, csv = MemorySink("postgres"), MemorySink("csv")
-    pg.fail_with = TransientStorageError("down")
-    journal = MemoryJournal()
-    writer = DurableWriter(journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    pg, csv, journal, writer = postgres_down("down")
     writer.write(events(7))
     writer.close()
     pg.fail_with = None

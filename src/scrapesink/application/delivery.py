@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
@@ -57,13 +57,27 @@ class SinkReport:
     error: str | None = None  # why records are pending
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "stored": self.stored,
-            "duplicates": self.duplicates,
-            "pending": self.pending,
-            "dead_letters": self.dead_letters,
-            "error": self.error,
-        }
+        return asdict(self)
+
+    def add(self, other: SinkReport) -> None:
+        """Count ``other`` into this report (several journals replayed)."""
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.pending += other.pending
+        self.dead_letters += other.dead_letters
+        self.error = other.error or self.error
+
+    def since(self, before: SinkReport | None) -> SinkReport:
+        """What happened after ``before`` (an earlier copy of this report)."""
+        if before is None:
+            return replace(self)
+        return SinkReport(
+            stored=self.stored - before.stored,
+            duplicates=self.duplicates - before.duplicates,
+            pending=self.pending - before.pending,
+            dead_letters=self.dead_letters - before.dead_letters,
+            error=self.error if self.pending > before.pending else None,
+        )
 
 
 @dataclass

@@ -187,12 +187,7 @@ def _replay_one(
     finally:
         delivery.close()
     for name, report in delivery.reports().items():
-        total = result.reports[name]
-        total.stored += report.stored
-        total.duplicates += report.duplicates
-        total.pending += report.pending
-        total.dead_letters += report.dead_letters
-        total.error = report.error or total.error
+        result.reports[name].add(report)
     upto = min(ends, default=start - 1)
     if upto >= start:
         journal.compact(upto)

@@ -188,7 +188,7 @@ class IngestService:
             raise
         flush()
         after = self.writer.settle() if settle else self.writer.reports()
-        summary.sinks = {name: _minus(after[name], before.get(name)) for name in after}
+        summary.sinks = {name: after[name].since(before.get(name)) for name in after}
         log.info("ingest done: %s", ", ".join(f"{k} {v}" for k, v in summary.as_dict().items()))
         return summary
 
@@ -220,15 +220,3 @@ def _fewer_gc_passes() -> Iterator[None]:
             _gc_users -= 1
             if _gc_users == 0:
                 gc.set_threshold(*_gc_saved)
-
-
-def _minus(after: SinkReport, before: SinkReport | None) -> SinkReport:
-    if before is None:
-        return after
-    return SinkReport(
-        stored=after.stored - before.stored,
-        duplicates=after.duplicates - before.duplicates,
-        pending=after.pending - before.pending,
-        dead_letters=after.dead_letters - before.dead_letters,
-        error=after.error if after.pending > before.pending else None,
-    )
