@@ -5,23 +5,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetterStore
 from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.journal import Journal
 from scrapesink.adapters.postgres.database import Database, PoolOptions
+from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.adapters.postgres.events import PostgresEventStore
 from scrapesink.adapters.postgres.migrate import Migrator
+from scrapesink.adapters.postgres.model_schema import ModelSchema
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.application.delivery import RetryPolicy, SinkReport
 from scrapesink.application.durable import DurableWriter, ReplayResult, replay
 from scrapesink.application.ingest import IngestService
-from scrapesink.application.ports import EventSink
+from scrapesink.application.models import ModelService
+from scrapesink.application.ports import EVENTS, EventSink, Sink, model_kind
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
-from scrapesink.errors import ScrapesinkError, TransientStorageError
+from scrapesink.domain.models import Declaration, load_models
+from scrapesink.errors import ConfigError, ScrapesinkError, TransientStorageError
 
 SchemaPolicy = Literal["auto", "check", "skip"]
 log = logging.getLogger(__name__)
@@ -37,7 +42,7 @@ class App:
     partitions: PartitionManager
     events: PostgresEventStore
     embedded: EmbeddedPostgres | None = None
-    _writer: DurableWriter | None = field(default=None, repr=False)
+    _writers: dict[str, DurableWriter] = field(default_factory=dict, repr=False)
     offline: str | None = None  # why PostgreSQL did not answer at start (writers go on)
     _closed: bool = field(default=False, repr=False)
 
@@ -46,7 +51,36 @@ class App:
         self.csv = CsvEventSink(data_dir)
         self.dead_letters = DeadLetterStore(data_dir / "deadletters.sqlite")
         self.journal_dir = data_dir / "journal"
-        self._journal_path: Path | None = None
+        self._journal_paths: set[Path] = set()
+        self._declaration: Declaration | None = None
+        self.model_schema = ModelSchema(self.database)
+        self.repository: ModelRepository | None = None
+
+    @property
+    def declaration(self) -> Declaration:
+        """The bundled models and the configured declaration files (read once)."""
+        if self._declaration is None:
+            self._declaration = load_models(self.settings.models)
+        return self._declaration
+
+    def use_declaration(self, declaration: Declaration) -> None:
+        self._declaration = declaration
+
+    def models(self) -> ModelService:
+        """The model service; the database is brought to the declaration first (additive
+        changes by themselves, destructive ones refused) unless it is unreachable."""
+        declaration = self.declaration
+        if not self.offline:
+            changes = self.model_schema.ensure(declaration)
+            for change in changes:
+                log.info("applied %s", change.describe())
+        self.repository = ModelRepository(self.database, declaration)
+        return ModelService(
+            declaration,
+            lambda model: self.writer(model_kind(model.name)),
+            self.repository,
+            batch_size=min(self.settings.batch_size, 1000),
+        )
 
     def rules(
         self,
@@ -72,6 +106,19 @@ class App:
             sinks.append(self.csv)
         return sinks
 
+    def sinks_for(self, kind: str) -> list[Sink[Any]] | None:
+        """The sinks of one journal kind; None for a model this process does not declare."""
+        if kind == EVENTS:
+            return list(self.sinks)
+        name = kind.removeprefix("model:")
+        model = self.declaration.models.get(name)
+        if model is None:
+            return None
+        sinks: list[Sink[Any]] = [PostgresModelSink(self.database, model)]
+        if self.settings.csv_enabled:
+            sinks.append(CsvModelSink(self.settings.data_dir, self.declaration, model))
+        return sinks
+
     @property
     def policy(self) -> RetryPolicy:
         return RetryPolicy(self.settings.retry_seconds, self.settings.cooldown_seconds)
@@ -90,20 +137,25 @@ class App:
                 log.warning("partitions not premade: %s", exc.message)
         return self.replay()
 
-    def writer(self) -> DurableWriter:
+    def writer(self, kind: str = EVENTS) -> DurableWriter:
+        """This process's writer (and journal) for one kind of record."""
         if self._closed:
             raise ScrapesinkError("this sink is closed: open a new one to write")
-        if self._writer is None:
-            journal = Journal.create(self.journal_dir)
-            self._journal_path = journal.path
-            self._writer = DurableWriter(
+        writer = self._writers.get(kind)
+        if writer is None:
+            sinks = self.sinks_for(kind)
+            if sinks is None:
+                raise ConfigError(f"no model {kind.removeprefix('model:')!r} is declared")
+            journal = Journal.create(self.journal_dir, kind)
+            self._journal_paths.add(journal.path)
+            writer = self._writers[kind] = DurableWriter(
                 journal,
-                self.sinks,
+                sinks,
                 self.dead_letters,
                 self.policy,
                 batch_size=self.settings.batch_size,
             )
-        return self._writer
+        return writer
 
     def ingest_service(self, rules: EventRules | None = None) -> IngestService:
         rules = rules or self.rules()
@@ -111,12 +163,11 @@ class App:
 
     def replay(self) -> ReplayResult:
         """Deliver what every journal but our own still holds for some sink."""
-        own = self._journal_path
-        paths = [p for p in Journal.files(self.journal_dir) if p != own]
+        paths = [p for p in Journal.files(self.journal_dir) if p not in self._journal_paths]
         return replay(
             paths,
             Journal.open_if_free,
-            self.sinks,
+            self.sinks_for,
             self.dead_letters,
             self.policy,
             batch_size=self.settings.batch_size,
@@ -135,8 +186,9 @@ class App:
         if not self._closed:
             self._closed = True
             try:
-                if self._writer is not None:
-                    reports = self._writer.close()
+                for writer in self._writers.values():
+                    for name, report in writer.close().items():
+                        reports.setdefault(name, SinkReport()).add(report)
             finally:
                 self.database.close()
         return reports

@@ -41,7 +41,7 @@ def test_ingest_stores_then_counts_duplicates_on_rerun(cli_env, database_url, tm
     path = write_jsonl(tmp_path / "events.jsonl", GOOD)
     first = run(cli_env, "ingest", str(path), "--json")
     assert first.returncode == 0, first.stderr
-    sink = {"stored": 20, "duplicates": 0, "pending": 0, "dead_letters": 0, "error": None}
+    sink = {"stored": 20, "duplicates": 0, "unchanged": 0, "pending": 0, "dead_letters": 0, "error": None}
     assert json.loads(first.stdout) == {
         "file": str(path),
         "read": 20,
@@ -200,7 +200,7 @@ def test_outdated_external_schema_tells_the_user_to_upgrade(cli_env, empty_datab
     assert "run `scrapesink db upgrade`" in result.stderr
     upgraded = run(env, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "upgraded <empty> -> 0002" in upgraded.stdout
+    assert "upgraded <empty> -> 0003" in upgraded.stdout
     assert run(env, "ingest", str(path)).returncode == 0
     current = run(env, "db", "current")
     assert "up to date" in current.stdout
@@ -289,7 +289,7 @@ def test_history_needs_no_database(cli_env):
     env = {**cli_env, "SCRAPESINK_DATABASE_URL": "postgresql://x@127.0.0.1:9/none"}
     result = run(env, "db", "history")
     assert result.returncode == 0
-    assert "0002 (head)" in result.stdout
+    assert "0003 (head)" in result.stdout
 
 
 def test_list_rejects_a_contains_filter_that_is_not_an_object(cli_env):

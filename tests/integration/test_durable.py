@@ -124,7 +124,7 @@ def test_refused_record_goes_to_dead_letters_and_retry_stores_it(app: App, datab
     assert summary.sinks["postgres"].dead_letters == 1
     assert summary.sinks["csv"].stored == 81  # the CSV mirror had no reason to refuse it
     (letter,) = app.dead_letters.list()
-    assert (letter.sink, letter.event.source, letter.error_type) == (
+    assert (letter.sink, letter.record.source, letter.error_type) == (
         "postgres",
         "poison",
         "ConstraintError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from scrapesink.application.ports import Batch, WriteOutcome
+from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
 from scrapesink.domain.events import RawEvent
 from scrapesink.errors import ScrapesinkError
 
@@ -13,12 +13,13 @@ from scrapesink.errors import ScrapesinkError
 @dataclass(frozen=True)
 class Entry:
     seq: int
-    event: RawEvent
+    record: RawEvent
 
 
 class MemoryJournal:
     def __init__(self, journal_id: str = "j1") -> None:
         self.id = journal_id
+        self.kind = EVENTS
         self.entries: dict[int, RawEvent] = {}
         self._last = 0
         self.closed = False
@@ -61,6 +62,7 @@ class MemorySink:
 
     def __init__(self, name: str = "memory", parallelism: int = 1) -> None:
         self.name = name
+        self.kind = EVENTS
         self.parallelism = parallelism
         self.events: dict[tuple[str, str], RawEvent] = {}
         self.ranges: dict[str, list[tuple[int, int]]] = {}
@@ -75,20 +77,20 @@ class MemorySink:
     def _write(self, batch: Batch) -> WriteOutcome:
         if self.fail_with is not None:
             raise self.fail_with
-        for event in batch.events:
+        for event in batch.records:
             error = self.refuse(event)
             if error is not None:
                 raise error  # the whole batch fails, as one transaction would
-        self.batches.append(len(batch.events))
+        self.batches.append(len(batch.records))
         duplicates = set()
-        for event in batch.events:
+        for event in batch.records:
             if event.key in self.events:
                 duplicates.add(event.key)
             else:
                 self.events[event.key] = event
         if batch.journal_id:
             self.ranges.setdefault(batch.journal_id, []).append((batch.first, batch.last))
-        return WriteOutcome(len(batch.events) - len(duplicates), frozenset(duplicates))
+        return WriteOutcome(len(batch.records) - len(duplicates), frozenset(duplicates))
 
     def delivered(self, journal_id: str) -> list[tuple[int, int]]:
         if self.fail_with is not None:
@@ -110,6 +112,12 @@ class MemoryDeadLetters:
         self.letters: list[tuple[str, str, int, RawEvent, ScrapesinkError]] = []
 
     def add(
-        self, sink: str, journal_id: str, seq: int, event: RawEvent, error: ScrapesinkError
+        self,
+        sink: str,
+        kind: str,
+        journal_id: str,
+        seq: int,
+        event: RawEvent,
+        error: ScrapesinkError,
     ) -> None:
         self.letters.append((sink, journal_id, seq, event, error))

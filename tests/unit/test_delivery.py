@@ -52,7 +52,9 @@ def test_replay_after_recovery_delivers_exactly_what_was_missing():
     writer.write(events(7))
     writer.close()
     pg.fail_with = None
-    result = replay(["j"], lambda _: journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    result = replay(
+        ["j"], lambda _: journal, lambda _: [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60)
+    )
     assert result.reports["postgres"].stored == 7
     assert result.reports["csv"].stored == 0  # csv had it all: nothing sent twice
     assert len(pg.events) == len(csv.events) == 7
@@ -92,7 +94,9 @@ def test_a_sink_that_recovers_within_the_run_catches_up_from_the_journal():
 
 def test_replay_leaves_journals_in_use_to_their_process():
     pg = MemorySink("postgres")
-    result = replay(["live"], lambda _: None, [pg], MemoryDeadLetters(), RetryPolicy(0, 60))
+    result = replay(
+        ["live"], lambda _: None, lambda _: [pg], MemoryDeadLetters(), RetryPolicy(0, 60)
+    )
     assert (result.busy, result.journals) == (1, 0)
     assert pg.events == {}
 

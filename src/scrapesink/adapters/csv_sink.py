@@ -30,41 +30,49 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from scrapesink.adapters.csv_format import HEADER, file_of, format_rows, header_line
-from scrapesink.application.ports import Batch, WriteOutcome
+from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
 from scrapesink.domain.events import RawEvent
 from scrapesink.errors import TransientStorageError
 
-_STATE_SCHEMA = """
+HeaderOf = Callable[[str], str]  # a file (relative path) -> its header line
+
+_FILES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS keys (source TEXT NOT NULL, source_id TEXT NOT NULL,
-                                 PRIMARY KEY (source, source_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (journal_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
                                      last_seq INTEGER NOT NULL,
                                      PRIMARY KEY (journal_id, first_seq));
 """
+_KEYS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (source TEXT NOT NULL, source_id TEXT NOT NULL,
+                                 PRIMARY KEY (source, source_id)) WITHOUT ROWID;
+"""
 
 
-class CsvEventSink:
-    """Raw events mirrored into CSV files."""
+class CsvFiles:
+    """CSV files under ``root`` with their committed lengths and delivered journal ranges in a
+    SQLite state file: the exactly-once machinery shared by the raw-event and model mirrors."""
 
     name = "csv"
-    parallelism = 1  # appends happen in journal order
 
-    def __init__(self, data_dir: Path) -> None:
-        self.root = data_dir / "raw_events"
-        self.state_path = data_dir / "csv_state.sqlite"
-        self._header = header_line(HEADER)
+    def __init__(self, root: Path, state_path: Path, schema: str = "") -> None:
+        self.root = root
+        self.state_path = state_path
+        self._schema = _FILES_SCHEMA + schema
         self._initialized = False
         self._known_files: set[str] = set()  # registered in the state already
+
+    def files(self) -> list[Path]:
+        raise NotImplementedError
 
     def _initialize(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() is None
-        for statement in _STATE_SCHEMA.split(";"):
+        for statement in self._schema.split(";"):
             if statement.strip():
                 db.execute(statement)
         if fresh:
@@ -117,63 +125,52 @@ class CsvEventSink:
         with self._state(write=True) as db:
             db.execute("DELETE FROM progress WHERE journal_id = ?", (journal_id,))
 
-    # -- writing ----------------------------------------------------------------------------
-    def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
-        # Nothing to encode ahead: which rows are written is known only under the lock.
-        return lambda: self._deliver(batch)
-
-    def _deliver(self, batch: Batch) -> WriteOutcome:
-        files = [file_of(e) for e in batch.events]
-        new_files = sorted(set(files) - self._known_files)
+    def _register(self, files: set[str]) -> None:
+        """Register new files with length 0 *before* writing them: a crash right after the
+        write leaves a file longer than committed, which repair cuts back."""
+        new_files = sorted(files - self._known_files)
         if new_files:
             with self._state(write=True) as db:
-                # Register new files with length 0 *before* writing them: a crash right after
-                # the write leaves a file longer than committed, which repair cuts back.
                 db.executemany(
                     "INSERT OR IGNORE INTO files VALUES (?, 0)", [(r,) for r in new_files]
                 )
             self._known_files.update(new_files)
-        keys = [e.key for e in batch.events]
-        with self._state(write=True) as db:
-            if (
-                batch.journal_id
-                and db.execute(
-                    "SELECT 1 FROM progress WHERE journal_id = ? AND first_seq = ?",
-                    (batch.journal_id, batch.first),
-                ).fetchone()
-            ):
-                return WriteOutcome(0, frozenset(keys))  # delivered before
-            known = _known_keys(db, keys)
-            by_file: dict[str, list[RawEvent]] = {}
-            fresh: list[tuple[str, str]] = []
-            for event, key, rel in zip(batch.events, keys, files, strict=True):
-                if key in known:
-                    continue
-                known.add(key)  # the same key twice in one batch: first wins
-                fresh.append(key)
-                by_file.setdefault(rel, []).append(event)
-            committed = dict(
-                db.execute(
-                    "SELECT path, length FROM files WHERE path IN (SELECT value FROM json_each(?))",
-                    (_KEYS_JSON.encode(sorted(by_file)),),
-                ).fetchall()
-            )
-            texts = {rel: format_rows(events) for rel, events in by_file.items()}
-            lengths = self._append(texts, committed)
-            db.executemany(
-                "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET length = ?",
-                [(rel, n, n) for rel, n in lengths.items()],
-            )
-            _add_keys(db, fresh)
-            if batch.journal_id:
-                db.execute(
-                    "INSERT OR IGNORE INTO progress VALUES (?, ?, ?)",
-                    (batch.journal_id, batch.first, batch.last),
-                )
-        duplicates = frozenset(keys) - frozenset(fresh)
-        return WriteOutcome(len(fresh), duplicates)
 
-    def _append(self, texts: dict[str, str], committed: dict[str, int]) -> dict[str, int]:
+    @staticmethod
+    def _seen(db: sqlite3.Connection, batch: Batch[Any]) -> bool:
+        """Whether this journal range was delivered before (replayed after a crash)."""
+        return bool(
+            batch.journal_id
+            and db.execute(
+                "SELECT 1 FROM progress WHERE journal_id = ? AND first_seq = ?",
+                (batch.journal_id, batch.first),
+            ).fetchone()
+        )
+
+    def _commit(
+        self, db: sqlite3.Connection, batch: Batch[Any], texts: dict[str, str], header: HeaderOf
+    ) -> None:
+        """Append ``texts`` (file -> rows) and record the new lengths and the journal range."""
+        committed = dict(
+            db.execute(
+                "SELECT path, length FROM files WHERE path IN (SELECT value FROM json_each(?))",
+                (_KEYS_JSON.encode(sorted(texts)),),
+            ).fetchall()
+        )
+        lengths = self._append(texts, committed, header)
+        db.executemany(
+            "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET length = ?",
+            [(rel, n, n) for rel, n in lengths.items()],
+        )
+        if batch.journal_id:
+            db.execute(
+                "INSERT OR IGNORE INTO progress VALUES (?, ?, ?)",
+                (batch.journal_id, batch.first, batch.last),
+            )
+
+    def _append(
+        self, texts: dict[str, str], committed: dict[str, int], header: HeaderOf
+    ) -> dict[str, int]:
         """Append each file's text under its flock; returns the new lengths (after fsync)."""
         lengths: dict[str, int] = {}
         fds: list[int] = []
@@ -187,7 +184,7 @@ class CsvEventSink:
                 size = _repair(fd, committed.get(rel))
                 data = texts[rel]
                 if size == 0:
-                    data = self._header + data
+                    data = header(rel) + data
                 payload = data.encode("utf-8")
                 written = os.write(fd, payload)  # one write: no other appender can interleave
                 if written != len(payload):
@@ -220,8 +217,45 @@ class CsvEventSink:
                 except OSError as exc:
                     raise _unavailable(exc, path) from exc
 
+
+class CsvEventSink(CsvFiles):
+    """Raw events mirrored into ``raw_events/<source>/<day>.csv``."""
+
+    kind = EVENTS
+    parallelism = 1  # appends happen in journal order
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir / "raw_events", data_dir / "csv_state.sqlite", _KEYS_SCHEMA)
+        self._header = header_line(HEADER)
+
     def files(self) -> list[Path]:
         return sorted(self.root.rglob("*.csv")) if self.root.is_dir() else []
+
+    def stage(self, batch: Batch[RawEvent]) -> Callable[[], WriteOutcome]:
+        # Nothing to encode ahead: which rows are written is known only under the lock.
+        return lambda: self._deliver(batch)
+
+    def _deliver(self, batch: Batch[RawEvent]) -> WriteOutcome:
+        files = [file_of(e) for e in batch.records]
+        self._register(set(files))
+        keys = [e.key for e in batch.records]
+        with self._state(write=True) as db:
+            if self._seen(db, batch):
+                return WriteOutcome(0, frozenset(keys))  # delivered before
+            known = _known_keys(db, keys)
+            by_file: dict[str, list[RawEvent]] = {}
+            fresh: list[tuple[str, str]] = []
+            for event, key, rel in zip(batch.records, keys, files, strict=True):
+                if key in known:
+                    continue
+                known.add(key)  # the same key twice in one batch: first wins
+                fresh.append(key)
+                by_file.setdefault(rel, []).append(event)
+            texts = {rel: format_rows(events) for rel, events in by_file.items()}
+            self._commit(db, batch, texts, lambda rel: self._header)
+            _add_keys(db, fresh)
+        duplicates = frozenset(keys) - frozenset(fresh)
+        return WriteOutcome(len(fresh), duplicates)
 
 
 def _known_keys(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:

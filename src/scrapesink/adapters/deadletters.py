@@ -1,11 +1,13 @@
 """Dead letters: records a sink refused permanently, kept locally with why, until retried or purged.
 
 Local SQLite (``<data dir>/deadletters.sqlite``) on purpose: it must work while PostgreSQL is the
-sink that refuses, or is down.
+sink that refuses, or is down. A raw event keeps its columns; a model record (``kind``
+``model:<name>``) is kept as its operation (in ``source_id``) and its JSON (in ``payload``).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -13,13 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from scrapesink.application.ports import EVENTS
 from scrapesink.domain.events import RawEvent
+from scrapesink.domain.records import Entity
 from scrapesink.errors import NotFound, ScrapesinkError, TransientStorageError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     sink TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'events',
     journal_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     source TEXT NOT NULL,
@@ -40,9 +45,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 class DeadLetter:
     id: int
     sink: str
+    kind: str
     journal_id: str
     seq: int
-    event: RawEvent
+    record: RawEvent | Entity
     error_type: str
     message: str
     attempts: int
@@ -65,6 +71,11 @@ class DeadLetterStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(dead_letters)")}
+            if "kind" not in columns:  # a store written before model records existed
+                db.execute(
+                    "ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'events'"
+                )
             yield db
         except sqlite3.Error as exc:
             raise TransientStorageError(f"dead letters {self.path}: {exc}") from exc
@@ -72,26 +83,40 @@ class DeadLetterStore:
             db.close()
 
     def add(
-        self, sink: str, journal_id: str, seq: int, event: RawEvent, error: ScrapesinkError
+        self,
+        sink: str,
+        kind: str,
+        journal_id: str,
+        seq: int,
+        record: RawEvent | Entity,
+        error: ScrapesinkError,
     ) -> None:
         """Keep one refused record; the same record refused again counts one more attempt."""
         now = datetime.now(UTC).timestamp()
+        if isinstance(record, RawEvent):
+            source, source_id = record.source, record.source_id
+            at, payload = record.occurred_at.isoformat(), record.payload_json
+        else:
+            source, source_id = kind, record.op
+            at = datetime.now(UTC).isoformat()
+            payload = json.dumps(record.record, ensure_ascii=False)
         with self._db() as db:
             db.execute(
-                "INSERT INTO dead_letters (sink, journal_id, seq, source, source_id, occurred_at,"
-                " payload, error_type, message, attempts, first_failed_at, last_failed_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                "INSERT INTO dead_letters (sink, kind, journal_id, seq, source, source_id,"
+                " occurred_at, payload, error_type, message, attempts, first_failed_at,"
+                " last_failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
                 " ON CONFLICT (sink, journal_id, seq) DO UPDATE SET attempts = attempts + 1,"
                 " last_failed_at = excluded.last_failed_at, message = excluded.message,"
                 " error_type = excluded.error_type",
                 (
                     sink,
+                    kind,
                     journal_id,
                     seq,
-                    event.source,
-                    event.source_id,
-                    event.occurred_at.isoformat(),
-                    event.payload_json,
+                    source,
+                    source_id,
+                    at,
+                    payload,
                     error.error_type,
                     error.message,
                     now,
@@ -110,14 +135,16 @@ class DeadLetterStore:
     def list(self, *, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT * FROM dead_letters WHERE (? IS NULL OR sink = ?) ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM dead_letters WHERE (? IS NULL OR sink = ?)"  # noqa: S608
+                " ORDER BY id LIMIT ?",
                 (sink, sink, limit),
             ).fetchall()
         return [_letter(row) for row in rows]
 
     def get(self, letter_id: int) -> DeadLetter:
         with self._db() as db:
-            row = db.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)).fetchone()
+            sql = f"SELECT {_COLUMNS} FROM dead_letters WHERE id = ?"  # noqa: S608 - constant
+            row = db.execute(sql, (letter_id,)).fetchone()
         if row is None:
             raise NotFound(f"no dead letter {letter_id}")
         return _letter(row)
@@ -141,14 +168,31 @@ class DeadLetterStore:
             return dict(db.execute("SELECT sink, count(*) FROM dead_letters GROUP BY sink"))
 
 
+_COLUMNS = (
+    "id, sink, kind, journal_id, seq, source, source_id, occurred_at, payload, error_type,"
+    " message, attempts, first_failed_at, last_failed_at"
+)
+
+
 def _letter(row: tuple[object, ...]) -> DeadLetter:
-    id_, sink, journal_id, seq, source, source_id, at, payload, etype, msg, attempts, f, last = row
+    id_, sink, kind, journal_id, seq, source, source_id, at, payload, etype, msg, attempts = row[
+        :12
+    ]
+    f, last = row[12:]
+    record: RawEvent | Entity
+    if kind == EVENTS:
+        record = RawEvent(
+            str(source), str(source_id), datetime.fromisoformat(str(at)), str(payload)
+        )
+    else:
+        record = Entity(str(source_id), json.loads(str(payload)))
     return DeadLetter(
         int(id_),  # type: ignore[call-overload]
         str(sink),
+        str(kind),
         str(journal_id),
         int(seq),  # type: ignore[call-overload]
-        RawEvent(str(source), str(source_id), datetime.fromisoformat(str(at)), str(payload)),
+        record,
         str(etype),
         str(msg),
         int(attempts),  # type: ignore[call-overload]

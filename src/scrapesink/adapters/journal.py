@@ -21,10 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
+from scrapesink.application.ports import EVENTS
 from scrapesink.domain.events import RawEvent
+from scrapesink.domain.records import Entity
 from scrapesink.errors import StorageError, TransientStorageError
 
 # One row per appended batch: its records packed with msgpack. A row per record cost more than
@@ -39,20 +42,25 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _PACK = msgspec.msgpack.Encoder()
-# RawEvent is a NamedTuple: msgspec packs and unpacks it in C, datetime included.
-_UNPACK = msgspec.msgpack.Decoder(list[RawEvent])
+# RawEvent and Entity are NamedTuples: msgspec packs and unpacks them in C, datetime included.
+_UNPACK_EVENTS = msgspec.msgpack.Decoder(list[RawEvent])
+_UNPACK_ENTITIES = msgspec.msgpack.Decoder(list[Entity])
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     seq: int
-    event: RawEvent
+    record: Any
 
 
 class Journal:
-    """One journal file, owned (flock) by this object until :meth:`close`."""
+    """One journal file of one kind of record, owned (flock) by this object until :meth:`close`.
 
-    def __init__(self, path: Path) -> None:
+    ``kind`` is ``events`` (raw events) or ``model:<name>`` (one model's entities), kept in the
+    file so that replay knows which sinks its records belong to.
+    """
+
+    def __init__(self, path: Path, kind: str = EVENTS) -> None:
         self.path = path
         self._lock_fd = -1
         try:
@@ -76,8 +84,12 @@ class Journal:
             if row is None:
                 self.id = path.stem
                 self._db.execute("INSERT INTO meta VALUES ('id', ?)", (self.id,))
+                self._db.execute("INSERT INTO meta VALUES ('kind', ?)", (kind,))
             else:
                 self.id = row[0]
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
+            self.kind: str = row[0] if row else EVENTS
+            self._unpack = _UNPACK_EVENTS if self.kind == EVENTS else _UNPACK_ENTITIES
             high = self._db.execute("SELECT coalesce(max(last_seq), 0) FROM batches").fetchone()
             self._last_seq: int = max(int(high[0]), self._meta_int("last_seq"))
             self._compacted = self._meta_int("compacted_upto")
@@ -96,8 +108,8 @@ class Journal:
         )
 
     @classmethod
-    def create(cls, directory: Path) -> Journal:
-        return cls(directory / f"{uuid.uuid4().hex}.sqlite")
+    def create(cls, directory: Path, kind: str = EVENTS) -> Journal:
+        return cls(directory / f"{uuid.uuid4().hex}.sqlite", kind)
 
     @classmethod
     def open_if_free(cls, path: Path) -> Journal | None:
@@ -112,17 +124,17 @@ class Journal:
         return sorted(directory.glob("*.sqlite")) if directory.is_dir() else []
 
     # -- writing ----------------------------------------------------------------------------
-    def append(self, events: Sequence[RawEvent]) -> tuple[int, int]:
-        """Append durably; returns the (first, last) sequence numbers given to ``events``."""
-        if not events:
+    def append(self, records: Sequence[Any]) -> tuple[int, int]:
+        """Append durably; returns the (first, last) sequence numbers given to ``records``."""
+        if not records:
             return (self._last_seq + 1, self._last_seq)
         first = self._last_seq + 1
-        last = first + len(events) - 1
-        records = _PACK.encode(events)
+        last = first + len(records) - 1
+        packed = _PACK.encode(records)
         try:
             self._db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?)",
-                (first, last, datetime.now(UTC).timestamp(), records),
+                (first, last, datetime.now(UTC).timestamp(), packed),
             )
         except sqlite3.Error as exc:
             raise TransientStorageError(f"cannot write the journal {self.path}: {exc}") from exc
@@ -140,8 +152,8 @@ class Journal:
         )
         for batch_first, blob in rows:
             entries = [
-                Entry(batch_first + i, event)
-                for i, event in enumerate(_UNPACK.decode(blob))
+                Entry(batch_first + i, record)
+                for i, record in enumerate(self._unpack.decode(blob))
                 if first <= batch_first + i <= last
             ]
             for start in range(0, len(entries), chunk):
@@ -216,6 +228,7 @@ class JournalInfo:
 
     path: Path
     id: str
+    kind: str
     entries: int
     first_seq: int | None
     last_seq: int | None
@@ -262,7 +275,8 @@ def inspect(path: Path) -> JournalInfo:
         first = max(low, compacted + 1) if low is not None else None
         count = _count_between(db, first, high) if first is not None else 0
     size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-    return JournalInfo(path, meta.get("id", path.stem), count, first, high, size, in_use)
+    kind = meta.get("kind", EVENTS)
+    return JournalInfo(path, meta.get("id", path.stem), kind, count, first, high, size, in_use)
 
 
 def _count_between(db: sqlite3.Connection, first: int, last: int) -> int:

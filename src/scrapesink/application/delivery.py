@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from scrapesink.application.ports import Batch, DeadLetters, EventSink, WriteOutcome
+from scrapesink.application.ports import Batch, DeadLetters, Sink, WriteOutcome
+from scrapesink.domain.events import RawEvent
 from scrapesink.errors import (
     ConstraintError,
     PermanentStorageError,
@@ -52,6 +54,7 @@ class SinkReport:
 
     stored: int = 0
     duplicates: int = 0
+    unchanged: int = 0  # model records identical to what the sink held
     pending: int = 0
     dead_letters: int = 0
     error: str | None = None  # why records are pending
@@ -63,6 +66,7 @@ class SinkReport:
         """Count ``other`` into this report (several journals replayed)."""
         self.stored += other.stored
         self.duplicates += other.duplicates
+        self.unchanged += other.unchanged
         self.pending += other.pending
         self.dead_letters += other.dead_letters
         self.error = other.error or self.error
@@ -74,6 +78,7 @@ class SinkReport:
         return SinkReport(
             stored=self.stored - before.stored,
             duplicates=self.duplicates - before.duplicates,
+            unchanged=self.unchanged - before.unchanged,
             pending=self.pending - before.pending,
             dead_letters=self.dead_letters - before.dead_letters,
             error=self.error if self.pending > before.pending else None,
@@ -84,7 +89,7 @@ class SinkReport:
 class Lane:
     """Delivers batches to one sink."""
 
-    sink: EventSink
+    sink: Sink[Any]
     dead_letters: DeadLetters
     policy: RetryPolicy
     report: SinkReport = field(default_factory=SinkReport)
@@ -104,7 +109,7 @@ class Lane:
     def down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch[Any]) -> None:
         if self.down:
             self._left_pending(batch, None)
             return
@@ -133,13 +138,13 @@ class Lane:
         self._executor.shutdown(wait=True)
 
     # -- in a lane thread ---------------------------------------------------------------------
-    def _run(self, batch: Batch, work: Callable[[], WriteOutcome]) -> None:
+    def _run(self, batch: Batch[Any], work: Callable[[], WriteOutcome]) -> None:
         try:
             self._store(batch, work)
         finally:
             self._slots.release()
 
-    def _store(self, batch: Batch, work: Callable[[], WriteOutcome]) -> None:
+    def _store(self, batch: Batch[Any], work: Callable[[], WriteOutcome]) -> None:
         try:
             outcome = self._with_retries(work)
         except TransientStorageError as exc:
@@ -162,6 +167,7 @@ class Lane:
         with self._lock:
             self.report.stored += outcome.stored
             self.report.duplicates += len(outcome.duplicates)
+            self.report.unchanged += outcome.unchanged
             self.handled.append((batch.first, batch.last))
 
     def _with_retries(self, work: Callable[[], WriteOutcome]) -> WriteOutcome:
@@ -175,14 +181,14 @@ class Lane:
                 return work()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _isolate(self, batch: Batch, error: ConstraintError) -> None:
-        if len(batch.events) == 1:
-            event = batch.events[0]
-            log.warning(
-                "%s refused %s/%s: %s", self.sink.name, event.source, event.source_id, error.message
-            )
+    def _isolate(self, batch: Batch[Any], error: ConstraintError) -> None:
+        if len(batch.records) == 1:
+            record = batch.records[0]
+            log.warning("%s refused %s: %s", self.sink.name, _label(record), error.message)
             try:
-                self.dead_letters.add(self.sink.name, batch.journal_id, batch.first, event, error)
+                self.dead_letters.add(
+                    self.sink.name, self.sink.kind, batch.journal_id, batch.first, record, error
+                )
                 if batch.journal_id:
                     self.sink.skip(batch.journal_id, batch.first, batch.last)
             except TransientStorageError as exc:
@@ -204,9 +210,9 @@ class Lane:
         log.warning("%s unavailable, records stay pending: %s", self.sink.name, error.message)
         self._down_until = time.monotonic() + self.policy.cooldown_seconds
 
-    def _left_pending(self, batch: Batch, error: BaseException | None) -> None:
+    def _left_pending(self, batch: Batch[Any], error: BaseException | None) -> None:
         with self._lock:
-            self.report.pending += len(batch.events)
+            self.report.pending += len(batch.records)
             self.pending.append((batch.first, batch.last))
             if error is not None:
                 self.report.error = getattr(error, "message", None) or str(error)
@@ -216,11 +222,11 @@ class Delivery:
     """All lanes of one journal, plus what is needed to compact it."""
 
     def __init__(
-        self, sinks: Sequence[EventSink], dead_letters: DeadLetters, policy: RetryPolicy
+        self, sinks: Sequence[Sink[Any]], dead_letters: DeadLetters, policy: RetryPolicy
     ) -> None:
         self.lanes = [Lane(sink, dead_letters, policy) for sink in sinks]
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch[Any]) -> None:
         for lane in self.lanes:
             lane.submit(batch)
 
@@ -262,3 +268,10 @@ def missing(first: int, last: int, ranges: Sequence[tuple[int, int]]) -> list[tu
     if cursor <= last:
         gaps.append((cursor, last))
     return gaps
+
+
+def _label(record: Any) -> str:
+    """A record named in a log line: ``source/source_id`` for events, its op for entities."""
+    if isinstance(record, RawEvent):
+        return f"{record.source}/{record.source_id}"
+    return f"{record[0]} record"

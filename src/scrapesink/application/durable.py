@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from scrapesink.application.delivery import (
     Delivery,
@@ -21,8 +21,7 @@ from scrapesink.application.delivery import (
     contiguous_end,
     missing,
 )
-from scrapesink.application.ports import Batch, DeadLetters, EventSink, Journal, JournalEntry
-from scrapesink.domain.events import RawEvent
+from scrapesink.application.ports import Batch, DeadLetters, Journal, JournalEntry, Sink
 from scrapesink.errors import (
     ConfigError,
     PermanentStorageError,
@@ -41,7 +40,7 @@ class DurableWriter:
     def __init__(
         self,
         journal: Journal,
-        sinks: Sequence[EventSink],
+        sinks: Sequence[Sink[Any]],
         dead_letters: DeadLetters,
         policy: RetryPolicy,
         *,
@@ -56,17 +55,17 @@ class DurableWriter:
         self._writes = 0
         self._lock = threading.RLock()
 
-    def write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
+    def write(self, records: Sequence[Any]) -> tuple[int, int]:
         """Append to the journal (durable on return: acknowledged), then hand to every sink."""
         with self._lock:  # one journal connection; callers may share a Sink across threads
             if self._closed:
                 raise ScrapesinkError("this sink is closed: open a new one to write")
-            return self._write(events)
+            return self._write(records)
 
-    def _write(self, events: Sequence[RawEvent]) -> tuple[int, int]:
-        first, last = self.journal.append(events)
-        if events:
-            self.delivery.submit(Batch(self.journal.id, first, last, events))
+    def _write(self, records: Sequence[Any]) -> tuple[int, int]:
+        first, last = self.journal.append(records)
+        if records:
+            self.delivery.submit(Batch(self.journal.id, first, last, records))
             self._writes += 1
             if self._writes % COMPACT_EVERY == 0:
                 self._compact()  # keeps the journal small during a long ingest
@@ -123,13 +122,17 @@ class ReplayResult:
     journals: int = 0
     removed: int = 0
     busy: int = 0
+    unknown: list[str] = field(default_factory=list)  # kinds no sink here takes (undeclared)
     reports: dict[str, SinkReport] = field(default_factory=dict)
+
+
+SinksFor = Callable[[str], Sequence[Sink[Any]] | None]
 
 
 def replay(
     journal_paths: Iterable[Path],
     open_journal: Callable[[Path], Journal | None],
-    sinks: Sequence[EventSink],
+    sinks_for: SinksFor,
     dead_letters: DeadLetters,
     policy: RetryPolicy,
     *,
@@ -137,13 +140,20 @@ def replay(
 ) -> ReplayResult:
     """Deliver everything the given journals hold that a sink lacks; remove drained journals.
 
-    Journals held by a live process (``open_journal`` returns None) are skipped, counted busy.
+    ``sinks_for(kind)`` gives the sinks of a journal's kind (None: a model not declared here;
+    that journal is kept for a process that declares it). Journals held by a live process
+    (``open_journal`` returns None) are skipped, counted busy.
     """
-    result = ReplayResult(reports={sink.name: SinkReport() for sink in sinks})
+    result = ReplayResult(reports={sink.name: SinkReport() for sink in sinks_for("events") or []})
     for path in journal_paths:
         journal = open_journal(path)
         if journal is None:
             result.busy += 1
+            continue
+        sinks = sinks_for(journal.kind)
+        if sinks is None:
+            journal.close(remove_if_empty=False)
+            result.unknown.append(journal.kind)
             continue
         result.journals += 1
         try:
@@ -158,7 +168,7 @@ def replay(
 
 def _replay_one(
     journal: Journal,
-    sinks: Sequence[EventSink],
+    sinks: Sequence[Sink[Any]],
     dead_letters: DeadLetters,
     policy: RetryPolicy,
     batch_size: int,
@@ -187,14 +197,14 @@ def _replay_one(
     finally:
         delivery.close()
     for name, report in delivery.reports().items():
-        result.reports[name].add(report)
+        result.reports.setdefault(name, SinkReport()).add(report)
     upto = min(ends, default=start - 1)
     if upto >= start:
         journal.compact(upto)
     return upto >= journal.last_seq
 
 
-def _batches(journal: Journal, first: int, last: int, size: int) -> Iterable[Batch]:
+def _batches(journal: Journal, first: int, last: int, size: int) -> Iterable[Batch[Any]]:
     """Contiguous batches of the journal's entries in ``first..last``."""
     for chunk in journal.read(first, last, chunk=size):
         run: list[JournalEntry] = []
@@ -207,11 +217,11 @@ def _batches(journal: Journal, first: int, last: int, size: int) -> Iterable[Bat
             yield _batch(journal.id, run)
 
 
-def _batch(journal_id: str, entries: Sequence[JournalEntry]) -> Batch:
-    return Batch(journal_id, entries[0].seq, entries[-1].seq, [e.event for e in entries])
+def _batch(journal_id: str, entries: Sequence[JournalEntry]) -> Batch[Any]:
+    return Batch(journal_id, entries[0].seq, entries[-1].seq, [e.record for e in entries])
 
 
-def _forget(sinks: Sequence[EventSink], journal_id: str) -> None:
+def _forget(sinks: Sequence[Sink[Any]], journal_id: str) -> None:
     for sink in sinks:
         try:
             sink.forget(journal_id)
@@ -241,11 +251,14 @@ class DeadLetterLike(Protocol):
     def sink(self) -> str: ...
 
     @property
-    def event(self) -> RawEvent: ...
+    def kind(self) -> str: ...
+
+    @property
+    def record(self) -> Any: ...
 
 
 def retry_dead_letters(
-    letters: Sequence[DeadLetterLike], sinks: Sequence[EventSink], store: DeadLetterRecords
+    letters: Sequence[DeadLetterLike], sinks_for: SinksFor, store: DeadLetterRecords
 ) -> RetryResult:
     """Send each dead letter to its sink again; stored ones leave the store.
 
@@ -253,15 +266,17 @@ def retry_dead_letters(
         TransientStorageError: a sink is unavailable (nothing more is tried).
         ConfigError: a letter belongs to a sink that is not enabled.
     """
-    by_name = {sink.name: sink for sink in sinks}
     result = RetryResult()
     try:
         for letter in letters:
-            sink = by_name.get(letter.sink)
+            sink = next((s for s in sinks_for(letter.kind) or [] if s.name == letter.sink), None)
             if sink is None:
-                raise ConfigError(f"dead letter {letter.id} is for {letter.sink!r}, not enabled")
+                raise ConfigError(
+                    f"dead letter {letter.id} is for {letter.sink!r} ({letter.kind}),"
+                    " which is not enabled or declared here"
+                )
             try:
-                sink.stage(Batch("", 0, 0, [letter.event]))()
+                sink.stage(Batch("", 0, 0, [letter.record]))()
             except PermanentStorageError as exc:
                 store.failed_again(letter.id, exc)
                 result.refused[letter.id] = exc.message

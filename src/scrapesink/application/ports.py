@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from scrapesink.domain.events import RawEvent, StoredEvent
 from scrapesink.errors import ScrapesinkError
@@ -21,6 +21,8 @@ class WriteOutcome:
 
     stored: int = 0
     duplicates: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    #: model records found identical to what the store holds (nothing written)
+    unchanged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +52,35 @@ class DayStats:
     processed: int
 
 
+R = TypeVar("R")
+EVENTS = "events"  # the journal kind of raw events; a model's kind is "model:<name>"
+
+
+def model_kind(model: str) -> str:
+    return f"model:{model}"
+
+
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """Events ``first..last`` of one journal, in journal order (``events[i]`` is ``first + i``)."""
+class Batch(Generic[R]):
+    """Records ``first..last`` of one journal, in journal order (``records[i]`` is ``first + i``).
+
+    One journal holds one kind of record (raw events, or one model's entities), so a batch does.
+    """
 
     journal_id: str
     first: int
     last: int
-    events: Sequence[RawEvent]
+    records: Sequence[R]
 
-    def split(self) -> tuple[Batch, Batch]:
-        half = len(self.events) // 2
+    def split(self) -> tuple[Batch[R], Batch[R]]:
+        half = len(self.records) // 2
         return (
-            Batch(self.journal_id, self.first, self.first + half - 1, self.events[:half]),
-            Batch(self.journal_id, self.first + half, self.last, self.events[half:]),
+            Batch(self.journal_id, self.first, self.first + half - 1, self.records[:half]),
+            Batch(self.journal_id, self.first + half, self.last, self.records[half:]),
         )
 
 
-class EventSink(Protocol):
+class Sink(Protocol[R]):
     """A store that journal batches are delivered to (PostgreSQL, CSV files, ...).
 
     A sink records which journal ranges it holds *atomically with the data*, in its own store,
@@ -75,10 +88,12 @@ class EventSink(Protocol):
     """
 
     name: str
+    #: the journal kind it takes (``events``, ``model:movies``)
+    kind: str
     #: batches this sink may take at once (it must then accept ranges out of order)
     parallelism: int
 
-    def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
+    def stage(self, batch: Batch[R]) -> Callable[[], WriteOutcome]:
         """Encode ``batch`` now (in the caller's thread); the returned call stores it."""
 
     def delivered(self, journal_id: str) -> list[tuple[int, int]]:
@@ -94,9 +109,18 @@ class EventSink(Protocol):
         """Undo what a crash left half done (called at start-up)."""
 
 
+EventSink = Sink[RawEvent]
+
+
 class DeadLetters(Protocol):
     def add(
-        self, sink: str, journal_id: str, seq: int, event: RawEvent, error: ScrapesinkError
+        self,
+        sink: str,
+        kind: str,
+        journal_id: str,
+        seq: int,
+        record: Any,
+        error: ScrapesinkError,
     ) -> None: ...
 
 
@@ -105,18 +129,19 @@ class JournalEntry(Protocol):
     def seq(self) -> int: ...
 
     @property
-    def event(self) -> RawEvent: ...
+    def record(self) -> Any: ...
 
 
 class Journal(Protocol):
     """The journal port (the SQLite journal; a broker stream could stand in)."""
 
     id: str
+    kind: str
 
     @property
     def last_seq(self) -> int: ...
 
-    def append(self, events: Sequence[RawEvent]) -> tuple[int, int]: ...
+    def append(self, records: Sequence[Any]) -> tuple[int, int]: ...
 
     def read(
         self, first: int, last: int, *, chunk: int = ...

@@ -47,8 +47,16 @@ FIELD_TYPES = (
     "json",
 )
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-# Columns the engine adds to every model table; declarations may not use these names.
-SYSTEM_COLUMNS = ("id", "first_seen_at", "last_seen_at", "updated_at", "deleted_at")
+# Columns the engine adds to model tables (and the CSV files); declarations may not use them.
+SYSTEM_COLUMNS = (
+    "id",
+    "first_seen_at",
+    "last_seen_at",
+    "updated_at",
+    "deleted_at",
+    "content_hash",
+    "search_vector",
+)
 BUNDLED = ("movies", "workflows")
 
 FieldType = Literal[
@@ -158,6 +166,16 @@ def bundled(name: str) -> Declaration:
         raise DeclarationError([f"no bundled declaration {name!r} (bundled: {', '.join(BUNDLED)})"])
     text = (resources.files("scrapesink") / "models" / f"{name}.json").read_text(encoding="utf-8")
     return parse_declaration(json.loads(text))
+
+
+def load_models(paths: list[Path] | tuple[Path, ...] = ()) -> Declaration:
+    """The bundled declarations merged with the given files (a name declared twice is an error)."""
+    merged = Declaration()
+    for name in BUNDLED:
+        merged = merged.merged(bundled(name))
+    for path in paths:
+        merged = merged.merged(load_declaration(path))
+    return merged
 
 
 def parse_declaration(data: Any) -> Declaration:

@@ -85,7 +85,9 @@ class Sink:
     def retry_dead_letters(self, sink: str | None = None) -> RetryResult:
         """Send dead letters (of one sink, or all) to their sink again; stored ones are removed."""
         store = self._app.dead_letters
-        return retry_dead_letters(store.list(sink=sink, limit=1_000_000), self._app.sinks, store)
+        return retry_dead_letters(
+            store.list(sink=sink, limit=1_000_000), self._app.sinks_for, store
+        )
 
     def replay(self) -> ReplayResult:
         """Deliver what journals left by earlier processes still hold (done at open, too)."""

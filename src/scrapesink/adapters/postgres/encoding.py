@@ -19,7 +19,7 @@ class EncodedBatch:
 
     __slots__ = ("days", "events", "first", "journal_id", "last", "params", "text")
 
-    def __init__(self, events: list[RawEvent], batch: Batch) -> None:
+    def __init__(self, events: list[RawEvent], batch: Batch[RawEvent]) -> None:
         self.events = events
         self.journal_id, self.first, self.last = batch.journal_id, batch.first, batch.last
         self.params: dict[str, Any] = {

@@ -20,7 +20,15 @@ from tenacity import (
 from scrapesink.adapters.postgres.database import Database, translate
 from scrapesink.adapters.postgres.encoding import EncodedBatch, by_time, copy_text
 from scrapesink.adapters.postgres.partitions import PartitionManager
-from scrapesink.application.ports import Batch, DayStats, EventPage, EventQuery, WriteOutcome
+from scrapesink.adapters.postgres.progress import RECORD_PROGRESS, JournalProgress
+from scrapesink.application.ports import (
+    EVENTS,
+    Batch,
+    DayStats,
+    EventPage,
+    EventQuery,
+    WriteOutcome,
+)
 from scrapesink.domain.events import RawEvent, StoredEvent
 from scrapesink.errors import ConstraintError, InputError, TransientStorageError
 
@@ -50,10 +58,6 @@ SELECT count(*)::int,
        CASE WHEN count(*) < %(n)b THEN array_agg(source_id) END
 FROM claimed
 """  # noqa: S608 - composed of constants
-_PROGRESS = (
-    "INSERT INTO journal_progress (journal_id, first_seq, last_seq) VALUES (%s, %s, %s)"
-    " ON CONFLICT DO NOTHING"
-)
 _COPY = "COPY raw_events (source, source_id, occurred_at, payload) FROM STDIN"
 # "no partition of relation ... found for row" (a check violation without a constraint name):
 # a partition was pruned under our feet.
@@ -66,7 +70,7 @@ def _worth_retrying(exc: BaseException) -> bool:
     return isinstance(exc, TransientStorageError) and exc.sqlstate in _RETRIED_STATES
 
 
-class PostgresEventStore:
+class PostgresEventStore(JournalProgress):
     """Raw events in the day-partitioned ``raw_events`` table."""
 
     def __init__(
@@ -92,24 +96,25 @@ class PostgresEventStore:
         self.partitions.premake(self.premake_days)
 
     name = "postgres"
+    kind = EVENTS
     parallelism = 2  # two batches in flight on two connections; progress is kept per range
 
     def write(self, events: Sequence[RawEvent]) -> WriteOutcome:
         """Store events outside any journal (tests, benchmarks, one-off loads)."""
         return self.stage(Batch("", 0, len(events) - 1, events))()
 
-    def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
+    def stage(self, batch: Batch[RawEvent]) -> Callable[[], WriteOutcome]:
         """Encode the batch now (CPU: sort, key arrays, COPY text) and return the database part.
 
         The ingest service calls this in its reading thread and runs the returned function in a
         writer thread, which then holds the GIL only briefly and mostly waits on PostgreSQL.
         """
-        if not batch.events:
+        if not batch.records:
             return lambda: WriteOutcome()
 
         def run() -> WriteOutcome:
             self._verify_schema()
-            encoded = EncodedBatch(sorted(batch.events, key=by_time), batch)
+            encoded = EncodedBatch(sorted(batch.records, key=by_time), batch)
             self.partitions.ensure_days(encoded.days)
             try:
                 return self._write(encoded)
@@ -136,27 +141,6 @@ class PostgresEventStore:
                 "run `scrapesink db upgrade`"
             )
         self._schema_check = None
-
-    def delivered(self, journal_id: str) -> list[tuple[int, int]]:
-        self._verify_schema()
-        with self.database.connection() as conn:
-            rows = conn.execute(
-                "SELECT first_seq, last_seq FROM journal_progress WHERE journal_id = %s"
-                " ORDER BY first_seq",
-                (journal_id,),
-            ).fetchall()
-        return [(int(a), int(b)) for a, b in rows]
-
-    def skip(self, journal_id: str, first: int, last: int) -> None:
-        with self.database.connection() as conn:
-            conn.execute(_PROGRESS, (journal_id, first, last))
-
-    def forget(self, journal_id: str) -> None:
-        with self.database.connection() as conn:
-            conn.execute("DELETE FROM journal_progress WHERE journal_id = %s", (journal_id,))
-
-    def repair(self) -> None:
-        """Nothing to repair: every batch is one transaction."""
 
     @retry(
         retry=retry_if_exception(_worth_retrying),
@@ -187,7 +171,7 @@ class PostgresEventStore:
                 with cur.copy(_COPY) as copy:
                     copy.write(text)
             if batch.journal_id:  # the range is recorded in the same transaction as its data
-                cur.execute(_PROGRESS, (batch.journal_id, batch.first, batch.last))
+                cur.execute(RECORD_PROGRESS, (batch.journal_id, batch.first, batch.last))
         return WriteOutcome(count, duplicates)
 
     # -- queries ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Index,
     MetaData,
     PrimaryKeyConstraint,
@@ -69,4 +70,17 @@ journal_progress = Table(
     Column("delivered_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("journal_id", "first_seq", name="journal_progress_pkey"),
     CheckConstraint("first_seq <= last_seq", name="journal_progress_range"),
+)
+
+# What `scrapesink models apply` changed in the tables of declared models, for `models history`.
+model_history = Table(
+    "model_history",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("model", Text, nullable=False),
+    Column("table_name", Text, nullable=False),
+    Column("change", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("destructive", Boolean, nullable=False, server_default=text("false")),
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from scrapesink.domain.models import BUNDLED, Declaration, bundled, load_declaration
+from scrapesink.domain.models import Declaration, load_declaration, load_models
 from scrapesink.entrypoints.cli.common import EXIT_FATAL, err, escape, handle_errors, out, settings
 from scrapesink.errors import DeclarationError
 
@@ -21,12 +21,7 @@ app = typer.Typer(
 
 def declarations(extra: list[Path]) -> Declaration:
     """Bundled declarations merged with the configured files and ``extra``."""
-    merged = Declaration()
-    for name in BUNDLED:
-        merged = merged.merged(bundled(name))
-    for path in [*settings().models, *extra]:
-        merged = merged.merged(load_declaration(path))
-    return merged
+    return load_models([*settings().models, *extra])
 
 
 def _problems(exc: DeclarationError) -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
+from scrapesink.adapters.csv_models import ModelCsvFiles
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetter, DeadLetterStore
 from scrapesink.adapters.export import export_excel
 from scrapesink.adapters.journal import Journal, inspect
 from scrapesink.application.durable import retry_dead_letters
-from scrapesink.application.ports import EventSink
+from scrapesink.application.ports import EVENTS, EventSink
 from scrapesink.bootstrap import App, bootstrap
+from scrapesink.domain.events import RawEvent
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -69,10 +72,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
         pending = dict.fromkeys(names, 0)
         oldest: dict[str, datetime | None] = dict.fromkeys(names)
         infos = [inspect(path) for path in Journal.files(config.data_dir / "journal")]
-        by_name = {s.name: s for s in sinks}
+        by_name: dict[str, Any] = {s.name: s for s in sinks}
+        # Model journals: PostgreSQL keeps one progress table; the model CSVs their own state.
+        by_name_models = {**by_name, "csv": ModelCsvFiles(config.data_dir)}
         for info in infos:
             for name in names:
-                sink = by_name.get(name)
+                sink = (by_name if info.kind == EVENTS else by_name_models).get(name)
                 delivered = sink.delivered(info.id) if sink is not None else []
                 count, first = info.pending(delivered)
                 pending[name] += count
@@ -159,11 +164,12 @@ def dl_list(
         return
     table = Table("id", "sink", "source", "source_id", "error", "attempts", "last failed")
     for letter in letters:
+        source, source_id = _letter_names(letter)
         table.add_row(
             str(letter.id),
             letter.sink,
-            escape(letter.event.source),
-            escape(letter.event.source_id),
+            escape(source),
+            escape(source_id),
             escape(f"{letter.error_type}: {letter.message}"[:80]),
             str(letter.attempts),
             _age(letter.last_failed_at),
@@ -180,22 +186,35 @@ def dl_show(letter_id: int) -> None:
     out.print_json(json.dumps(_letter_json(letter), ensure_ascii=False))
 
 
+def _letter_names(letter: DeadLetter) -> tuple[str, str]:
+    """Source and id columns: an event's key, or a model record's kind and operation."""
+    if isinstance(letter.record, RawEvent):
+        return letter.record.source, letter.record.source_id
+    return letter.kind, letter.record.op
+
+
 def _letter_json(letter: DeadLetter) -> dict[str, object]:
-    event = letter.event
+    event = letter.record
+    record: object
+    if isinstance(event, RawEvent):
+        record = {
+            "source": event.source,
+            "source_id": event.source_id,
+            "occurred_at": event.iso(),
+            "payload": event.payload,
+        }
+    else:
+        record = {"op": event.op, "record": event.record}
     return {
         "id": letter.id,
         "sink": letter.sink,
+        "kind": letter.kind,
         "error_type": letter.error_type,
         "message": letter.message,
         "attempts": letter.attempts,
         "first_failed_at": letter.first_failed_at.isoformat(),
         "last_failed_at": letter.last_failed_at.isoformat(),
-        "record": {
-            "source": event.source,
-            "source_id": event.source_id,
-            "occurred_at": event.iso(),
-            "payload": event.payload,
-        },
+        "record": record,
     }
 
 
@@ -209,7 +228,7 @@ def dl_retry(
     with open_app() as app:
         store = app.dead_letters
         letters = [store.get(i) for i in ids] if ids else store.list(sink=sink, limit=1_000_000)
-        result = retry_dead_letters(letters, app.sinks, store)
+        result = retry_dead_letters(letters, app.sinks_for, store)
     for letter_id, message in result.refused.items():
         err.print(f"[red]still refused[/] {letter_id}: {escape(message)}")
     out.print(f"{len(result.stored)} stored and removed, {len(result.refused)} still refused")

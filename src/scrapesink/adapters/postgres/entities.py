@@ -1,0 +1,321 @@
+"""Model records in PostgreSQL: the sink (through the generated functions) and the queries.
+
+Writes call ``upsert_<model>(jsonb)`` / ``delete_<model>(jsonb)`` with a whole batch as one JSON
+array, in the transaction that records the journal range: one upsert implementation, server-side
+and set-based. Reads build each record as one ``jsonb`` value in one statement (the row, its
+children and its links), so a get is a single round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from scrapesink.adapters.postgres.database import Database
+from scrapesink.adapters.postgres.model_sql import delete_name, q, upsert_name
+from scrapesink.adapters.postgres.model_tables import SEARCH_CONFIG, ref_column
+from scrapesink.adapters.postgres.progress import RECORD_PROGRESS, JournalProgress
+from scrapesink.application.ports import Batch, WriteOutcome, model_kind
+from scrapesink.domain.models import Declaration, ModelDef
+from scrapesink.domain.records import DELETE, Entity, convert
+from scrapesink.errors import InputError, RecordError
+
+_JSON = msgspec.json.Encoder()
+_HIDDEN = ("content_hash", "search_vector")
+FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "~")  # ~ : JSON containment (@>)
+_SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "~": "@>"}
+
+
+class PostgresModelSink(JournalProgress):
+    """One model's records delivered to its tables (a ``ports.Sink`` of ``Entity``)."""
+
+    name = "postgres"
+    parallelism = 1  # batches of one model touch the same keys: in journal order
+
+    def __init__(self, database: Database, model: ModelDef) -> None:
+        self.database = database
+        self.model = model
+        self.kind = model_kind(model.name)
+        self._upsert = f"SELECT {q(upsert_name(model))}(%s::jsonb)"
+        self._delete = f"SELECT {q(delete_name(model))}(%s::jsonb)"
+
+    def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
+        # Runs of one operation, in journal order: an upsert then a delete of a key stays so.
+        runs: list[tuple[str, str]] = []
+        start = 0
+        records = batch.records
+        for i in range(1, len(records) + 1):
+            if i == len(records) or records[i].op != records[start].op:
+                chunk = [e.record for e in records[start:i]]
+                runs.append((records[start].op, _JSON.encode(chunk).decode()))
+                start = i
+
+        def run() -> WriteOutcome:
+            stored = unchanged = 0
+            with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                for op, payload in runs:
+                    if op == DELETE:
+                        row = cur.execute(self._delete, (payload,)).fetchone()
+                        stored += int(row[0]) if row else 0
+                        continue
+                    row = cur.execute(self._upsert, (payload,)).fetchone()
+                    result = row[0] if row else {}
+                    stored += int(result.get("inserted", 0)) + int(result.get("updated", 0))
+                    unchanged += int(result.get("unchanged", 0))
+                if batch.journal_id:
+                    cur.execute(RECORD_PROGRESS, (batch.journal_id, batch.first, batch.last))
+            return WriteOutcome(stored, unchanged=unchanged)
+
+        return run
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPage:
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    rank: float
+    record: dict[str, Any]
+
+
+class ModelRepository:
+    """Queries over declared models: get, list, search, statistics."""
+
+    def __init__(self, database: Database, declaration: Declaration) -> None:
+        self.database = database
+        self.declaration = declaration
+
+    def _document(self, model: ModelDef) -> str:
+        """SQL for one row of ``t`` as a complete record: fields, children, links."""
+        hidden = "".join(f" - '{c}'" for c in _HIDDEN)
+        parts = [f"(to_jsonb(t){hidden})"]
+        parent = ref_column(model.table_name)
+        for child in model.children:
+            inner = f"to_jsonb(c) - 'id' - '{parent}'{hidden}"
+            if child.relation == "one":
+                value = (
+                    f"(SELECT {inner} FROM {q(child.table_name)} AS c WHERE c.{q(parent)} = t.id)"
+                )
+            else:
+                value = (
+                    f"(SELECT coalesce(jsonb_agg({inner} ORDER BY c.id), '[]')"
+                    f" FROM {q(child.table_name)} AS c WHERE c.{q(parent)} = t.id)"
+                )
+            parts.append(f"jsonb_build_object('{child.name}', {value})")
+        for link in model.links:
+            target = self.declaration.model(link.model)
+            other = ref_column(target.table_name)
+            fields = "".join(f", '{f.name}', l.{q(f.name)}" for f in link.fields)
+            key = ", ".join(f"'{k}', a.{q(k)}" for k in target.natural_key)
+            value = (
+                f"(SELECT coalesce(jsonb_agg(jsonb_build_object({key}{fields})"
+                f" ORDER BY l.{q(other)}), '[]') FROM {q(link.table_name)} AS l"
+                f" JOIN {q(target.table_name)} AS a ON a.id = l.{q(other)}"
+                f" WHERE l.{q(parent)} = t.id)"
+            )
+            parts.append(f"jsonb_build_object('{link.name}', {value})")
+        return " || ".join(parts)
+
+    def get(self, model: ModelDef, key: dict[str, Any]) -> dict[str, Any] | None:
+        where = " AND ".join(f"t.{q(k)} = %s" for k in model.natural_key)
+        sql = f"SELECT {self._document(model)} FROM {q(model.table_name)} AS t WHERE {where}"
+        with self.database.connection() as conn:
+            row = conn.execute(sql, [key[k] for k in model.natural_key]).fetchone()
+        return row[0] if row else None
+
+    def list(
+        self,
+        model: ModelDef,
+        *,
+        filters: Sequence[Filter] = (),
+        sort: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ModelPage:
+        """A page ordered by ``sort`` (``field`` or ``-field``; nulls last) then id."""
+        clauses, params = self._where(model, filters)
+        descending = bool(sort and sort.startswith("-"))
+        field = (sort or "").lstrip("-") or None
+        if field is not None:
+            self._field(model, field, "sort")
+        order_column = f"t.{q(field)}" if field else None
+        if after is not None:
+            value, last_id = _decode_cursor(after)
+            if order_column is None:
+                clauses.append("t.id > %s")
+                params.append(last_id)
+            elif value is None:
+                clauses.append(f"({order_column} IS NULL AND t.id > %s)")
+                params.append(last_id)
+            else:
+                cmp = "<" if descending else ">"
+                clauses.append(
+                    f"({order_column} IS NULL OR {order_column} {cmp} %s"
+                    f" OR ({order_column} = %s AND t.id > %s))"
+                )
+                params.extend([value, value, last_id])
+        order = "t.id"
+        if order_column is not None:
+            order = f"{order_column} {'DESC' if descending else 'ASC'} NULLS LAST, t.id"
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        select_sort = order_column or "NULL"
+        sql = (
+            f"SELECT {self._document(model)}, {select_sort}, t.id"
+            f" FROM {q(model.table_name)} AS t {where} ORDER BY {order} LIMIT %s"
+        )
+        with self.database.connection() as conn:
+            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
+        records = [row[0] for row in rows[:limit]]
+        cursor = None
+        if len(rows) > limit and records:
+            cursor = _encode_cursor(rows[limit - 1][1], rows[limit - 1][2])
+        return ModelPage(records, cursor)
+
+    def count(self, model: ModelDef, filters: Sequence[Filter] = ()) -> int:
+        clauses, params = self._where(model, filters)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.database.connection() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM {q(model.table_name)} AS t {where}",
+                params,
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def search(self, model: ModelDef, text: str, *, limit: int = 20) -> builtins.list[SearchHit]:
+        """Records ranked by full-text relevance over the model's and its children's search
+        fields (``websearch_to_tsquery``: words, "phrases", -exclusions, OR)."""
+        parent = ref_column(model.table_name)
+        hits = []
+        if model.search_fields:
+            hits.append(
+                f"SELECT t.id AS root, ts_rank(t.search_vector, query) AS rank"
+                f" FROM {q(model.table_name)} AS t WHERE t.search_vector @@ query"
+            )
+        for child in model.children:
+            if any(f.search for f in child.fields):
+                hits.append(
+                    f"SELECT c.{q(parent)}, ts_rank(c.search_vector, query)"
+                    f" FROM {q(child.table_name)} AS c WHERE c.search_vector @@ query"
+                )
+        if not hits:
+            raise RecordError(f"model {model.name} declares no search fields", path="search")
+
+        union = " UNION ALL ".join(hits)
+        sql = f"""
+            WITH q AS (SELECT websearch_to_tsquery('{SEARCH_CONFIG}', %s) AS query),
+            hits AS (SELECT root, sum(rank) AS rank FROM q, LATERAL ({union}) AS h
+                     GROUP BY root ORDER BY sum(rank) DESC, root LIMIT %s)
+            SELECT {self._document(model)}, hits.rank
+            FROM hits JOIN {q(model.table_name)} AS t ON t.id = hits.root
+            ORDER BY hits.rank DESC, t.id
+        """
+        with self.database.connection() as conn:
+            rows = conn.execute(sql, (text, limit)).fetchall()
+        return [SearchHit(float(rank), record) for record, rank in rows]
+
+    def stats(self, model: ModelDef) -> dict[str, Any]:
+        """Counts, true-rates of boolean fields, averages and ranges of numeric fields, child
+        and link rows, and how many rows changed in the last day."""
+        table = q(model.table_name)
+        parts = [
+            "count(*) AS records",
+            "count(*) FILTER (WHERE updated_at > now() - interval '1 day') AS changed_last_day",
+        ]
+        for f in model.fields:
+            if f.type == "boolean":
+                parts.append(
+                    f"avg(CASE WHEN {q(f.name)} THEN 1.0 ELSE 0.0 END)"
+                    f" FILTER (WHERE {q(f.name)} IS NOT NULL) AS {q(f.name + '_rate')}"
+                )
+            elif f.type in ("integer", "bigint", "float", "numeric"):
+                parts.append(f"avg({q(f.name)})::float8 AS {q(f.name + '_avg')}")
+                parts.append(f"min({q(f.name)}) AS {q(f.name + '_min')}")
+                parts.append(f"max({q(f.name)}) AS {q(f.name + '_max')}")
+        with self.database.connection() as conn:
+            cur = conn.execute(f"SELECT {', '.join(parts)} FROM {table}")
+            row = cur.fetchone()
+            names = [d.name for d in cur.description or []]
+            result: dict[str, Any] = {"model": model.name}
+            for name, value in zip(names, row or (), strict=True):
+                result[name] = float(value) if isinstance(value, Decimal) else value
+            for table_name in [c.table_name for c in model.children] + [
+                link.table_name for link in model.links
+            ]:
+                count = conn.execute(f"SELECT count(*) FROM {q(table_name)}").fetchone()
+                result[f"{table_name}_rows"] = int(count[0]) if count else 0
+        return result
+
+    # -- helpers --------------------------------------------------------------------------------
+    @staticmethod
+    def _field(model: ModelDef, name: str, what: str) -> Any:
+        spec = model.field(name)
+        if spec is None:
+            known = ", ".join(f.name for f in model.fields)
+            raise RecordError(
+                f"unknown field {name!r} of {model.name} (fields: {known})", path=what
+            )
+        return spec
+
+    def _where(
+        self, model: ModelDef, filters: Sequence[Filter]
+    ) -> tuple[builtins.list[str], builtins.list[Any]]:
+        clauses: builtins.list[str] = []
+        params: builtins.list[Any] = []
+        for f in filters:
+            spec = self._field(model, f.field, "filter")
+            if f.op not in _SQL_OPS:
+                raise RecordError(f"unknown filter operator {f.op!r}", path=f.field)
+            column = f"t.{q(spec.name)}"
+            if f.value is None:
+                if f.op not in ("=", "!="):
+                    raise RecordError("null compares only with = or !=", path=f.field)
+                clauses.append(f"{column} IS {'NOT ' if f.op == '!=' else ''}NULL")
+                continue
+            if f.op == "~":
+                if spec.type != "json":
+                    raise RecordError("~ (contains) applies to json fields", path=f.field)
+                clauses.append(f"{column} @> %s::jsonb")
+                params.append(json.dumps(f.value))
+                continue
+            value = convert(spec, f.value, f.field, None)
+            if spec.type == "json":
+                clauses.append(f"{column} {_SQL_OPS[f.op]} %s::jsonb")
+                params.append(json.dumps(value))
+            else:
+                clauses.append(f"{column} {_SQL_OPS[f.op]} %s")
+                params.append(value)
+        return clauses, params
+
+
+def _encode_cursor(value: Any, last_id: int) -> str:
+    raw = json.dumps([value, last_id], default=str).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[Any, int]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value, last_id = json.loads(base64.urlsafe_b64decode(padded))
+        return value, int(last_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InputError(
+            f"invalid cursor {cursor!r}: pass the value a previous page returned"
+        ) from None

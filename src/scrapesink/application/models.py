@@ -1,0 +1,210 @@
+"""The model service: save, update and delete entities through the journal; query them.
+
+Writes take the durable path raw events take (validate → journal, acknowledged → every sink), one
+journal per model. Reads go to PostgreSQL (the repository port). An update reads the current
+record, applies the changes and saves the result as a whole record, so both stores see one
+version; a delete is journaled too, so the CSV history gets its tombstone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scrapesink.application.delivery import SinkReport
+from scrapesink.application.durable import DurableWriter
+from scrapesink.application.ingest import MAX_KEPT_REJECTIONS, Record, RejectHook
+from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, ModelDef
+from scrapesink.domain.records import (
+    DELETE,
+    UPSERT,
+    Entity,
+    key_of,
+    validate_key,
+    validate_record,
+)
+from scrapesink.errors import InputError, NotFound, RecordError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSummary:
+    """What one save did: records read, rejected (first 1000 kept), and per sink what was
+    stored (new or changed), unchanged, pending or sent to dead letters."""
+
+    model: str
+    read: int = 0
+    accepted: int = 0
+    input_duplicates: int = 0  # the same key again in one batch: the last one was kept
+    rejected: int = 0
+    nul_cleaned: int = 0
+    rejections: list[RecordError] = field(default_factory=list)
+    sinks: dict[str, SinkReport] = field(default_factory=dict)
+    primary: str = "postgres"
+
+    @property
+    def stored(self) -> int:
+        report = self.sinks.get(self.primary)
+        return report.stored if report else 0
+
+    @property
+    def unchanged(self) -> int:
+        report = self.sinks.get(self.primary)
+        return report.unchanged if report else 0
+
+    @property
+    def pending(self) -> int:
+        return sum(report.pending for report in self.sinks.values())
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(report.dead_letters for report in self.sinks.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.rejected == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "read": self.read,
+            "stored": self.stored,
+            "unchanged": self.unchanged,
+            "input_duplicates": self.input_duplicates,
+            "rejected": self.rejected,
+            "pending": self.pending,
+            "dead_letters": self.dead_letters,
+            "nul_cleaned": self.nul_cleaned,
+            "sinks": {name: report.as_dict() for name, report in self.sinks.items()},
+        }
+
+
+class Repository(Protocol):
+    """What the service reads through (``adapters.postgres.entities.ModelRepository``)."""
+
+    def get(self, model: ModelDef, key: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+class ModelService:
+    def __init__(
+        self,
+        declaration: Declaration,
+        writer_for: Callable[[ModelDef], DurableWriter],
+        repository: Repository,
+        *,
+        batch_size: int = 1000,
+    ) -> None:
+        self.declaration = declaration
+        self.writer_for = writer_for
+        self.repository = repository
+        self.batch_size = batch_size
+
+    def model(self, name: str) -> ModelDef:
+        return self.declaration.model(name)
+
+    def save(
+        self,
+        name: str,
+        records: Iterable[Record],
+        *,
+        on_reject: RejectHook | None = None,
+        settle: bool = True,
+    ) -> ModelSummary:
+        """Validate, journal and deliver ``records`` (``(location, value)`` pairs or errors)."""
+        model = self.model(name)
+        writer = self.writer_for(model)
+        summary = ModelSummary(model.name)
+        before = writer.reports()
+        batch: dict[tuple[Any, ...], Entity] = {}
+
+        def reject(error: RecordError) -> None:
+            summary.rejected += 1
+            if len(summary.rejections) < MAX_KEPT_REJECTIONS:
+                summary.rejections.append(error)
+            if on_reject is not None:
+                on_reject(error)
+
+        def flush() -> None:
+            if batch:
+                writer.write(list(batch.values()))
+                summary.accepted += len(batch)
+                batch.clear()
+
+        try:
+            for item in records:
+                summary.read += 1
+                if isinstance(item, RecordError):
+                    reject(item)
+                    continue
+                try:
+                    checked = validate_record(self.declaration, model, item[1], item[0])
+                except RecordError as error:
+                    reject(error)
+                    continue
+                summary.nul_cleaned += checked.nul_removed
+                key = key_of(model, checked.record)
+                if batch.pop(key, None) is not None:
+                    summary.input_duplicates += 1  # last one wins, at the end of the batch
+                batch[key] = Entity(UPSERT, checked.record)
+                if len(batch) >= self.batch_size:
+                    flush()
+        except InputError:
+            flush()
+            if settle:
+                writer.settle()
+            raise
+        flush()
+        after = writer.settle() if settle else writer.reports()
+        summary.sinks = {n: after[n].since(before.get(n)) for n in after}
+        log.info("save %s: %s", model.name, summary.as_dict())
+        return summary
+
+    def get(self, name: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:
+        model = self.model(name)
+        return self.repository.get(model, validate_key(model, key))
+
+    def update(
+        self, name: str, key: Mapping[str, Any] | Any, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Apply ``changes`` (fields; a child or link list replaces the old one) to a record.
+
+        Raises:
+            NotFound: no record has this key.
+            RecordError: the changed record is invalid (nothing is written).
+        """
+        model = self.model(name)
+        checked_key = validate_key(model, key)
+        current = self.repository.get(model, checked_key)
+        if current is None:
+            raise NotFound(f"no {model.name} record with {_describe(checked_key)}")
+        for k in model.natural_key:
+            if k in changes and changes[k] != current[k]:
+                raise RecordError(
+                    "the natural key cannot be updated (save a new record instead)", path=k
+                )
+        merged = {k: v for k, v in current.items() if k not in SYSTEM_COLUMNS} | dict(changes)
+        summary = self.save(name, [(None, merged)])
+        if summary.rejections:
+            raise summary.rejections[0]
+        found = self.repository.get(model, checked_key)
+        return found if found is not None else merged
+
+    def delete(self, name: str, keys: Sequence[Mapping[str, Any] | Any]) -> ModelSummary:
+        """Delete records (with their children and links) by natural key, through the journal."""
+        model = self.model(name)
+        writer = self.writer_for(model)
+        before = writer.reports()
+        entities = [Entity(DELETE, validate_key(model, key)) for key in keys]
+        summary = ModelSummary(model.name, read=len(entities), accepted=len(entities))
+        if entities:
+            writer.write(entities)
+        after = writer.settle()
+        summary.sinks = {n: after[n].since(before.get(n)) for n in after}
+        return summary
+
+
+def _describe(key: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in key.items())
