@@ -21,8 +21,10 @@ from psycopg import sql
 from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.migrate import Migrator
+from scrapesink.adapters.postgres.model_schema import ModelSchema
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import Settings
+from scrapesink.domain.models import load_models
 from scrapesink.entrypoints.python import Sink
 
 # Settings read the environment; a developer's own configuration must not leak into tests.
@@ -58,6 +60,8 @@ def template_db(server_url: str, worker_id: str) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     database = Database(with_database(server_url, name), PoolOptions(size=1, min_size=0))
     Migrator(database).upgrade()
+    # The bundled models' tables too: every test would otherwise create them on first use.
+    ModelSchema(database).apply(load_models(), allow_destructive=False)
     yield name
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(

@@ -7,7 +7,9 @@ with scrapesink.open() as sink:
                                 source="shop")
 """
 
+from scrapesink.adapters.postgres.entities import Filter, ModelPage, SearchHit
 from scrapesink.application.ingest import IngestSummary
+from scrapesink.application.models import ModelSummary
 from scrapesink.application.ports import DayStats, EventPage
 from scrapesink.config import Settings, get_settings
 from scrapesink.domain.events import RawEvent, StoredEvent
@@ -37,8 +39,11 @@ __all__ = [
     "DayStats",
     "DeclarationError",
     "EventPage",
+    "Filter",
     "IngestSummary",
     "InputError",
+    "ModelPage",
+    "ModelSummary",
     "NotFound",
     "PermanentStorageError",
     "QueryError",
@@ -46,6 +51,7 @@ __all__ = [
     "RecordError",
     "SchemaError",
     "ScrapesinkError",
+    "SearchHit",
     "Settings",
     "Sink",
     "StorageError",

@@ -157,6 +157,23 @@ class App:
             )
         return writer
 
+    def compact(self, model: str | None = None) -> dict[str, tuple[int, int]]:
+        """Rewrite model CSV files latest-only (one model's, or all); file -> rows before, after."""
+        names = [model] if model else list(self.declaration.models)
+        result: dict[str, tuple[int, int]] = {}
+        for name in names:
+            sink = CsvModelSink(
+                self.settings.data_dir, self.declaration, self.declaration.model(name)
+            )
+            result.update(sink.compact())
+        return result
+
+    def writers(self) -> list[DurableWriter]:
+        """The writers opened so far (raw events first)."""
+        if EVENTS not in self._writers:
+            self.writer(EVENTS)
+        return list(self._writers.values())
+
     def ingest_service(self, rules: EventRules | None = None) -> IngestService:
         rules = rules or self.rules()
         return IngestService(self.writer(), rules, batch_size=self.settings.batch_size)

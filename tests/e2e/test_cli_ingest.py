@@ -41,7 +41,14 @@ def test_ingest_stores_then_counts_duplicates_on_rerun(cli_env, database_url, tm
     path = write_jsonl(tmp_path / "events.jsonl", GOOD)
     first = run(cli_env, "ingest", str(path), "--json")
     assert first.returncode == 0, first.stderr
-    sink = {"stored": 20, "duplicates": 0, "unchanged": 0, "pending": 0, "dead_letters": 0, "error": None}
+    sink = {
+        "stored": 20,
+        "duplicates": 0,
+        "unchanged": 0,
+        "pending": 0,
+        "dead_letters": 0,
+        "error": None,
+    }
     assert json.loads(first.stdout) == {
         "file": str(path),
         "read": 20,

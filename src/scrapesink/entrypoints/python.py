@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
+from scrapesink.adapters.postgres.entities import Filter, ModelPage, ModelRepository, SearchHit
 from scrapesink.application.delivery import SinkReport
 from scrapesink.application.durable import ReplayResult, RetryResult, retry_dead_letters
 from scrapesink.application.ingest import IngestSummary
+from scrapesink.application.models import ModelService, ModelSummary
 from scrapesink.application.ports import DayStats, EventPage, EventQuery
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import get_settings
@@ -36,6 +39,7 @@ class Sink:
             raise ConfigError(f"deliver must be 'sync' or 'background', got {deliver!r}")
         self._app = app
         self._deliver = deliver
+        self._model_service: ModelService | None = None
         self.startup = app.start_writing()
 
     @property
@@ -78,9 +82,89 @@ class Sink:
             settle=self._deliver == "sync",
         )
 
+    # -- models ---------------------------------------------------------------------------------
+    def _models(self) -> ModelService:
+        if self._model_service is None:
+            self._model_service = self._app.models()
+        return self._model_service
+
+    def save(self, model: str, records: Iterable[Mapping[str, Any]]) -> ModelSummary:
+        """Upsert model records (``"movies"``, ``"workflows"``, your own) on their natural key.
+
+        A new or changed record is stored in PostgreSQL and appended to the model's CSV files;
+        an unchanged one is counted (``summary.unchanged``) and writes nothing. Children and
+        links are replaced to match the record; in one call the last record of a key wins.
+        Invalid records are rejected with their JSON path (``summary.rejections``).
+        """
+        return self._models().save(
+            model,
+            ((f"[{i}]", record) for i, record in enumerate(records)),
+            settle=self._deliver == "sync",
+        )
+
+    def get(self, model: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:
+        """One record with its children and links, by natural key (a dict, or the bare value
+        of a one-field key); None when absent."""
+        return self._models().get(model, key)
+
+    def list(
+        self,
+        model: str,
+        *,
+        where: Sequence[Filter | tuple[str, str, Any]] = (),
+        sort: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> ModelPage:
+        """A page of records: ``where=[("quality_score", ">=", 0.8)]`` (operators
+        ``= != < <= > >=``, and ``~`` for JSON containment), ``sort="-quality_score"``; pass
+        ``page.next_cursor`` as ``after`` for the next page."""
+        if not 1 <= limit <= 10_000:
+            raise RecordError(f"limit must be between 1 and 10000, got {limit}", path="limit")
+        service = self._models()
+        filters = [f if isinstance(f, Filter) else Filter(*f) for f in where]
+        return self._repository().list(
+            service.model(model), filters=filters, sort=sort, limit=limit, after=after
+        )
+
+    def search(self, model: str, text: str, *, limit: int = 20) -> builtins.list[SearchHit]:
+        """Records ranked by full-text relevance over the model's search fields."""
+        return self._repository().search(self._models().model(model), text, limit=limit)
+
+    def update(
+        self, model: str, key: Mapping[str, Any] | Any, changes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Change some fields of a record (a child or link list given replaces the old one);
+        returns the record as stored. Raises NotFound when there is no such record."""
+        return self._models().update(model, key, changes)
+
+    def delete(self, model: str, *keys: Mapping[str, Any] | Any) -> ModelSummary:
+        """Delete records by natural key, with their children and links (the CSV history
+        keeps them, marked deleted, until ``compact``)."""
+        return self._models().delete(model, list(keys))
+
+    def stats(self, model: str) -> dict[str, Any]:
+        """Counts, rates of boolean fields (workflow layer success), averages and ranges."""
+        return self._repository().stats(self._models().model(model))
+
+    def compact(self, model: str | None = None) -> dict[str, tuple[int, int]]:
+        """Rewrite model CSV files latest-only, atomically (deleted records dropped); returns
+        per file the rows before and after. Pending deliveries are flushed first."""
+        self.flush()
+        return self._app.compact(model)
+
+    def _repository(self) -> ModelRepository:
+        self._models()
+        assert self._app.repository is not None  # set by App.models()
+        return self._app.repository
+
     def flush(self) -> dict[str, SinkReport]:
         """Wait until every journaled record is delivered (or pending); totals per sink."""
-        return self._app.writer().settle()
+        reports: dict[str, SinkReport] = {}
+        for writer in self._app.writers():
+            for name, report in writer.settle().items():
+                reports.setdefault(name, SinkReport()).add(report)
+        return reports
 
     def retry_dead_letters(self, sink: str | None = None) -> RetryResult:
         """Send dead letters (of one sink, or all) to their sink again; stored ones are removed."""
@@ -120,7 +204,7 @@ class Sink:
         source: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> list[DayStats]:
+    ) -> builtins.list[DayStats]:
         """Event counts per source and UTC day."""
         return self._app.events.stats(source=source, since=since, until=until)
 

@@ -212,7 +212,7 @@ class ModelRepository:
         for child in model.children:
             if any(f.search for f in child.fields):
                 hits.append(
-                    f"SELECT c.{q(parent)}, ts_rank(c.search_vector, query)"
+                    f"SELECT c.{q(parent)} AS root, ts_rank(c.search_vector, query) AS rank"
                     f" FROM {q(child.table_name)} AS c WHERE c.search_vector @@ query"
                 )
         if not hits:

@@ -140,7 +140,8 @@ COMMENT ON FUNCTION {q(upsert_name(model))}(jsonb) IS
 
 def _links_first(declaration: Declaration, model: ModelDef) -> str:
     """Upsert linked entities from the link items: new ones are created, known ones get the
-    fields the item carries (null or absent fields never erase a shared entity's data)."""
+    fields the items carry (null or absent fields never erase a shared entity's data; in one
+    call, each field takes its last non-null value)."""
     parts = []
     for link in model.links:
         target = declaration.model(link.model)
@@ -152,16 +153,25 @@ def _links_first(declaration: Declaration, model: ModelDef) -> str:
         current = [f"t.{q(f.name)}" for f in fields]
         hash_of = ", ".join(_hashable(f, m) for f, m in zip(fields, merged, strict=True))
         fresh_hash = ", ".join(_hashable(f, f"x.{q(f.name)}") for f in fields)
+        latest = ", ".join(
+            f"(array_agg(x.{q(f.name)} ORDER BY e.ord DESC, i.iord DESC)"
+            f" FILTER (WHERE x.{q(f.name)} IS NOT NULL))[1] AS {q(f.name)}"
+            for f in fields
+            if f.name not in key
+        )
         parts.append(f"""
     INSERT INTO {table} AS t ({", ".join(q(f.name) for f in fields)}, content_hash)
-    SELECT DISTINCT ON ({key_x}) {", ".join(_value(f, "x", "i.item") for f in fields)},
-           md5(jsonb_build_array({fresh_hash})::text)
-    FROM jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord)
-    CROSS JOIN LATERAL jsonb_array_elements({_array(f"e.doc -> '{link.name}'")})
-        WITH ORDINALITY AS i(item, iord)
-    CROSS JOIN LATERAL jsonb_to_record(i.item) AS x({_recordtype(fields)})
-    WHERE {" AND ".join(f"x.{q(k)} IS NOT NULL" for k in key)}
-    ORDER BY {key_x}, e.ord DESC, i.iord DESC
+    SELECT {", ".join(f"g.{q(f.name)}" for f in fields)},
+           md5(jsonb_build_array({fresh_hash.replace("x.", "g.")})::text)
+    FROM (
+        SELECT {key_x}{", " if latest else ""}{latest}
+        FROM jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord)
+        CROSS JOIN LATERAL jsonb_array_elements({_array(f"e.doc -> '{link.name}'")})
+            WITH ORDINALITY AS i(item, iord)
+        CROSS JOIN LATERAL jsonb_to_record(i.item) AS x({_recordtype(fields)})
+        WHERE {" AND ".join(f"x.{q(k)} IS NOT NULL" for k in key)}
+        GROUP BY {key_x}
+    ) AS g
     ON CONFLICT ({", ".join(q(k) for k in key)}) DO UPDATE
         SET {", ".join(f"{q(f.name)} = {m}" for f, m in zip(fields, merged, strict=True))},
             content_hash = md5(jsonb_build_array({hash_of})::text),
