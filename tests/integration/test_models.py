@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from scrapesink.entrypoints.python import Sink
@@ -46,7 +47,8 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 def count(url: str, table: str) -> int:
     with psycopg.connect(url) as conn:
-        return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])  # type: ignore[index]
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        return int(conn.execute(query).fetchone()[0])  # type: ignore[index]
 
 
 def test_create_workflow_complete_with_every_layer(sink: Sink, data_dir: Path) -> None:
