@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 import pytest
+from psycopg import sql
 
 from scrapesink.entrypoints.python import Sink
 from scrapesink.errors import NotFound
