@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from scrapesink import __version__
-from scrapesink.entrypoints.cli import db, events, models, ops, partitions
+from scrapesink.entrypoints.cli import db, events, models, ops, partitions, records
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -41,6 +41,13 @@ app.add_typer(partitions.app, name="partitions")
 app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.command()(ingest)
+app.command()(records.get)
+app.command("list")(records.list_)
+app.command()(records.search)
+app.command()(records.update)
+app.command()(records.delete)
+app.command()(records.stats)
+app.command()(records.compact)
 app.command()(ops.status)
 app.command()(ops.replay)
 app.command()(ops.export)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.progress import (
@@ -22,9 +23,12 @@ from scrapesink.adapters.readers import (
     open_input,
     read_records,
 )
+from scrapesink.application.delivery import SinkReport
 from scrapesink.application.ingest import IngestSummary
+from scrapesink.application.models import ModelSummary
 from scrapesink.bootstrap import App
 from scrapesink.domain.events import EventRules
+from scrapesink.domain.models import load_models
 from scrapesink.entrypoints.cli.common import (
     EXIT_OK,
     EXIT_PENDING,
@@ -35,6 +39,7 @@ from scrapesink.entrypoints.cli.common import (
     open_app,
     out,
     report_replay,
+    settings,
 )
 from scrapesink.errors import RecordError
 
@@ -52,10 +57,21 @@ def ingest(
     time_field: str = typer.Option(
         "timestamp", help="Field holding the event time in flat records."
     ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Ingest records of this declared model (movies, workflows, ...) instead of events.",
+    ),
+    models: list[Path] = typer.Option([], "--models", help="Another declaration file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not list rejected records."),
 ) -> None:
-    """Ingest raw events from FILE (or - for standard input) into PostgreSQL.
+    """Ingest raw events (or, with --model, model records) from FILE or - (stdin).
+
+    With --model NAME each record is an entity of that model, upserted on its natural key:
+    a new or changed record is stored, an unchanged one only counted; children and links are
+    replaced to match it. `scrapesink models list` shows the declared models.
 
     Records are either canonical {source, source_id, occurred_at, payload} objects or flat
     scraped objects (the whole object becomes the payload). Re-running the same input is safe:
@@ -75,6 +91,20 @@ def ingest(
         raise typer.BadParameter(
             f"unknown format {fmt!r}: use jsonl, json or csv", param_hint="--format"
         )
+    if model is not None:
+        declaration = load_models([*settings().models, *models])
+        declaration.model(model)  # an unknown name fails before any database starts
+        infile = open_input(path)
+        try:
+            with open_app(offline_ok=True) as app:
+                app.use_declaration(declaration)
+                report_replay(app.start_writing())
+                result = _run_model(app, model, infile, chosen, quiet=quiet)
+        finally:
+            infile.close()
+        _print_model_summary(result, name=infile.name, as_json=as_json)
+        code = EXIT_PENDING if result.pending else EXIT_OK if result.ok else EXIT_REJECTED
+        raise typer.Exit(code)
     required = () if chosen != "csv" else _csv_columns(id_field, time_field, source)
     infile = open_input(path)  # a missing or empty file fails before any database starts
     try:
@@ -135,6 +165,36 @@ def _run(
         return service.ingest(records, on_reject=on_reject, on_batch=on_batch)
 
 
+def _run_model(
+    app: App, model: str, infile: InputFile, fmt: Format, *, quiet: bool
+) -> ModelSummary:
+    service = app.models()
+
+    def on_reject(error: RecordError) -> None:
+        if not quiet:
+            err.print(f"[yellow]rejected[/] {escape(str(error))}", highlight=False)
+
+    records = read_records(infile, fmt, max_record_bytes=app.settings.max_payload_bytes)
+    return service.save(model, records, on_reject=on_reject)
+
+
+def _print_model_summary(summary: ModelSummary, *, name: str, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps({"file": name, **summary.as_dict()}))
+        return
+    table = Table(title=f"ingested {escape(name)} as {summary.model}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("read", f"{summary.read:,}")
+    table.add_row("new or changed", f"[green]{summary.stored:,}[/]")
+    table.add_row("unchanged", f"{summary.unchanged:,}")
+    if summary.input_duplicates:
+        table.add_row("same key again in the input (last kept)", f"{summary.input_duplicates:,}")
+    table.add_row("rejected", f"[red]{summary.rejected:,}[/]" if summary.rejected else "0")
+    out.print(table)
+    _print_sinks(summary.sinks)
+
+
 def _print_summary(summary: IngestSummary, *, name: str, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps({"file": name, **summary.as_dict()}))
@@ -151,13 +211,17 @@ def _print_summary(summary: IngestSummary, *, name: str, as_json: bool) -> None:
     if summary.nul_cleaned:
         table.add_row("records with NUL removed", f"{summary.nul_cleaned:,}")
     out.print(table)
+    _print_sinks(summary.sinks)
+
+
+def _print_sinks(reports: dict[str, SinkReport]) -> None:
     sinks = Table("sink", "stored", "duplicates", "pending", "dead letters", title_justify="left")
-    for sink, report in summary.sinks.items():
+    for sink, report in reports.items():
         pending = f"[yellow]{report.pending:,}[/]" if report.pending else "0"
         dead = f"[red]{report.dead_letters:,}[/]" if report.dead_letters else "0"
         sinks.add_row(sink, f"{report.stored:,}", f"{report.duplicates:,}", pending, dead)
     out.print(sinks)
-    for sink, report in summary.sinks.items():
+    for sink, report in reports.items():
         if report.pending:
             err.print(
                 f"[yellow]pending[/] {report.pending:,} record(s) for {sink}: "

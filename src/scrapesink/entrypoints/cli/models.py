@@ -10,11 +10,19 @@ import typer
 from rich.table import Table
 
 from scrapesink.domain.models import Declaration, load_declaration, load_models
-from scrapesink.entrypoints.cli.common import EXIT_FATAL, err, escape, handle_errors, out, settings
+from scrapesink.entrypoints.cli.common import (
+    EXIT_FATAL,
+    err,
+    escape,
+    handle_errors,
+    open_app,
+    out,
+    settings,
+)
 from scrapesink.errors import DeclarationError
 
 app = typer.Typer(
-    help="Model declarations: the bundled movies and workflows, plus SCRAPESINK_MODELS files.",
+    help="Model declarations (bundled movies and workflows, SCRAPESINK_MODELS files), their tables.",
     no_args_is_help=True,
 )
 
@@ -77,3 +85,60 @@ def check(path: Path) -> None:
     except DeclarationError as exc:
         _problems(exc)
     out.print(f"{path}: {len(declared.models)} model(s), no problems")
+
+
+@app.command()
+@handle_errors
+def apply(
+    models: list[Path] = typer.Option([], "--models", help="Another declaration file."),
+    allow_destructive: bool = typer.Option(
+        False,
+        "--allow-destructive",
+        help="Also apply changes that drop or rewrite data (drops, type changes, new NOT NULL).",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would change."),
+) -> None:
+    """Bring the database's model tables and upsert functions to the declarations.
+
+    New models, nullable or defaulted fields and indexes are applied by themselves (also on
+    first use); destructive changes are refused unless --allow-destructive. Every applied
+    change is recorded (`scrapesink models history`).
+    """
+    try:
+        declared = declarations(models)
+    except DeclarationError as exc:
+        _problems(exc)
+    with open_app(announce=False) as application:
+        if dry_run:
+            changes = application.model_schema.plan(declared)
+        else:
+            changes = application.model_schema.apply(declared, allow_destructive=allow_destructive)
+    if not changes:
+        out.print("models are up to date")
+        return
+    verb = "would apply" if dry_run else "applied"
+    for change in changes:
+        mark = "[red]destructive[/] " if change.destructive else ""
+        out.print(f"{verb} {mark}{escape(change.describe())}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def history(
+    model: str | None = typer.Argument(None, help="Only this model."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1),
+) -> None:
+    """The changes `models apply` made, newest first."""
+    with open_app(announce=False) as application:
+        rows = application.model_schema.history(model=model, limit=limit)
+    table = Table("applied at", "model", "table", "change", "detail")
+    for row in rows:
+        change = f"[red]{row.change}[/]" if row.destructive else row.change
+        table.add_row(
+            row.applied_at.isoformat(timespec="seconds"),
+            row.model,
+            row.table_name,
+            change,
+            escape(row.detail),
+        )
+    out.print(table)
