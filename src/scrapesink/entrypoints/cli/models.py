@@ -22,7 +22,7 @@ from scrapesink.entrypoints.cli.common import (
 from scrapesink.errors import DeclarationError
 
 app = typer.Typer(
-    help="Model declarations (bundled movies and workflows, SCRAPESINK_MODELS files), their tables.",
+    help="Model declarations (bundled movies, workflows, SCRAPESINK_MODELS files), their tables.",
     no_args_is_help=True,
 )
 
