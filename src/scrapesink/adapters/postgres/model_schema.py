@@ -179,7 +179,8 @@ class ModelSchema:
                 table, kind, detail, destructive = change
                 model = owners.get(table) or previously.get(table) or "?"
                 changes.append(Change(model, table, kind, detail, destructive, op))
-        return changes
+        dropped = {c.table_name for c in changes if c.change == "drop_table"}
+        return [c for c in changes if c.change == "drop_table" or c.table_name not in dropped]
 
     def _execute(self, connection: Connection, metadata: MetaData, changes: list[Change]) -> None:
         from alembic.migration import MigrationContext
