@@ -35,7 +35,7 @@ def _shops(*fields: dict[str, object]) -> dict[str, object]:
 
 def test_additive_changes_apply_by_themselves_and_are_recorded(app: App) -> None:
     schema = app.model_schema
-    first = schema.apply((declaration()), allow_destructive=False)
+    first = schema.apply(declaration(), allow_destructive=False)
     assert {c.change for c in first} >= {"add_table"}
     grown = declaration(
         {"name": "city", "type": "string", "index": True},
@@ -79,9 +79,9 @@ def test_destructive_changes_are_refused_unless_allowed(
 
 def test_a_new_not_null_field_without_default_is_refused(app: App) -> None:
     schema = app.model_schema
-    schema.apply((declaration()), allow_destructive=False)
+    schema.apply(declaration(), allow_destructive=False)
     strict = declaration({"name": "owner", "type": "string", "nullable": False})
-    with pytest.raises(SchemaError, match="owner .* NOT NULL without a default"):
+    with pytest.raises(SchemaError, match=r"owner .* NOT NULL without a default"):
         schema.apply(strict, allow_destructive=False)
 
 
