@@ -1,0 +1,174 @@
+"""Model benchmark: saving workflows (5 tables) through scrapesink vs the seed-style baseline.
+
+    python bench/models.py                     # 10k workflows saved, reads on 100k
+    python bench/models.py --quick             # small sizes, to check the harness
+
+Baseline (seed 003): SQLAlchemy ORM, one session and transaction per workflow, into the same
+five tables (created by scrapesink's own DDL, so both write the same indexes). scrapesink: the
+full durable path (journal, PostgreSQL through upsert_workflows, CSV files). Both run in this
+process against the same PostgreSQL, in one run, so the ratio is what counts. Reads (get, list,
+search) are timed in-process on a database holding --read-records workflows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ingest_events import fresh_database
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+import scrapesink
+from scrapesink.adapters.embedded import EmbeddedPostgres
+
+
+def workflow(n: int) -> dict[str, Any]:
+    return {
+        "workflow_id": f"wf-{n}",
+        "url": f"https://n8n.io/workflows/{n}",
+        "quality_score": (n % 100) / 100,
+        "layer1_success": True,
+        "layer2_success": n % 3 != 0,
+        "layer3_success": n % 5 != 0,
+        "processing_time": 2.5,
+        "metadata": {
+            "title": f"Workflow {n}: sync {['Slack', 'Gmail', 'Notion', 'Airtable'][n % 4]} leads",
+            "description": "Collects new leads, enriches them and posts a daily digest.",
+            "use_case": "sales automation",
+            "author_name": f"author {n % 50}",
+            "views": n * 3,
+            "categories": ["sales", "marketing"],
+            "tags": [f"tag{n % 20}", "automation"],
+        },
+        "structure": {
+            "node_count": 8,
+            "connection_count": 7,
+            "node_types": ["webhook", "http", "slack"],
+            "workflow_json": {"nodes": [{"id": i, "type": "http"} for i in range(8)]},
+        },
+        "content": {"explainer_text": "This workflow watches a form and ...", "has_videos": True},
+        "transcripts": [
+            {"video_url": f"https://youtu.be/{n}-{i}", "platform": "youtube", "duration": 120}
+            for i in range(2)
+        ],
+    }
+
+
+def orm_baseline(url: str, records: list[dict[str, Any]]) -> float:
+    """Seed 003's repository: ORM objects, one transaction per workflow."""
+    from sqlalchemy.ext.automap import automap_base
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    base = automap_base()
+    base.prepare(autoload_with=engine)
+    classes = base.classes
+    start = time.perf_counter()
+    for record in records:
+        with Session(engine) as session, session.begin():
+            root = {k: v for k, v in record.items() if not isinstance(v, dict | list)}
+            wf = classes.workflows(**root, content_hash="")
+            session.add(wf)
+            session.flush()
+            for name, table in (
+                ("metadata", "workflow_metadata"),
+                ("structure", "workflow_structure"),
+                ("content", "workflow_content"),
+            ):
+                session.add(getattr(classes, table)(workflows_id=wf.id, **record[name]))
+            for transcript in record["transcripts"]:
+                session.add(classes.video_transcripts(workflows_id=wf.id, **transcript))
+    elapsed = time.perf_counter() - start
+    engine.dispose()
+    return elapsed
+
+
+def scrapesink_save(url: str, data_dir: Path, records: list[dict[str, Any]]) -> tuple[float, float]:
+    with scrapesink.open(database_url=url, data_dir=data_dir) as sink:
+        sink.save("workflows", records[:10])  # schema applied, connections warm: not timed
+        start = time.perf_counter()
+        first = sink.save("workflows", records)
+        saved = time.perf_counter() - start
+        start = time.perf_counter()
+        again = sink.save("workflows", records)
+        resaved = time.perf_counter() - start
+    assert first.stored == len(records) - 10 and again.unchanged == len(records), (first, again)
+    return saved, resaved
+
+
+def reads(url: str, data_dir: Path, count: int, samples: int) -> dict[str, float]:
+    with scrapesink.open(database_url=url, data_dir=data_dir, csv_enabled=False) as sink:
+        for start in range(0, count, 5000):
+            sink.save("workflows", (workflow(i) for i in range(start, min(count, start + 5000))))
+        timings: dict[str, list[float]] = {"get": [], "list": [], "search": []}
+        words = ["slack", "gmail leads", "notion", "airtable sync"]
+        for i in range(samples):
+            t = time.perf_counter()
+            assert sink.get("workflows", f"wf-{(i * 7919) % count}") is not None
+            timings["get"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            page = sink.list("workflows", limit=50, sort="-quality_score")
+            timings["list"].append(time.perf_counter() - t)
+            assert len(page.records) == 50
+            t = time.perf_counter()
+            sink.search("workflows", words[i % len(words)], limit=20)
+            timings["search"].append(time.perf_counter() - t)
+    return {
+        f"{name}_p50_ms": statistics.median(values) * 1000 for name, values in timings.items()
+    } | {
+        f"{name}_p99_ms": sorted(values)[int(len(values) * 0.99) - 1] * 1000
+        for name, values in timings.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--read-records", type=int, default=100_000)
+    parser.add_argument("--samples", type=int, default=500)
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.read_records, args.samples = 1000, 5000, 100
+    records = [workflow(i) for i in range(args.records)]
+    with tempfile.TemporaryDirectory(prefix="scrapesink-bench-") as tmp:
+        workdir = Path(tmp)
+        server = (
+            os.environ.get("SCRAPESINK_BENCH_DATABASE_URL")
+            or EmbeddedPostgres(workdir / "pgdata").start()
+        )
+        ours = fresh_database(server, "bench_models_ours")
+        saved, resaved = scrapesink_save(ours, workdir / "ours", records)
+        theirs = fresh_database(server, "bench_models_orm")
+        with scrapesink.open(database_url=theirs, data_dir=workdir / "orm") as sink:
+            sink.stats("workflows")  # creates the same tables, indexes and functions
+        baseline = orm_baseline(theirs, records)
+        result: dict[str, Any] = {
+            "records": args.records,
+            "orm_seconds": round(baseline, 2),
+            "scrapesink_seconds": round(saved, 3),
+            "scrapesink_resave_seconds": round(resaved, 3),
+            "speedup": round(baseline / saved, 1),
+            "resave_speedup": round(baseline / resaved, 1),
+        }
+        print(json.dumps(result), flush=True)
+        reading = fresh_database(server, "bench_models_reads")
+        result |= {
+            k: round(v, 3)
+            for k, v in reads(reading, workdir / "reads", args.read_records, args.samples).items()
+        }
+        result["read_records"] = args.read_records
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
