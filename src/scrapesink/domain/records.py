@@ -61,45 +61,28 @@ def validate_record(
         if record.get(name) is None:
             raise RecordError(f"missing natural key field {name}", location=location, path=name)
     for child in model.children:
-        value = cleaned.get(child.name) if isinstance(cleaned, Mapping) else None
+        value = cleaned.get(child.name)
         if child.relation == "one":
             record[child.name] = (
                 None
                 if value is None
                 else _object(child.fields, value, model.strict, f"{child.name}.", location)
             )
-            continue
-        items = _list(value, child.name, location)
-        rows = []
-        for i, item in enumerate(items):
-            prefix = f"{child.name}[{i}]."
-            row = _object(child.fields, item, model.strict, prefix, location)
-            for name in child.key:
-                if row.get(name) is None:
-                    raise RecordError(
-                        f"missing key field {name} of {child.name}",
-                        location=location,
-                        path=prefix + name,
-                    )
-            rows.append(row)
-        record[child.name] = rows
+        else:
+            record[child.name] = _items(
+                value, child.name, child.fields, child.key, child.name, model.strict, location
+            )
     for link in model.links:
         target = declaration.model(link.model)
-        items = _list(cleaned.get(link.name), link.name, location)
-        rows = []
-        for i, item in enumerate(items):
-            prefix = f"{link.name}[{i}]."
-            fields = target.fields + link.fields
-            row = _object(fields, item, model.strict, prefix, location)
-            for name in target.natural_key:
-                if row.get(name) is None:
-                    raise RecordError(
-                        f"missing key field {name} of {link.model}",
-                        location=location,
-                        path=prefix + name,
-                    )
-            rows.append(row)
-        record[link.name] = rows
+        record[link.name] = _items(
+            cleaned.get(link.name),
+            link.name,
+            target.fields + link.fields,
+            target.natural_key,
+            link.model,
+            model.strict,
+            location,
+        )
     return Checked(record, nul)
 
 
@@ -164,12 +147,33 @@ def _object(
     return out
 
 
-def _list(value: Any, path: str, location: str | None) -> list[Any]:
+def _items(
+    value: Any,
+    name: str,
+    fields: tuple[FieldDef, ...],
+    key: tuple[str, ...],
+    owner: str,
+    strict: bool,
+    location: str | None,
+) -> list[dict[str, Any]]:
+    """A list of child rows or link items, each checked, each with its ``key`` present."""
     if value is None:
         return []
     if not isinstance(value, list):
-        raise RecordError(f"expected a list, got {_kind(value)}", location=location, path=path)
-    return value
+        raise RecordError(f"expected a list, got {_kind(value)}", location=location, path=name)
+    rows = []
+    for i, item in enumerate(value):
+        prefix = f"{name}[{i}]."
+        row = _object(fields, item, strict, prefix, location)
+        for field_name in key:
+            if row.get(field_name) is None:
+                raise RecordError(
+                    f"missing key field {field_name} of {owner}",
+                    location=location,
+                    path=prefix + field_name,
+                )
+        rows.append(row)
+    return rows
 
 
 def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:
