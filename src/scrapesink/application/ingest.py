@@ -19,38 +19,31 @@ from scrapesink.errors import InputError, RecordError
 
 MAX_KEPT_REJECTIONS = 1000
 log = logging.getLogger(__name__)
+RejectHook = Callable[[RecordError], None]
 
 
-@dataclass
-class IngestSummary:
-    """What one ingest did. ``rejections`` keeps the first 1000 errors; ``rejected`` counts all.
+@dataclass(kw_only=True)
+class WriteSummary:
+    """What one write of many records did (raw events or model records).
 
-    ``sinks`` says per sink what was stored, found duplicate, left pending (still in the
-    journal, delivered by ``replay``) or sent to dead letters. ``inserted`` is what the primary
-    sink (PostgreSQL) stored; ``duplicates`` adds the copies dropped before the journal (the
-    same key again in the same input).
+    ``rejections`` keeps the first 1000 errors; ``rejected`` counts all. ``sinks`` says per sink
+    what was stored, found duplicate or unchanged, left pending (still in the journal, delivered
+    by ``replay``) or sent to dead letters; ``primary`` (PostgreSQL) is the one counted as
+    stored.
     """
 
     read: int = 0
     accepted: int = 0
     input_duplicates: int = 0
     rejected: int = 0
-    naive_timestamps: int = 0
     nul_cleaned: int = 0
-    batches: int = 0
     rejections: list[RecordError] = field(default_factory=list)
     sinks: dict[str, SinkReport] = field(default_factory=dict)
     primary: str = "postgres"
 
     @property
-    def inserted(self) -> int:
-        report = self.sinks.get(self.primary)
-        return report.stored if report else 0
-
-    @property
-    def duplicates(self) -> int:
-        report = self.sinks.get(self.primary)
-        return self.input_duplicates + (report.duplicates if report else 0)
+    def primary_report(self) -> SinkReport:
+        return self.sinks.get(self.primary) or SinkReport()
 
     @property
     def pending(self) -> int:
@@ -63,6 +56,30 @@ class IngestSummary:
     @property
     def ok(self) -> bool:
         return self.rejected == 0
+
+    def reject(self, error: RecordError, hook: RejectHook | None) -> None:
+        self.rejected += 1
+        if len(self.rejections) < MAX_KEPT_REJECTIONS:
+            self.rejections.append(error)
+        if hook is not None:
+            hook(error)
+
+
+@dataclass(kw_only=True)
+class IngestSummary(WriteSummary):
+    """What one raw-event ingest did. ``inserted`` is what PostgreSQL stored; ``duplicates``
+    adds the copies dropped before the journal (the same key again in the same input)."""
+
+    naive_timestamps: int = 0
+    batches: int = 0
+
+    @property
+    def inserted(self) -> int:
+        return self.primary_report.stored
+
+    @property
+    def duplicates(self) -> int:
+        return self.input_duplicates + self.primary_report.duplicates
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,8 +97,7 @@ class IngestSummary:
 
 # What readers yield: (location, value), (location, value, its JSON text), or an error.
 Record = tuple[str | None, Any] | tuple[str | None, Any, str | None] | RecordError
-ProgressHook = Callable[[IngestSummary], None]
-RejectHook = Callable[[RecordError], None]
+ProgressHook = Callable[["IngestSummary"], None]
 
 
 class IngestService:
@@ -127,13 +143,6 @@ class IngestService:
         batch: dict[tuple[str, str], RawEvent] = {}
         recent: deque[dict[tuple[str, str], RawEvent]] = deque(maxlen=2)
 
-        def reject(error: RecordError) -> None:
-            summary.rejected += 1
-            if len(summary.rejections) < MAX_KEPT_REJECTIONS:
-                summary.rejections.append(error)
-            if on_reject is not None:
-                on_reject(error)
-
         def flush() -> None:
             if batch:
                 self.writer.write(list(batch.values()))
@@ -151,7 +160,7 @@ class IngestService:
             for item in records:
                 summary.read += 1
                 if isinstance(item, RecordError):
-                    reject(item)
+                    summary.reject(item, on_reject)
                     continue
                 try:
                     checked = validate_event(
@@ -162,7 +171,7 @@ class IngestService:
                         raw=item[2] if len(item) == 3 else None,
                     )
                 except RecordError as error:
-                    reject(error)
+                    summary.reject(error, on_reject)
                     continue
                 cleaning = checked.cleaning
                 if cleaning.naive_timestamp or cleaning.nul_removed:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scrapesink.application.delivery import SinkReport
 from scrapesink.application.durable import DurableWriter
-from scrapesink.application.ingest import MAX_KEPT_REJECTIONS, Record, RejectHook
+from scrapesink.application.ingest import Record, RejectHook, WriteSummary
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, ModelDef
 from scrapesink.domain.records import (
     DELETE,
@@ -30,42 +29,20 @@ from scrapesink.errors import InputError, NotFound, RecordError
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModelSummary:
-    """What one save did: records read, rejected (first 1000 kept), and per sink what was
-    stored (new or changed), unchanged, pending or sent to dead letters."""
+@dataclass(kw_only=True)
+class ModelSummary(WriteSummary):
+    """What one save did: per sink, ``stored`` counts new or changed records, ``unchanged``
+    those identical to what the sink held (nothing written)."""
 
     model: str
-    read: int = 0
-    accepted: int = 0
-    input_duplicates: int = 0  # the same key again in one batch: the last one was kept
-    rejected: int = 0
-    nul_cleaned: int = 0
-    rejections: list[RecordError] = field(default_factory=list)
-    sinks: dict[str, SinkReport] = field(default_factory=dict)
-    primary: str = "postgres"
 
     @property
     def stored(self) -> int:
-        report = self.sinks.get(self.primary)
-        return report.stored if report else 0
+        return self.primary_report.stored
 
     @property
     def unchanged(self) -> int:
-        report = self.sinks.get(self.primary)
-        return report.unchanged if report else 0
-
-    @property
-    def pending(self) -> int:
-        return sum(report.pending for report in self.sinks.values())
-
-    @property
-    def dead_letters(self) -> int:
-        return sum(report.dead_letters for report in self.sinks.values())
-
-    @property
-    def ok(self) -> bool:
-        return self.rejected == 0
+        return self.primary_report.unchanged
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -116,16 +93,9 @@ class ModelService:
         """Validate, journal and deliver ``records`` (``(location, value)`` pairs or errors)."""
         model = self.model(name)
         writer = self.writer_for(model)
-        summary = ModelSummary(model.name)
+        summary = ModelSummary(model=model.name)
         before = writer.reports()
         batch: dict[tuple[Any, ...], Entity] = {}
-
-        def reject(error: RecordError) -> None:
-            summary.rejected += 1
-            if len(summary.rejections) < MAX_KEPT_REJECTIONS:
-                summary.rejections.append(error)
-            if on_reject is not None:
-                on_reject(error)
 
         def flush() -> None:
             if batch:
@@ -137,12 +107,12 @@ class ModelService:
             for item in records:
                 summary.read += 1
                 if isinstance(item, RecordError):
-                    reject(item)
+                    summary.reject(item, on_reject)
                     continue
                 try:
                     checked = validate_record(self.declaration, model, item[1], item[0])
                 except RecordError as error:
-                    reject(error)
+                    summary.reject(error, on_reject)
                     continue
                 summary.nul_cleaned += checked.nul_removed
                 key = key_of(model, checked.record)
@@ -198,7 +168,7 @@ class ModelService:
         writer = self.writer_for(model)
         before = writer.reports()
         entities = [Entity(DELETE, validate_key(model, key)) for key in keys]
-        summary = ModelSummary(model.name, read=len(entities), accepted=len(entities))
+        summary = ModelSummary(model=model.name, read=len(entities), accepted=len(entities))
         if entities:
             writer.write(entities)
         after = writer.settle()
