@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.adapters.postgres.entities import PostgresModelSink
 from scrapesink.application.ports import Batch
-from scrapesink.bootstrap import App
+from scrapesink.bootstrap import App, bootstrap
+from scrapesink.config import Settings
 from scrapesink.domain.models import Declaration, load_models, parse_declaration
 from scrapesink.domain.records import UPSERT, Entity
 from scrapesink.errors import SchemaError
@@ -77,6 +79,16 @@ def test_destructive_changes_are_refused_unless_allowed(
     assert schema.plan(changed) == []
 
 
+def test_json_defaults_are_applied_and_filled_in(app: App) -> None:
+    declared = declaration({"name": "tags", "type": "json", "default": ["new"]})
+    app.model_schema.ensure(declared)
+    assert app.model_schema.ensure(declared) == []  # once per process
+    app.use_declaration(declared)
+    service = app.models()
+    service.save("shops", [(None, {"code": "a"})])
+    assert service.get("shops", "a")["tags"] == ["new"]  # type: ignore[index]
+
+
 def test_a_new_not_null_field_without_default_is_refused(app: App) -> None:
     schema = app.model_schema
     schema.apply(declaration(), allow_destructive=False)
@@ -113,3 +125,29 @@ def test_model_sink_contract_exactly_once_and_unchanged(model_sink: object) -> N
     sink.forget("j")  # type: ignore[attr-defined]
     assert sink.delivered("j") == []  # type: ignore[attr-defined]
     assert json.dumps(sink.kind) == '"model:movies"'  # type: ignore[attr-defined]
+
+
+def test_a_new_field_rewrites_the_csv_header_keeping_old_rows(
+    settings: Settings, data_dir: Path
+) -> None:
+    first = bootstrap(settings, schema="check")
+    try:
+        first.use_declaration(declaration({"name": "city", "type": "string"}))
+        first.start_writing()
+        first.models().save("shops", [(None, {"code": "a", "city": "Oslo"})])
+    finally:
+        first.close()
+    second = bootstrap(settings, schema="check")  # a later process with a grown declaration
+    try:
+        grown = declaration({"name": "city", "type": "string"}, {"name": "zip", "type": "string"})
+        second.use_declaration(grown)
+        second.start_writing()
+        second.models().save("shops", [(None, {"code": "b", "zip": "0150"})])
+    finally:
+        second.close()
+    with (data_dir / "shops.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["code"], r["city"], r["zip"]) for r in rows] == [
+        ("a", "Oslo", ""),
+        ("b", "", "0150"),
+    ]

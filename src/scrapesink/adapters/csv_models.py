@@ -130,6 +130,7 @@ class CsvModelSink(ModelCsvFiles):
         self.kind = model_kind(model.name)
         self.layouts = layouts(declaration, model)
         self._headers = {t.file: header_line(t.header) for t in self.layouts.values()}
+        self._header_checked: set[str] = set()  # files whose header this process has seen
 
     def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
         return lambda: self._deliver(batch)
@@ -150,13 +151,16 @@ class CsvModelSink(ModelCsvFiles):
         """A file written with other columns (the declaration changed) is rewritten with the
         current header first, old rows keeping their values by column name."""
         for file, header in self._headers.items():
+            if file in self._header_checked:
+                continue
             path = self.root / file
             if not path.exists() or path.stat().st_size == 0:
-                continue
+                continue  # written with this header by the append itself
             with path.open("r", encoding="utf-8", newline="") as handle:
                 first = handle.readline()
             if first != header:
                 rewrite(db, self.root, file, self._layout(file), latest_only=False)
+            self._header_checked.add(file)
 
     def _layout(self, file: str) -> TableLayout:
         return next(t for t in self.layouts.values() if t.file == file)

@@ -61,11 +61,12 @@ class ModelSchema:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._applied: set[int] = set()  # declarations this process has brought up to date
+        self._applied: set[str] = set()  # declarations this process has brought up to date
 
     def ensure(self, declaration: Declaration) -> list[Change]:
         """Apply what is additive (once per process); refuse when destructive changes wait."""
-        marker = hash(tuple(sorted(declaration.models.items())))
+        # repr, not hash: a declared default may be a JSON list or object (unhashable)
+        marker = repr(sorted(declaration.models.items()))
         if marker in self._applied:
             return []
         changes = self.apply(declaration, allow_destructive=False)
