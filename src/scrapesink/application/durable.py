@@ -154,6 +154,12 @@ def replay(
         if sinks is None:
             journal.close(remove_if_empty=False)
             result.unknown.append(journal.kind)
+            log.warning(
+                "journal %s holds %s records, a model not declared here: kept for a process"
+                " that declares it (SCRAPESINK_MODELS)",
+                path.name,
+                journal.kind,
+            )
             continue
         result.journals += 1
         try:
