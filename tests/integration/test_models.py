@@ -283,8 +283,9 @@ def test_upsert_function_from_plain_sql(sink: Sink, database_url: str) -> None:
         "inserted": 1,
         "updated": 0,
         "unchanged": 0,
+        "changed": [1],
     }
-    assert again is not None and again[0]["unchanged"] == 1
+    assert again is not None and again[0]["unchanged"] == 1 and again[0]["changed"] == []
     got = sink.get("movies", "https://m/alien")
     assert got is not None and got["actors"] == [
         {"name": "S. Weaver", "role": None, "billing_order": None}

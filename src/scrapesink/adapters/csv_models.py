@@ -145,7 +145,8 @@ class CsvModelSink(ModelCsvFiles):
             texts = {file: _format(rows) for file, rows in plan.output.items() if rows}
             self._commit(db, batch, texts, self._headers.__getitem__)
             plan.save(db)
-        return WriteOutcome(plan.changed, unchanged=plan.unchanged)
+        same = frozenset(batch.first + position for position in plan.same)
+        return WriteOutcome(plan.changed, unchanged=plan.unchanged, unchanged_seqs=same)
 
     def _migrate_headers(self, db: sqlite3.Connection) -> None:
         """A file written with other columns (the declaration changed) is rewritten with the
@@ -190,11 +191,12 @@ class _Plan:
         self.rows: dict[tuple[str, str], _Row] = {}
         self.children: dict[str, dict[str, set[str]]] = {}  # parent -> file -> identities
         self._load(db, entities)
-        for entity in entities:
+        self.same: list[int] = []  # positions of the unchanged records
+        for position, entity in enumerate(entities):
             if entity.op == DELETE:
                 self._delete(entity.record)
-            else:
-                self._upsert(entity.record)
+            elif not self._upsert(entity.record):
+                self.same.append(position)
 
     def _identity(self, values: list[Any]) -> str:
         return _JSON.encode(values).decode()
@@ -244,7 +246,7 @@ class _Plan:
         self.rows[(file, identity)] = self.touched[(file, identity)] = row
         self.output[file].append([*current.cells, self.now, self.now])
 
-    def _upsert(self, record: dict[str, Any]) -> None:
+    def _upsert(self, record: dict[str, Any]) -> bool:
         model = self.model
         layouts = self.sink.layouts
         key = [record[k] for k in model.natural_key]
@@ -292,6 +294,7 @@ class _Plan:
             self.changed += 1
         else:
             self.unchanged += 1
+        return changed
 
     def _merge_shared(
         self, file: str, fields: tuple[FieldDef, ...], key: list[Any], item: dict[str, Any]

@@ -85,6 +85,96 @@ class SinkReport:
         )
 
 
+STORED, DUPLICATE, UNCHANGED, DEAD_LETTER, PENDING = (
+    "stored",
+    "duplicate",
+    "unchanged",
+    "dead_letter",
+    "pending",
+)
+
+
+class Receipt:
+    """What each sink did with some records of one journal, record by record.
+
+    A caller that must answer for its own records (an HTTP request among concurrent ones, whose
+    counts a shared writer's running totals would mix up) registers a receipt with the
+    :class:`Delivery`; every lane notes on it what became of the records it covers, whichever
+    batch, split half or catch-up carried them. A record a sink has said nothing about is
+    pending there: it is in the journal and ``replay`` delivers it.
+    """
+
+    def __init__(self, journal_id: str) -> None:
+        self.journal_id = journal_id
+        self._seqs: set[int] = set()
+        self._status: dict[str, dict[int, str]] = {}
+        self._lock = threading.Condition()
+
+    def cover(self, first: int, last: int) -> None:
+        with self._lock:
+            self._seqs.update(range(first, last + 1))
+
+    def wait(self, sinks: Sequence[str], timeout: float | None = None) -> bool:
+        """Until every sink has said something (pending included) of every covered record."""
+
+        def answered() -> bool:
+            return all(len(self._status.get(sink, ())) >= len(self._seqs) for sink in sinks)
+
+        with self._lock:
+            return self._lock.wait_for(answered, timeout)
+
+    def note(
+        self, sink: str, batch: Batch[Any], outcome: WriteOutcome | None, status: str = STORED
+    ) -> None:
+        if batch.journal_id != self.journal_id:
+            return
+        with self._lock:
+            wanted = self._seqs
+            if not wanted or batch.last < min(wanted) or batch.first > max(wanted):
+                return
+            noted = self._status.setdefault(sink, {})
+            for i, record in enumerate(batch.records):
+                seq = batch.first + i
+                if seq in wanted:
+                    noted[seq] = _status_of(record, seq, outcome, status)
+            self._lock.notify_all()
+
+    def status(self, sink: str, seq: int) -> str:
+        with self._lock:
+            return self._status.get(sink, {}).get(seq, PENDING)
+
+    def report(self, sink: str) -> SinkReport:
+        """This receipt's records as one sink's report."""
+        with self._lock:
+            noted = self._status.get(sink, {})
+            counts = {status: 0 for status in (STORED, DUPLICATE, UNCHANGED, DEAD_LETTER)}
+            for seq in self._seqs:
+                status = noted.get(seq, PENDING)
+                if status != PENDING:
+                    counts[status] += 1
+            return SinkReport(
+                stored=counts[STORED],
+                duplicates=counts[DUPLICATE],
+                unchanged=counts[UNCHANGED],
+                pending=len(self._seqs) - sum(counts.values()),
+                dead_letters=counts[DEAD_LETTER],
+            )
+
+
+def _status_of(record: Any, seq: int, outcome: WriteOutcome | None, status: str) -> str:
+    if outcome is None:
+        return status
+    if seq in outcome.unchanged_seqs:
+        return UNCHANGED
+    if (
+        outcome.duplicates
+        and isinstance(record, RawEvent)
+        and (record.source, record.source_id) in outcome.duplicates
+    ):
+        return DUPLICATE
+    return STORED
+
+
 @dataclass
 class Lane:
     """Delivers batches to one sink."""
@@ -95,6 +185,7 @@ class Lane:
     report: SinkReport = field(default_factory=SinkReport)
     handled: list[tuple[int, int]] = field(default_factory=list)  # ranges stored or dead
     pending: list[tuple[int, int]] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)  # shared with the Delivery
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -169,6 +260,11 @@ class Lane:
             self.report.duplicates += len(outcome.duplicates)
             self.report.unchanged += outcome.unchanged
             self.handled.append((batch.first, batch.last))
+        self._note(batch, outcome)
+
+    def _note(self, batch: Batch[Any], outcome: WriteOutcome | None, status: str = STORED) -> None:
+        for receipt in list(self.receipts):
+            receipt.note(self.sink.name, batch, outcome, status)
 
     def _with_retries(self, work: Callable[[], WriteOutcome]) -> WriteOutcome:
         for attempt in Retrying(
@@ -197,6 +293,7 @@ class Lane:
             with self._lock:
                 self.report.dead_letters += 1
                 self.handled.append((batch.first, batch.last))
+            self._note(batch, None, DEAD_LETTER)
             return
         for half in batch.split():
             self._store(half, self.sink.stage(half))
@@ -216,6 +313,7 @@ class Lane:
             self.pending.append((batch.first, batch.last))
             if error is not None:
                 self.report.error = getattr(error, "message", None) or str(error)
+        self._note(batch, None, PENDING)
 
 
 class Delivery:
@@ -224,7 +322,10 @@ class Delivery:
     def __init__(
         self, sinks: Sequence[Sink[Any]], dead_letters: DeadLetters, policy: RetryPolicy
     ) -> None:
-        self.lanes = [Lane(sink, dead_letters, policy) for sink in sinks]
+        self.receipts: list[Receipt] = []
+        self.lanes = [
+            Lane(sink, dead_letters, policy, receipts=self.receipts) for sink in sinks
+        ]
 
     def submit(self, batch: Batch[Any]) -> None:
         for lane in self.lanes:

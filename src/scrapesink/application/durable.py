@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from scrapesink.application.delivery import (
     Delivery,
     Lane,
+    Receipt,
     RetryPolicy,
     SinkReport,
     contiguous_end,
@@ -55,15 +57,38 @@ class DurableWriter:
         self._writes = 0
         self._lock = threading.RLock()
 
-    def write(self, records: Sequence[Any]) -> tuple[int, int]:
-        """Append to the journal (durable on return: acknowledged), then hand to every sink."""
+    def write(self, records: Sequence[Any], receipt: Receipt | None = None) -> tuple[int, int]:
+        """Append to the journal (durable on return: acknowledged), then hand to every sink.
+
+        With a ``receipt`` (from :meth:`receipt`) the sinks note on it what they did with each
+        of these records."""
         with self._lock:  # one journal connection; callers may share a Sink across threads
             if self._closed:
                 raise ScrapesinkError("this sink is closed: open a new one to write")
-            return self._write(records)
+            return self._write(records, receipt)
 
-    def _write(self, records: Sequence[Any]) -> tuple[int, int]:
+    @contextmanager
+    def receipt(self) -> Iterator[Receipt]:
+        """A receipt for the records written with it, noted on by every lane until the end of
+        the ``with`` block: concurrent callers each learn what became of their own records."""
+        receipt = Receipt(self.journal.id)
+        self.delivery.receipts.append(receipt)
+        try:
+            yield receipt
+        finally:
+            self.delivery.receipts.remove(receipt)
+
+    def wait(self, receipt: Receipt) -> dict[str, SinkReport]:
+        """Wait until every sink answered for the receipt's records (stored, or left pending:
+        a lane gives up after the retry policy's time); per sink, what it did with them."""
+        names = [lane.sink.name for lane in self.delivery.lanes]
+        receipt.wait(names)
+        return {name: receipt.report(name) for name in names}
+
+    def _write(self, records: Sequence[Any], receipt: Receipt | None = None) -> tuple[int, int]:
         first, last = self.journal.append(records)
+        if receipt is not None and records:
+            receipt.cover(first, last)
         if records:
             self.delivery.submit(Batch(self.journal.id, first, last, records))
             self._writes += 1

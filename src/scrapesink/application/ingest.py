@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scrapesink.application.delivery import SinkReport
+from scrapesink.application.delivery import DUPLICATE, PENDING, Receipt, SinkReport
 from scrapesink.application.durable import DurableWriter
 from scrapesink.domain.events import EventRules, RawEvent, validate_event
 from scrapesink.errors import InputError, RecordError
@@ -20,6 +20,56 @@ from scrapesink.errors import InputError, RecordError
 MAX_KEPT_REJECTIONS = 1000
 log = logging.getLogger(__name__)
 RejectHook = Callable[[RecordError], None]
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    """What became of one input record: ``stored``, ``duplicate``, ``unchanged``, ``pending``
+    (journaled, not yet in PostgreSQL), ``dead_letter`` or ``rejected`` (with path and reason)."""
+
+    status: str
+    location: str | None = None
+    path: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"status": self.status}
+        if self.status == REJECTED:
+            result.update(path=self.path, reason=self.reason)
+        return result
+
+
+class Tracker:
+    """Per-record results of one write, in input order (what an HTTP client is answered).
+
+    A record that reached the journal is answered with what the primary sink did with it, read
+    from the write's :class:`Receipt` at the end.
+    """
+
+    def __init__(self) -> None:
+        self.results: list[RecordResult] = []
+        self._journaled: list[tuple[int, int]] = []  # (result index, journal seq)
+
+    def add(self, status: str, location: str | None = None) -> int:
+        self.results.append(RecordResult(status, location))
+        return len(self.results) - 1
+
+    def rejected(self, error: RecordError) -> None:
+        self.results.append(RecordResult(REJECTED, error.location, error.path, error.message))
+
+    def superseded(self, index: int) -> None:
+        self.results[index] = RecordResult(DUPLICATE, self.results[index].location)
+
+    def journaled(self, indexes: Iterable[int], first: int) -> None:
+        self._journaled.extend((index, first + i) for i, index in enumerate(indexes))
+
+    def resolve(self, receipt: Receipt, sink: str) -> list[RecordResult]:
+        for index, seq in self._journaled:
+            self.results[index] = RecordResult(
+                receipt.status(sink, seq), self.results[index].location
+            )
+        return self.results
 
 
 @dataclass(kw_only=True)
@@ -40,6 +90,8 @@ class WriteSummary:
     rejections: list[RecordError] = field(default_factory=list)
     sinks: dict[str, SinkReport] = field(default_factory=dict)
     primary: str = "postgres"
+    #: one result per input record, in order, when the write was tracked (``track=True``)
+    results: list[RecordResult] | None = None
 
     @property
     def primary_report(self) -> SinkReport:
@@ -57,12 +109,32 @@ class WriteSummary:
     def ok(self) -> bool:
         return self.rejected == 0
 
-    def reject(self, error: RecordError, hook: RejectHook | None) -> None:
+    def reject(
+        self, error: RecordError, hook: RejectHook | None, tracker: Tracker | None = None
+    ) -> None:
         self.rejected += 1
         if len(self.rejections) < MAX_KEPT_REJECTIONS:
             self.rejections.append(error)
+        if tracker is not None:
+            tracker.rejected(error)
         if hook is not None:
             hook(error)
+
+    def finish(
+        self,
+        writer: DurableWriter,
+        before: dict[str, SinkReport],
+        settle: bool,
+        receipt: Receipt | None,
+        tracker: Tracker | None,
+    ) -> None:
+        """Wait for the sinks as asked and fill in what each did."""
+        if receipt is not None and tracker is not None:
+            self.sinks = writer.wait(receipt)
+            self.results = tracker.resolve(receipt, self.primary)
+            return
+        after = writer.settle() if settle else writer.reports()
+        self.sinks = {name: after[name].since(before.get(name)) for name in after}
 
 
 @dataclass(kw_only=True)
@@ -116,6 +188,7 @@ class IngestService:
         on_batch: ProgressHook | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         settle: bool = True,
+        track: bool = False,
     ) -> IngestSummary:
         """Ingest ``records``: ``(location, value)`` pairs or errors from a reader.
 
@@ -123,29 +196,38 @@ class IngestService:
         lanes store it in the background while the next batch is read. With ``settle`` the call
         waits for the sinks and reports what each did; without, it returns once everything is
         journaled (background delivery). Records read before a fatal input error are kept.
+
+        ``track`` answers for these records alone, one result each (``summary.results``), and
+        waits for the sinks to answer for them rather than for everything in flight: what a
+        server needs whose concurrent requests share one writer.
         """
         with _fewer_gc_passes():
-            return self._ingest(
-                records, on_reject=on_reject, on_batch=on_batch, now=now, settle=settle
-            )
+            if not track:
+                return self._ingest(records, on_reject, on_batch, now, settle, None)
+            with self.writer.receipt() as receipt:
+                return self._ingest(records, on_reject, on_batch, now, settle, receipt)
 
     def _ingest(
         self,
         records: Iterable[Record],
-        *,
         on_reject: RejectHook | None,
         on_batch: ProgressHook | None,
         now: Callable[[], datetime],
         settle: bool,
+        receipt: Receipt | None,
     ) -> IngestSummary:
         summary = IngestSummary()
+        tracker = Tracker() if receipt is not None else None
         before = self.writer.reports()
         batch: dict[tuple[str, str], RawEvent] = {}
+        slots: list[int] = []  # the tracker's result index of each record in ``batch``
         recent: deque[dict[tuple[str, str], RawEvent]] = deque(maxlen=2)
 
         def flush() -> None:
             if batch:
-                self.writer.write(list(batch.values()))
+                first, _ = self.writer.write(list(batch.values()), receipt)
+                if tracker is not None:
+                    tracker.journaled(slots, first)
                 summary.accepted += len(batch)
                 summary.batches += 1
                 recent.append(batch)
@@ -160,7 +242,7 @@ class IngestService:
             for item in records:
                 summary.read += 1
                 if isinstance(item, RecordError):
-                    summary.reject(item, on_reject)
+                    summary.reject(item, on_reject, tracker)
                     continue
                 try:
                     checked = validate_event(
@@ -171,7 +253,7 @@ class IngestService:
                         raw=item[2] if len(item) == 3 else None,
                     )
                 except RecordError as error:
-                    summary.reject(error, on_reject)
+                    summary.reject(error, on_reject, tracker)
                     continue
                 cleaning = checked.cleaning
                 if cleaning.naive_timestamp or cleaning.nul_removed:
@@ -183,11 +265,15 @@ class IngestService:
                 # one wins, in input order, whichever batch commits first.
                 if key in batch or (recent and (key in recent[-1] or key in recent[0])):
                     summary.input_duplicates += 1
+                    if tracker is not None:
+                        tracker.add(DUPLICATE, item[0])
                     continue
                 batch[key] = event
+                if tracker is not None:
+                    slots.append(tracker.add(PENDING, item[0]))
                 if len(batch) >= limit:
                     flush()
-                    batch = {}
+                    batch, slots = {}, []
                     limit = min(2 * limit, self.batch_size)
                     reference = now()
         except InputError:
@@ -196,8 +282,7 @@ class IngestService:
                 self.writer.settle()
             raise
         flush()
-        after = self.writer.settle() if settle else self.writer.reports()
-        summary.sinks = {name: after[name].since(before.get(name)) for name in after}
+        summary.finish(self.writer, before, settle, receipt, tracker)
         log.info("ingest done: %s", ", ".join(f"{k} {v}" for k, v in summary.as_dict().items()))
         return summary
 

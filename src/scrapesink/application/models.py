@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from scrapesink.application.delivery import PENDING, Receipt
 from scrapesink.application.durable import DurableWriter
-from scrapesink.application.ingest import Record, RejectHook, WriteSummary
+from scrapesink.application.ingest import Record, RejectHook, Tracker, WriteSummary
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, ModelDef
 from scrapesink.domain.records import (
     DELETE,
@@ -89,36 +90,63 @@ class ModelService:
         *,
         on_reject: RejectHook | None = None,
         settle: bool = True,
+        track: bool = False,
     ) -> ModelSummary:
-        """Validate, journal and deliver ``records`` (``(location, value)`` pairs or errors)."""
+        """Validate, journal and deliver ``records`` (``(location, value)`` pairs or errors).
+
+        ``track``: one result per record (``summary.results``), waiting for these records only
+        (see ``IngestService.ingest``)."""
         model = self.model(name)
         writer = self.writer_for(model)
+        if not track:
+            return self._save(model, writer, records, on_reject, settle, None)
+        with writer.receipt() as receipt:
+            return self._save(model, writer, records, on_reject, settle, receipt)
+
+    def _save(
+        self,
+        model: ModelDef,
+        writer: DurableWriter,
+        records: Iterable[Record],
+        on_reject: RejectHook | None,
+        settle: bool,
+        receipt: Receipt | None,
+    ) -> ModelSummary:
         summary = ModelSummary(model=model.name)
+        tracker = Tracker() if receipt is not None else None
         before = writer.reports()
         batch: dict[tuple[Any, ...], Entity] = {}
+        slots: dict[tuple[Any, ...], int] = {}  # key -> the tracker's result index
 
         def flush() -> None:
             if batch:
-                writer.write(list(batch.values()))
+                first, _ = writer.write(list(batch.values()), receipt)
+                if tracker is not None:
+                    tracker.journaled([slots[key] for key in batch], first)
                 summary.accepted += len(batch)
                 batch.clear()
+                slots.clear()
 
         try:
             for item in records:
                 summary.read += 1
                 if isinstance(item, RecordError):
-                    summary.reject(item, on_reject)
+                    summary.reject(item, on_reject, tracker)
                     continue
                 try:
                     checked = validate_record(self.declaration, model, item[1], item[0])
                 except RecordError as error:
-                    summary.reject(error, on_reject)
+                    summary.reject(error, on_reject, tracker)
                     continue
                 summary.nul_cleaned += checked.nul_removed
                 key = key_of(model, checked.record)
                 if batch.pop(key, None) is not None:
                     summary.input_duplicates += 1  # last one wins, at the end of the batch
+                    if tracker is not None:
+                        tracker.superseded(slots.pop(key))
                 batch[key] = Entity(UPSERT, checked.record)
+                if tracker is not None:
+                    slots[key] = tracker.add(PENDING, item[0])
                 if len(batch) >= self.batch_size:
                     flush()
         except InputError:
@@ -127,8 +155,7 @@ class ModelService:
                 writer.settle()
             raise
         flush()
-        after = writer.settle() if settle else writer.reports()
-        summary.sinks = {n: after[n].since(before.get(n)) for n in after}
+        summary.finish(writer, before, settle, receipt, tracker)
         log.info("save %s: %s", model.name, summary.as_dict())
         return summary
 

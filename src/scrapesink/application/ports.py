@@ -23,6 +23,8 @@ class WriteOutcome:
     duplicates: frozenset[tuple[str, str]] = field(default_factory=frozenset)
     #: model records found identical to what the store holds (nothing written)
     unchanged: int = 0
+    #: which journal seqs those were (for per-record answers; may be empty when not known)
+    unchanged_seqs: frozenset[int] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,19 +49,21 @@ class PostgresModelSink(JournalProgress):
 
     def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
         # Runs of one operation, in journal order: an upsert then a delete of a key stays so.
-        runs: list[tuple[str, str]] = []
+        runs: list[tuple[str, int, int, str]] = []  # op, first seq, records, JSON array
         start = 0
         records = batch.records
         for i in range(1, len(records) + 1):
             if i == len(records) or records[i].op != records[start].op:
                 chunk = [e.record for e in records[start:i]]
-                runs.append((records[start].op, _JSON.encode(chunk).decode()))
+                payload = _JSON.encode(chunk).decode()
+                runs.append((records[start].op, batch.first + start, i - start, payload))
                 start = i
 
         def run() -> WriteOutcome:
             stored = unchanged = 0
+            same: set[int] = set()
             with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                for op, payload in runs:
+                for op, first, count, payload in runs:
                     if op == DELETE:
                         row = cur.execute(self._delete, (payload,)).fetchone()
                         stored += int(row[0]) if row else 0
@@ -70,9 +72,11 @@ class PostgresModelSink(JournalProgress):
                     result = row[0] if row else {}
                     stored += int(result.get("inserted", 0)) + int(result.get("updated", 0))
                     unchanged += int(result.get("unchanged", 0))
+                    changed = {first + position - 1 for position in result.get("changed", ())}
+                    same.update(s for s in range(first, first + count) if s not in changed)
                 if batch.journal_id:
                     cur.execute(RECORD_PROGRESS, (batch.journal_id, batch.first, batch.last))
-            return WriteOutcome(stored, unchanged=unchanged)
+            return WriteOutcome(stored, unchanged=unchanged, unchanged_seqs=frozenset(same))
 
         return run
 

@@ -14,7 +14,8 @@ records (or one record) and, set-based:
    change;
 3. replaces the children and links of the inserted and changed rows (delete, insert; link rows
    and keyed children deduplicated, last wins);
-4. returns ``{"records", "inserted", "updated", "unchanged"}``.
+4. returns ``{"records", "inserted", "updated", "unchanged", "changed"}``, ``changed`` being
+   the positions (1-based) in the array of the records that were inserted or updated.
 
 Every identifier is a checked declaration name, quoted here once more.
 """
@@ -130,7 +131,8 @@ BEGIN
 {"".join(body)}
     RETURN jsonb_build_object('records', n_records, 'inserted', n_inserted,
                               'updated', n_changed - n_inserted,
-                              'unchanged', n_records - n_changed);
+                              'unchanged', n_records - n_changed,
+                              'changed', to_jsonb(coalesce(ords, '{{}}')));
 END
 $fn$;
 COMMENT ON FUNCTION {q(upsert_name(model))}(jsonb) IS
