@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from scrapesink.adapters.csv_models import CsvModelSink
+from scrapesink.adapters.csv_models import CsvModelSink, ModelCsvFiles
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetterStore
 from scrapesink.adapters.embedded import EmbeddedPostgres
-from scrapesink.adapters.journal import Journal
+from scrapesink.adapters.journal import Journal, inspect
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.adapters.postgres.events import PostgresEventStore
@@ -29,6 +30,77 @@ from scrapesink.domain.models import Declaration, load_models
 from scrapesink.errors import ConfigError, ScrapesinkError, TransientStorageError
 
 SchemaPolicy = Literal["auto", "check", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatus:
+    pending: int
+    oldest_pending: datetime | None
+    dead_letters: int
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStatus:
+    """What waits where: per sink the journaled records it has not stored yet, dead letters."""
+
+    database: str
+    sinks: dict[str, SinkStatus]
+    journals: int
+    journals_in_use: int
+    journal_bytes: int
+
+    @property
+    def pending(self) -> int:
+        return sum(sink.pending for sink in self.sinks.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "sinks": {
+                name: {
+                    "pending": sink.pending,
+                    "oldest_pending": sink.oldest_pending.isoformat()
+                    if sink.oldest_pending
+                    else None,
+                    "dead_letters": sink.dead_letters,
+                }
+                for name, sink in self.sinks.items()
+            },
+            "journals": self.journals,
+            "journals_in_use": self.journals_in_use,
+            "journal_bytes": self.journal_bytes,
+        }
+
+
+def pipeline_status(settings: Settings, sinks: list[EventSink], database: str) -> PipelineStatus:
+    """Read every journal against what each sink says it holds. Works with PostgreSQL down
+    (leave it out of ``sinks``: every journaled record then counts as pending for it)."""
+    names = ["postgres", *[s.name for s in sinks if s.name != "postgres"]]
+    pending = dict.fromkeys(names, 0)
+    oldest: dict[str, datetime | None] = dict.fromkeys(names)
+    infos = [inspect(path) for path in Journal.files(settings.data_dir / "journal")]
+    by_name: dict[str, Any] = {s.name: s for s in sinks}
+    # Model journals: PostgreSQL keeps one progress table; the model CSVs their own state.
+    by_name_models = {**by_name, "csv": ModelCsvFiles(settings.data_dir)}
+    for info in infos:
+        for name in names:
+            sink = (by_name if info.kind == EVENTS else by_name_models).get(name)
+            delivered = sink.delivered(info.id) if sink is not None else []
+            count, first = info.pending(delivered)
+            pending[name] += count
+            if first is not None:
+                current = oldest[name]
+                oldest[name] = first if current is None else min(current, first)
+    dead = DeadLetterStore(settings.data_dir / "deadletters.sqlite").counts()
+    return PipelineStatus(
+        database,
+        {name: SinkStatus(pending[name], oldest[name], dead.get(name, 0)) for name in names},
+        len(infos),
+        sum(info.in_use for info in infos),
+        sum(info.size_bytes for info in infos),
+    )
+
+
 log = logging.getLogger(__name__)
 
 

@@ -93,6 +93,21 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long a failed sink is left alone before a retry."
     )
 
+    # -- REST API -------------------------------------------------------------------------------
+    api_max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    api_max_batch: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Records in one JSON ingest request."
+    )
+    api_max_page: int = Field(default=1000, ge=1, le=100_000, description="Largest page size.")
+    api_idempotency_ttl: timedelta = Field(
+        default=timedelta(hours=24), description="How long an Idempotency-Key is remembered."
+    )
+    api_key_refresh_seconds: float = Field(
+        default=10.0, gt=0, description="How often the server re-reads API keys (revocations)."
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     @field_validator("log_level", mode="before")
@@ -100,7 +115,9 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("future_tolerance", "max_age", "retention", mode="before")
+    @field_validator(
+        "future_tolerance", "max_age", "retention", "api_idempotency_ttl", mode="before"
+    )
     @classmethod
     def _parse_duration(cls, value: Any) -> Any:
         if isinstance(value, str):

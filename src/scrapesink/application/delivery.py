@@ -323,9 +323,7 @@ class Delivery:
         self, sinks: Sequence[Sink[Any]], dead_letters: DeadLetters, policy: RetryPolicy
     ) -> None:
         self.receipts: list[Receipt] = []
-        self.lanes = [
-            Lane(sink, dead_letters, policy, receipts=self.receipts) for sink in sinks
-        ]
+        self.lanes = [Lane(sink, dead_letters, policy, receipts=self.receipts) for sink in sinks]
 
     def submit(self, batch: Batch[Any]) -> None:
         for lane in self.lanes:

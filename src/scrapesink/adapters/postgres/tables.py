@@ -17,9 +17,10 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -83,4 +84,33 @@ model_history = Table(
     Column("change", Text, nullable=False),
     Column("detail", Text, nullable=False),
     Column("destructive", Boolean, nullable=False, server_default=text("false")),
+)
+
+# Who may call the REST API: a key's secret is stored as its SHA-256 only (see api_access.py).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("prefix", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("revoked_at", DateTime(timezone=True)),
+    UniqueConstraint("prefix", name="api_keys_prefix_key"),
+    UniqueConstraint("secret_hash", name="api_keys_secret_hash_key"),
+)
+
+# Every admin action and every delete through the API: who, what, when, outcome; no secrets.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Index("ix_audit_log_at", "at"),
 )

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
-from scrapesink.adapters.csv_models import ModelCsvFiles
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetter, DeadLetterStore
 from scrapesink.adapters.export import export_excel
-from scrapesink.adapters.journal import Journal, inspect
 from scrapesink.application.durable import retry_dead_letters
-from scrapesink.application.ports import EVENTS, EventSink
-from scrapesink.bootstrap import App, bootstrap
+from scrapesink.application.ports import EventSink
+from scrapesink.bootstrap import App, bootstrap, pipeline_status
 from scrapesink.domain.events import RawEvent
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
@@ -47,10 +44,6 @@ def _age(moment: datetime | None) -> str:
     return f"{seconds}s ago"
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None
-
-
 @handle_errors
 def status(as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
     """Per store: records pending in journals and the oldest one's age; dead letters; journals.
@@ -68,56 +61,24 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
         sinks = [CsvEventSink(config.data_dir)] if config.csv_enabled else []
         database = f"unreachable ({exc.message})"
     try:
-        names = ["postgres", *[s.name for s in sinks if s.name != "postgres"]]
-        pending = dict.fromkeys(names, 0)
-        oldest: dict[str, datetime | None] = dict.fromkeys(names)
-        infos = [inspect(path) for path in Journal.files(config.data_dir / "journal")]
-        by_name: dict[str, Any] = {s.name: s for s in sinks}
-        # Model journals: PostgreSQL keeps one progress table; the model CSVs their own state.
-        by_name_models = {**by_name, "csv": ModelCsvFiles(config.data_dir)}
-        for info in infos:
-            for name in names:
-                sink = (by_name if info.kind == EVENTS else by_name_models).get(name)
-                delivered = sink.delivered(info.id) if sink is not None else []
-                count, first = info.pending(delivered)
-                pending[name] += count
-                if first is not None:
-                    current = oldest[name]
-                    oldest[name] = first if current is None else min(current, first)
-        dead = DeadLetterStore(config.data_dir / "deadletters.sqlite").counts()
+        report = pipeline_status(config, sinks, database)
     finally:
         if app is not None:
             app.close()
-    size = sum(info.size_bytes for info in infos)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "database": database,
-                    "sinks": {
-                        name: {
-                            "pending": pending[name],
-                            "oldest_pending": _iso(oldest[name]),
-                            "dead_letters": dead.get(name, 0),
-                        }
-                        for name in names
-                    },
-                    "journals": len(infos),
-                    "journals_in_use": sum(info.in_use for info in infos),
-                    "journal_bytes": size,
-                }
-            )
-        )
+        print(json.dumps(report.as_dict()))
     else:
         out.print(f"database: {escape(database)}", highlight=False)
         table = Table("sink", "pending", "oldest pending", "dead letters")
-        for name in names:
-            shown = f"[yellow]{pending[name]:,}[/]" if pending[name] else "0"
-            table.add_row(name, shown, _age(oldest[name]), f"{dead.get(name, 0):,}")
+        for name, sink in report.sinks.items():
+            shown = f"[yellow]{sink.pending:,}[/]" if sink.pending else "0"
+            table.add_row(name, shown, _age(sink.oldest_pending), f"{sink.dead_letters:,}")
         out.print(table)
-        in_use = sum(info.in_use for info in infos)
-        out.print(f"journals: {len(infos)} ({in_use} in use), {size / 1e6:.1f} MB")
-    raise typer.Exit(EXIT_PENDING if any(pending.values()) else EXIT_OK)
+        out.print(
+            f"journals: {report.journals} ({report.journals_in_use} in use),"
+            f" {report.journal_bytes / 1e6:.1f} MB"
+        )
+    raise typer.Exit(EXIT_PENDING if report.pending else EXIT_OK)
 
 
 @handle_errors
