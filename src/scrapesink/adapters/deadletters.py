@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from scrapesink.application.ports import EVENTS
 from scrapesink.domain.events import RawEvent
@@ -54,6 +55,31 @@ class DeadLetter:
     attempts: int
     first_failed_at: datetime
     last_failed_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the record as it was refused."""
+        event = self.record
+        record: dict[str, Any]
+        if isinstance(event, RawEvent):
+            record = {
+                "source": event.source,
+                "source_id": event.source_id,
+                "occurred_at": event.iso(),
+                "payload": event.payload,
+            }
+        else:
+            record = {"op": event.op, "record": event.record}
+        return {
+            "id": self.id,
+            "sink": self.sink,
+            "kind": self.kind,
+            "error_type": self.error_type,
+            "message": self.message,
+            "attempts": self.attempts,
+            "first_failed_at": self.first_failed_at.isoformat(),
+            "last_failed_at": self.last_failed_at.isoformat(),
+            "record": record,
+        }
 
 
 class DeadLetterStore:

@@ -56,7 +56,9 @@ class Tracker:
         return len(self.results) - 1
 
     def rejected(self, error: RecordError) -> None:
-        self.results.append(RecordResult(REJECTED, error.location, error.path, error.message))
+        self.results.append(
+            RecordResult(REJECTED, error.location, error.path or None, error.message)
+        )
 
     def superseded(self, index: int) -> None:
         self.results[index] = RecordResult(DUPLICATE, self.results[index].location)

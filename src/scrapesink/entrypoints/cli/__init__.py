@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from scrapesink import __version__
-from scrapesink.entrypoints.cli import db, events, models, ops, partitions, records
+from scrapesink.entrypoints.cli import db, events, models, ops, partitions, records, serve
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -52,6 +52,9 @@ app.command()(ops.status)
 app.command()(ops.replay)
 app.command()(ops.export)
 app.add_typer(ops.deadletters_app, name="deadletters")
+app.command()(serve.serve)
+app.add_typer(serve.keys_app, name="keys")
+app.command()(serve.audit)
 
 
 def _version(value: bool) -> None:

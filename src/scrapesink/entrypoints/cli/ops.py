@@ -121,7 +121,7 @@ def dl_list(
     letters = store.list(sink=sink, limit=limit)
     if as_json:
         for letter in letters:
-            print(json.dumps(_letter_json(letter), ensure_ascii=False))
+            print(json.dumps(letter.as_dict(), ensure_ascii=False))
         return
     table = Table("id", "sink", "source", "source_id", "error", "attempts", "last failed")
     for letter in letters:
@@ -144,7 +144,7 @@ def dl_list(
 def dl_show(letter_id: int) -> None:
     """One dead letter with its record, as JSON."""
     letter = DeadLetterStore(settings().data_dir / "deadletters.sqlite").get(letter_id)
-    out.print_json(json.dumps(_letter_json(letter), ensure_ascii=False))
+    out.print_json(json.dumps(letter.as_dict(), ensure_ascii=False))
 
 
 def _letter_names(letter: DeadLetter) -> tuple[str, str]:
@@ -152,31 +152,6 @@ def _letter_names(letter: DeadLetter) -> tuple[str, str]:
     if isinstance(letter.record, RawEvent):
         return letter.record.source, letter.record.source_id
     return letter.kind, letter.record.op
-
-
-def _letter_json(letter: DeadLetter) -> dict[str, object]:
-    event = letter.record
-    record: object
-    if isinstance(event, RawEvent):
-        record = {
-            "source": event.source,
-            "source_id": event.source_id,
-            "occurred_at": event.iso(),
-            "payload": event.payload,
-        }
-    else:
-        record = {"op": event.op, "record": event.record}
-    return {
-        "id": letter.id,
-        "sink": letter.sink,
-        "kind": letter.kind,
-        "error_type": letter.error_type,
-        "message": letter.message,
-        "attempts": letter.attempts,
-        "first_failed_at": letter.first_failed_at.isoformat(),
-        "last_failed_at": letter.last_failed_at.isoformat(),
-        "record": record,
-    }
 
 
 @deadletters_app.command("retry")

@@ -11,7 +11,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from scrapesink.adapters.postgres.entities import FILTER_OPS, Filter
 from scrapesink.application.models import ModelService
 from scrapesink.bootstrap import App
 from scrapesink.domain.models import ModelDef, load_models
@@ -23,6 +22,7 @@ from scrapesink.entrypoints.cli.common import (
     out,
     settings,
 )
+from scrapesink.entrypoints.parsing import parse_filters, parse_key
 from scrapesink.errors import InputError, NotFound
 
 MODELS_OPTION = typer.Option([], "--models", help="Another declaration file.")
@@ -38,16 +38,6 @@ def _service(models: list[Path], *, writing: bool = False) -> Iterator[tuple[App
         yield app, app.models()
 
 
-def _key(model_key: str) -> Any:
-    """KEY as given: a JSON object for composite keys, else the bare value."""
-    if model_key.startswith("{"):
-        try:
-            return json.loads(model_key)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"KEY is not valid JSON: {exc.msg}") from None
-    return model_key
-
-
 def _print(record: dict[str, Any]) -> None:
     out.print_json(json.dumps(record, ensure_ascii=False, default=str))
 
@@ -60,30 +50,10 @@ def get(
 ) -> None:
     """One record with its children and links, as JSON (exit 1 when there is none)."""
     with _service(models) as (_, service):
-        record = service.get(model, _key(key))
+        record = service.get(model, parse_key(key))
     if record is None:
         raise NotFound(f"no {model} record with key {key!r}")
     _print(record)
-
-
-def _filters(where: list[str]) -> list[Filter]:
-    filters = []
-    for text in where:
-        # the longest operator first: ">=" before ">"
-        for op in sorted(FILTER_OPS, key=len, reverse=True):
-            field, found, value = text.partition(op)
-            if found and field and field.isidentifier():
-                try:
-                    parsed = json.loads(value)
-                except json.JSONDecodeError:
-                    parsed = value  # bare text
-                filters.append(Filter(field.strip(), op, parsed))
-                break
-        else:
-            raise InputError(
-                f"bad --where {text!r}: use FIELD OP VALUE with OP one of {' '.join(FILTER_OPS)}"
-            )
-    return filters
 
 
 @handle_errors
@@ -107,7 +77,7 @@ def list_(
         declared = service.model(model)
         assert app.repository is not None
         page = app.repository.list(
-            declared, filters=_filters(where), sort=sort, limit=limit, after=after
+            declared, filters=parse_filters(where), sort=sort, limit=limit, after=after
         )
     if as_json:
         for record in page.records:
@@ -176,7 +146,7 @@ def update(
     if not isinstance(parsed, dict):
         raise InputError("CHANGES must be a JSON object of fields")
     with _service(models, writing=True) as (_, service):
-        record = service.update(model, _key(key), parsed)
+        record = service.update(model, parse_key(key), parsed)
     _print(record)
 
 
@@ -189,7 +159,7 @@ def delete(
     """Delete records with their children and links (the CSV files keep them as history,
     marked deleted, until `scrapesink compact`)."""
     with _service(models, writing=True) as (_, service):
-        summary = service.delete(model, [_key(k) for k in keys])
+        summary = service.delete(model, [parse_key(k) for k in keys])
     out.print(f"deleted {summary.stored:,} of {len(keys):,} {model} record(s)")
     if summary.pending:
         raise typer.Exit(EXIT_PENDING)

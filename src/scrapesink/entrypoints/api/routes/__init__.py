@@ -1,0 +1,1 @@
+"""The routers of the REST API, under /api/v1 (health and metrics at the top)."""

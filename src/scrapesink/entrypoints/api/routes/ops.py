@@ -1,0 +1,202 @@
+"""Operations over HTTP: status, dead letters, partitions, replay (admin), health, metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from scrapesink.application.durable import retry_dead_letters
+from scrapesink.config import parse_duration
+from scrapesink.entrypoints.api.auth import require, services_of
+from scrapesink.entrypoints.api.metrics import CONTENT_TYPE
+from scrapesink.entrypoints.api.routes.common import errors, json_only
+from scrapesink.entrypoints.api.schemas import (
+    DeadLetterOut,
+    EnsureRequest,
+    HealthOut,
+    NamesOut,
+    PartitionOut,
+    PruneRequest,
+    ReplayOut,
+    RetryOut,
+    RetryRequest,
+    SinkCounts,
+    StatusOut,
+)
+from scrapesink.entrypoints.api.services import Principal
+from scrapesink.errors import StorageError
+
+router = APIRouter(prefix="/api/v1", tags=["operations"])
+probes = APIRouter(tags=["probes"])
+Admin = Annotated[Principal, Depends(require("admin"))]
+_ADMIN_ERRORS = errors(401, 403, 503)
+
+
+@router.get(
+    "/status",
+    summary="Pending records per sink, dead letters, journals",
+    response_model=StatusOut,
+    responses=_ADMIN_ERRORS,
+)
+def status(request: Request, _: Admin) -> StatusOut:
+    return StatusOut.model_validate(services_of(request).status().as_dict())
+
+
+@router.get(
+    "/dead-letters",
+    summary="Records a sink refused for good, oldest first",
+    response_model=list[DeadLetterOut],
+    responses=_ADMIN_ERRORS,
+)
+def dead_letters(
+    request: Request,
+    _: Admin,
+    sink: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> list[DeadLetterOut]:
+    letters = services_of(request).app.dead_letters.list(sink=sink, limit=limit)
+    return [DeadLetterOut.model_validate(letter.as_dict()) for letter in letters]
+
+
+@router.post(
+    "/dead-letters/retry",
+    summary="Send dead letters to their sink again",
+    response_model=RetryOut,
+    responses=errors(400, 401, 403, 404, 415, 422, 503),
+    dependencies=[Depends(json_only)],
+)
+def retry(request: Request, body: RetryRequest, principal: Admin) -> RetryOut:
+    services = services_of(request)
+    store = services.app.dead_letters
+    if body.ids:
+        letters = [store.get(i) for i in body.ids]
+    else:
+        letters = store.list(sink=body.sink, limit=1_000_000)
+    result = retry_dead_letters(letters, services.app.sinks_for, store)
+    services.record_audit(
+        principal,
+        "dead-letters retry",
+        body.sink or "all",
+        f"{len(result.stored)} stored, {len(result.refused)} refused",
+        {"ids": body.ids},
+    )
+    return RetryOut(stored=result.stored, refused={str(k): v for k, v in result.refused.items()})
+
+
+@router.get(
+    "/partitions",
+    summary="Day partitions of raw_events",
+    response_model=list[PartitionOut],
+    responses=_ADMIN_ERRORS,
+)
+def partitions(request: Request, _: Admin) -> list[PartitionOut]:
+    return [
+        PartitionOut(name=p.name, start=p.start, end=p.end, rows=p.rows, size_bytes=p.size_bytes)
+        for p in services_of(request).app.partitions.details()
+    ]
+
+
+@router.post(
+    "/partitions/ensure",
+    summary="Create today's partition and the next days",
+    response_model=NamesOut,
+    responses=errors(400, 401, 403, 415, 422, 503),
+    dependencies=[Depends(json_only)],
+)
+def ensure_partitions(request: Request, body: EnsureRequest, principal: Admin) -> NamesOut:
+    services = services_of(request)
+    ahead = services.settings.partition_premake_days if body.days is None else body.days
+    created = services.app.partitions.premake(ahead)
+    names = [part.name for part in created]
+    services.record_audit(principal, "partitions ensure", f"{ahead} days", f"{len(names)} created")
+    return NamesOut(names=names)
+
+
+@router.post(
+    "/partitions/prune",
+    summary="Drop day partitions older than a duration",
+    response_model=list[PartitionOut],
+    responses=errors(400, 401, 403, 415, 422, 503),
+    dependencies=[Depends(json_only)],
+)
+def prune_partitions(request: Request, body: PruneRequest, principal: Admin) -> list[PartitionOut]:
+    try:
+        age = parse_duration(body.older_than)
+    except ValueError as exc:
+        raise HTTPException(422, f"older_than: {exc}") from None
+    if age < timedelta(days=1):
+        raise HTTPException(422, "older_than: must be at least 1d")
+    services = services_of(request)
+    dropped = services.app.partitions.prune(age, dry_run=body.dry_run)
+    services.record_audit(
+        principal,
+        "partitions prune",
+        body.older_than,
+        f"{'would drop' if body.dry_run else 'dropped'} {len(dropped)}",
+        {"partitions": [p.name for p in dropped], "dry_run": body.dry_run},
+    )
+    return [
+        PartitionOut(name=p.name, start=p.start, end=p.end, rows=p.rows, size_bytes=p.size_bytes)
+        for p in dropped
+    ]
+
+
+@router.post(
+    "/replay",
+    summary="Deliver what journals still hold for a sink",
+    response_model=ReplayOut,
+    responses=_ADMIN_ERRORS,
+)
+def replay(request: Request, principal: Admin) -> ReplayOut:
+    services = services_of(request)
+    result = services.app.replay()
+    pending = sum(r.pending for r in result.reports.values())
+    services.record_audit(
+        principal, "replay", "journals", f"{result.journals} replayed, {pending} pending"
+    )
+    return ReplayOut(
+        journals=result.journals,
+        removed=result.removed,
+        busy=result.busy,
+        sinks={n: SinkCounts.model_validate(r.as_dict()) for n, r in result.reports.items()},
+    )
+
+
+@probes.get(
+    "/api/health",
+    summary="Database reachable, journal and sink lag",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut}},
+)
+def health(request: Request) -> JSONResponse:
+    """200 when PostgreSQL answers, 503 when it does not (ingest goes on into the journal)."""
+    services = services_of(request)
+    error = None
+    try:
+        services.app.database.ping()
+    except StorageError as exc:
+        error = exc.message
+    report = services.status()
+    now = datetime.now(UTC)
+    body = HealthOut(
+        status="degraded" if error else "ok",
+        database=services.app.database.label,
+        database_ok=error is None,
+        error=error,
+        pending={name: s.pending for name, s in report.sinks.items()},
+        oldest_pending_seconds={
+            name: (now - s.oldest_pending).total_seconds() if s.oldest_pending else None
+            for name, s in report.sinks.items()
+        },
+        dead_letters={name: s.dead_letters for name, s in report.sinks.items()},
+    )
+    return JSONResponse(body.model_dump(mode="json"), 503 if error else 200)
+
+
+@probes.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(services_of(request).metrics.render(), media_type=CONTENT_TYPE)

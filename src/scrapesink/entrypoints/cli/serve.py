@@ -1,0 +1,143 @@
+"""`scrapesink serve` (the REST API), `scrapesink keys ...` and `scrapesink audit`."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import typer
+from rich.table import Table
+
+from scrapesink.adapters.postgres.api_access import SCOPES, ApiKeys, AuditLog
+from scrapesink.entrypoints.cli.common import err, escape, fail, handle_errors, open_app, out
+from scrapesink.errors import TransientStorageError
+
+keys_app = typer.Typer(
+    help="API keys of the REST API: create, list, revoke. Keys are stored hashed.",
+    no_args_is_help=True,
+)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@handle_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every one)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Let every caller do everything (only on a loopback address)."
+    ),
+    log_level: str = typer.Option("info", help="uvicorn's log level."),
+) -> None:
+    """Serve the REST API (OpenAPI docs at /docs) on the embedded database or a server.
+
+    Every request under /api/v1 needs an API key. With none yet, the first start creates an
+    admin key and prints it once. /api/health and /metrics need no key.
+    """
+    import uvicorn
+
+    from scrapesink.entrypoints.api import create_app
+    from scrapesink.entrypoints.cli.common import settings
+
+    if no_auth and not _loopback(host):
+        fail(f"--no-auth is only allowed on a loopback address, not {host}")
+    if not no_auth:
+        _first_key()
+    application = create_app(settings(), auth=not no_auth)
+    where = f"http://{host}:{port}"
+    err.print(f"serving on {where} (docs: {where}/docs){'; no auth' if no_auth else ''}")
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _first_key() -> None:
+    """No active key at all: make an admin key and print it, once."""
+    try:
+        with open_app(announce=False) as app:
+            keys = ApiKeys(app.database)
+            if keys.list():
+                return
+            key, token = keys.create("admin (first start)", ["admin"])
+    except TransientStorageError as exc:
+        err.print(f"[yellow]warning:[/] keys not checked: {escape(exc.message)}")
+        return
+    err.print(
+        f"[bold]No API key existed; created admin key {key.prefix}. It is shown only now:[/]\n"
+        f"  {token}\n"
+        "Create narrower keys with `scrapesink keys create NAME --scope ingest`.",
+        highlight=False,
+    )
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what uses the key (a scraper, a team)."),
+    scope: list[str] = typer.Option(
+        ["ingest", "read"], "--scope", "-s", help=f"Repeatable: {', '.join(SCOPES)}."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Create a key; it is printed this once and only its hash is stored."""
+    with open_app(announce=False) as app:
+        key, token = ApiKeys(app.database).create(name, scope)
+    if as_json:
+        print(json.dumps({**key.as_dict(), "key": token}))
+        return
+    out.print(f"created key {key.prefix} ({', '.join(key.scopes)}) for {escape(name)}:")
+    print(token)
+    err.print("store it now: it cannot be shown again")
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(
+    all_: bool = typer.Option(False, "--all", help="Revoked keys too."),
+) -> None:
+    """Keys by prefix (the secret is never shown again)."""
+    with open_app(announce=False) as app:
+        keys = ApiKeys(app.database).list(include_revoked=all_)
+    table = Table("prefix", "name", "scopes", "created", "revoked")
+    for key in keys:
+        table.add_row(
+            key.prefix,
+            escape(key.name),
+            ", ".join(key.scopes),
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(name_or_prefix: str = typer.Argument(..., help="A key's name or prefix.")) -> None:
+    """Revoke keys by name or prefix (a running server stops accepting them within
+    SCRAPESINK_API_KEY_REFRESH_SECONDS)."""
+    with open_app(announce=False) as app:
+        revoked = ApiKeys(app.database).revoke(name_or_prefix)
+    for key in revoked:
+        out.print(f"revoked {key.prefix} ({escape(key.name)})")
+
+
+@handle_errors
+def audit(limit: int = typer.Option(50, min=1, max=100_000)) -> None:
+    """The audit log of the REST API (admin actions and deletes), newest first."""
+    with open_app(announce=False) as app:
+        entries = AuditLog(app.database).list(limit=limit)
+    table = Table("at", "actor", "action", "target", "outcome")
+    for entry in entries:
+        table.add_row(
+            entry.at.strftime("%Y-%m-%d %H:%M:%S"),
+            escape(entry.actor),
+            escape(entry.action),
+            escape(entry.target),
+            escape(entry.outcome),
+        )
+    out.print(table)
