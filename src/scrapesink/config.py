@@ -100,7 +100,6 @@ class Settings(BaseSettings):
     api_max_batch: int = Field(
         default=10_000, ge=1, le=1_000_000, description="Records in one JSON ingest request."
     )
-    api_max_page: int = Field(default=1000, ge=1, le=100_000, description="Largest page size.")
     api_idempotency_ttl: timedelta = Field(
         default=timedelta(hours=24), description="How long an Idempotency-Key is remembered."
     )

@@ -11,67 +11,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 import psycopg
 import pytest
 
-from scrapesink.adapters.embedded import EmbeddedPostgres
-from scrapesink.adapters.postgres.database import Database, PoolOptions
-from scrapesink.adapters.postgres.migrate import Migrator
-from tests.conftest import env_for, with_database
+from tests.conftest import env_for
+from tests.support import StoppablePostgres, fresh_db
 
 SCRAPESINK = [sys.executable, "-m", "scrapesink"]
-
-
-class StoppablePostgres:
-    """An embedded server of the test's own, which the test may stop and start again."""
-
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.url = EmbeddedPostgres(pgdata).start()
-        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
-        self.bin = EmbeddedPostgres(pgdata).bin_dir
-
-    def _pg_ctl(self, *args: str) -> None:
-        user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
-        subprocess.run(
-            [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), *args],
-            user=user,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    def stop(self) -> None:
-        self._pg_ctl("-m", "fast", "-w", "stop")
-
-    def start(self) -> None:
-        self._pg_ctl(
-            "-w",
-            "-o",
-            '-h ""',
-            "-o",
-            f"-k {self.socket_dir}",
-            "-l",
-            str(self.pgdata / "log"),
-            "start",
-        )
 
 
 @pytest.fixture(scope="module")
 def stoppable(tmp_path_factory) -> StoppablePostgres:
     return StoppablePostgres(tmp_path_factory.mktemp("stoppable") / "pgdata")
-
-
-def fresh_db(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(server_url, name)
-    Migrator(Database(url, PoolOptions(size=1, min_size=0))).upgrade()
-    return url
 
 
 def csv_keys(data_dir: Path) -> list[tuple[str, str]]:

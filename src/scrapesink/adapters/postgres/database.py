@@ -44,7 +44,9 @@ def translate(exc: BaseException, *, query: str | None = None) -> StorageError:
             or isinstance(exc, pgerrors.QueryCanceled)
         ):
             error: StorageError = TransientStorageError(message, table_name=table, query=query)
-        elif state.startswith(_CONSTRAINT_CLASSES):
+        elif state.startswith(_CONSTRAINT_CLASSES) or (
+            isinstance(exc, psycopg.DataError) and not state
+        ):  # psycopg refuses some values itself (a NUL in text) before the server sees them
             error = ConstraintError(message, table_name=table, query=query)
         else:
             error = QueryError(message, table_name=table, query=query)

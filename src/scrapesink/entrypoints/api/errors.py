@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from scrapesink.errors import (
     ConfigError,
     Conflict,
+    ConstraintError,
     DeclarationError,
     InputError,
     NotFound,
@@ -57,6 +58,9 @@ _STATUS: list[tuple[type[ScrapesinkError], int]] = [
     (TransientStorageError, 503),
     (SchemaError, 503),
     (ConfigError, 422),
+    # On this path a value the database refuses came from the request (a NUL character, a
+    # number out of range): the client's to fix. Writes never raise it (dead letters).
+    (ConstraintError, 422),
 ]
 _TITLES = {
     400: "BadRequest",

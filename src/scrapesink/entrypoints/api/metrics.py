@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scrapesink.application.ingest import WriteSummary
-from scrapesink.errors import ScrapesinkError
+from scrapesink.errors import ScrapesinkError, TransientStorageError
 
 if TYPE_CHECKING:
     from scrapesink.entrypoints.api.services import Services
@@ -38,7 +38,10 @@ class _Pipeline(Collector):
             "scrapesink_dead_letters", "Records a sink refused for good", labels=["sink"]
         )
         try:
-            status = self.services.status()
+            try:
+                status = self.services.status()
+            except TransientStorageError:
+                status = self.services.status(database_up=False)
         except (ScrapesinkError, OSError) as exc:
             log.warning("pipeline gauges not read: %s", exc)
         else:

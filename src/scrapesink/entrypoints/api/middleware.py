@@ -60,7 +60,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 class BodyLimit:
     """413 for a body over ``limit`` bytes: at once from Content-Length, or while streaming
-    (the body is counted as it arrives, never gathered to be measured)."""
+    (the body is counted as it arrives, never gathered to be measured). Also 422 for a NUL
+    character in the path or query, which PostgreSQL cannot compare with anything."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -69,6 +70,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            message = "NUL characters are not allowed in the path or the query"
+            await _send_json(send, 422, error_bytes(422, message))
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:

@@ -203,7 +203,7 @@ class PartitionOut(BaseModel):
 
 
 class EnsureRequest(BaseModel):
-    days: int | None = Field(default=None, ge=0, le=3650, description="Days ahead.")
+    days: int | None = Field(default=None, ge=0, le=366, description="Days ahead (a year at most).")
 
 
 class PruneRequest(BaseModel):

@@ -185,8 +185,13 @@ class Services:
         return model
 
     # -- operations ---------------------------------------------------------------------------
-    def status(self) -> PipelineStatus:
-        return pipeline_status(self.settings, self.app.sinks, self.app.database_label)
+    def status(self, *, database_up: bool = True) -> PipelineStatus:
+        """Pending per sink; with the database down, every journaled record counts as pending
+        for PostgreSQL (its progress table cannot be read) and the other sinks still answer."""
+        sinks = self.app.sinks
+        if not database_up:
+            sinks = [sink for sink in sinks if sink.name != "postgres"]
+        return pipeline_status(self.settings, sinks, self.app.database_label)
 
     def record_audit(
         self,

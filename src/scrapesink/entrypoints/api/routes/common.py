@@ -13,6 +13,7 @@ from scrapesink.application.ingest import WriteSummary
 from scrapesink.entrypoints.api.errors import ErrorBody
 from scrapesink.entrypoints.api.schemas import write_response
 
+MAX_PAGE = 1000  # records or events in one page (documented in the OpenAPI as the maximum)
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 

@@ -16,6 +16,7 @@ from scrapesink.adapters.readers import read_jsonl
 from scrapesink.application.ports import EventQuery
 from scrapesink.entrypoints.api.auth import require, services_of
 from scrapesink.entrypoints.api.routes.common import (
+    MAX_PAGE,
     NDJSON,
     errors,
     json_body,
@@ -124,11 +125,10 @@ def list_events(
     contains: Annotated[
         str | None, Query(description='JSON object the payload contains: {"kind": "a"}')
     ] = None,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> EventPageOut:
     services = services_of(request)
-    _page_size(services, limit)
     wanted = None
     if contains is not None:
         try:
@@ -141,11 +141,6 @@ def list_events(
         EventQuery(source, since, until, processed, wanted, limit, after)
     )
     return EventPageOut(events=[EventOut.of(e) for e in page.events], next_cursor=page.next_cursor)
-
-
-def _page_size(services: Services, limit: int) -> None:
-    if limit > services.settings.api_max_page:
-        raise HTTPException(422, f"limit: at most {services.settings.api_max_page}")
 
 
 @router.get(

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from scrapesink.domain.models import ModelDef
 from scrapesink.entrypoints.api.auth import require, services_of
 from scrapesink.entrypoints.api.routes.common import (
+    MAX_PAGE,
     errors,
     json_body,
     json_request,
@@ -107,13 +108,11 @@ def list_records(
         Query(description="FIELD OP VALUE, OP one of = != < <= > >= ~; e.g. quality_score>=0.8"),
     ] = None,
     sort: Annotated[str | None, Query(description="field, or -field for descending")] = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> ModelPageOut:
     services = services_of(request)
     declared = services.model(model)
-    if limit > services.settings.api_max_page:
-        raise HTTPException(422, f"limit: at most {services.settings.api_max_page}")
     services.models()
     assert services.app.repository is not None
     page = services.app.repository.list(

@@ -180,7 +180,7 @@ def health(request: Request) -> JSONResponse:
         services.app.database.ping()
     except StorageError as exc:
         error = exc.message
-    report = services.status()
+    report = services.status(database_up=error is None)
     now = datetime.now(UTC)
     body = HealthOut(
         status="degraded" if error else "ok",

@@ -1,0 +1,118 @@
+"""Test helpers shared by several test modules: a PostgreSQL that can be stopped, a server."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import psycopg
+
+from scrapesink.adapters.embedded import EmbeddedPostgres
+from scrapesink.adapters.postgres.database import Database, PoolOptions
+from scrapesink.adapters.postgres.migrate import Migrator
+from tests.conftest import env_for, with_database
+
+SCRAPESINK = [sys.executable, "-m", "scrapesink"]
+
+
+class StoppablePostgres:
+    """An embedded server of the test's own, which the test may stop and start again."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.url = EmbeddedPostgres(pgdata).start()
+        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+        self.bin = EmbeddedPostgres(pgdata).bin_dir
+
+    def _pg_ctl(self, *args: str) -> None:
+        user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
+        subprocess.run(
+            [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), *args],
+            user=user,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl(
+            "-w",
+            "-o",
+            '-h ""',
+            "-o",
+            f"-k {self.socket_dir}",
+            "-l",
+            str(self.pgdata / "log"),
+            "start",
+        )
+
+
+def fresh_db(server_url: str, name: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(server_url, name)
+    Migrator(Database(url, PoolOptions(size=1, min_size=0))).upgrade()
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ApiServer:
+    """``scrapesink serve`` as a real process on a free port; ``token`` is the admin key it
+    printed on its first start (None with --no-auth or when keys existed)."""
+
+    def __init__(self, url: str, data_dir: Path, *args: str, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"serve-{self.port}.log"
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [*SCRAPESINK, "serve", "--port", str(self.port), "--log-level", "warning", *args],
+            env=env_for(url, data_dir, **env),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait()
+        found = re.search(r"ss_[0-9a-f]{8}_[A-Za-z0-9_-]+", self.log.read_text())
+        self.token = found.group(0) if found else None
+
+    def _wait(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                httpx.get(self.base + "/api/health", timeout=2)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> str:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+        return self.log.read_text()
