@@ -165,7 +165,7 @@ def main() -> None:
                     latency = get_latency(server, keys, args.readers, args.gets)
             finally:
                 server.stop()
-    ratios = [r / l for r, l in zip(remote, local, strict=True)]
+    ratios = [http / own for http, own in zip(remote, local, strict=True)]
     result = {
         "events": args.events,
         "batch": BATCH,
