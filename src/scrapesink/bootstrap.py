@@ -246,6 +246,10 @@ class App:
             self.writer(EVENTS)
         return list(self._writers.values())
 
+    def catch_up(self) -> int:
+        """Resubmit what this process's writers left pending to the sinks that are back."""
+        return sum(writer.catch_up() for writer in list(self._writers.values()))
+
     def ingest_service(self, rules: EventRules | None = None) -> IngestService:
         rules = rules or self.rules()
         return IngestService(self.writer(), rules, batch_size=self.settings.batch_size)

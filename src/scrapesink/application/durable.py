@@ -113,6 +113,19 @@ class DurableWriter:
     def reports(self) -> dict[str, SinkReport]:
         return {name: replace(report) for name, report in self.delivery.reports().items()}
 
+    def catch_up(self) -> int:
+        """Hand again to each sink that is up what it left pending (a long-running process
+        cannot wait for ``settle`` at the end); returns how many records were resubmitted."""
+        with self._lock:
+            if self._closed:
+                return 0
+            resubmitted = 0
+            for lane in self.delivery.lanes:
+                if lane.pending and not lane.down:
+                    resubmitted += sum(last - first + 1 for first, last in lane.pending)
+                    self._catch_up(lane)
+            return resubmitted
+
     def close(self) -> dict[str, SinkReport]:
         with self._lock:
             if self._closed:

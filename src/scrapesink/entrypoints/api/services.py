@@ -159,12 +159,32 @@ class Services:
             self.metrics = Metrics(self)
             self._model_service: ModelService | None = None
             self._model_lock = threading.Lock()
+            self._stop = threading.Event()
+            self._catcher = threading.Thread(
+                target=self._catch_up, name="scrapesink-catch-up", daemon=True
+            )
+            self._catcher.start()
         except BaseException:
             self.app.close()
             raise
 
+    def _catch_up(self) -> None:
+        """What a sink left pending while it was down is delivered once it is back, while the
+        server runs (a CLI run does this at its end; a server has no end to wait for)."""
+        interval = max(1.0, min(self.settings.cooldown_seconds, 5.0))
+        while not self._stop.wait(interval):
+            try:
+                resubmitted = self.app.catch_up()
+            except ScrapesinkError as exc:  # the writer closed under us at shutdown
+                log.debug("catch-up skipped: %s", exc)
+                continue
+            if resubmitted:
+                log.info("resubmitted %d pending record(s) to sinks that are back", resubmitted)
+
     def close(self) -> None:
+        self._stop.set()
         self.key_cache.stop()
+        self._catcher.join(timeout=30)
         self.sink.close()
 
     # -- writes -----------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import json
+import socket
 
 import typer
 from rich.table import Table
@@ -16,6 +18,15 @@ keys_app = typer.Typer(
     help="API keys of the REST API: create, list, revoke. Keys are stored hashed.",
     no_args_is_help=True,
 )
+
+
+def _cli_actor() -> str:
+    """Who ran a CLI admin command, for the audit log: ``cli (user@host)``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli ({user}@{socket.gethostname()})"
 
 
 def _loopback(host: str) -> bool:
@@ -87,6 +98,9 @@ def keys_create(
     """Create a key; it is printed this once and only its hash is stored."""
     with open_app(announce=False) as app:
         key, token = ApiKeys(app.database).create(name, scope)
+        AuditLog(app.database).record(
+            _cli_actor(), "keys create", f"{key.prefix} ({name})", "created", {"scopes": scope}
+        )
     if as_json:
         print(json.dumps({**key.as_dict(), "key": token}))
         return
@@ -122,6 +136,13 @@ def keys_revoke(name_or_prefix: str = typer.Argument(..., help="A key's name or 
     SCRAPESINK_API_KEY_REFRESH_SECONDS)."""
     with open_app(announce=False) as app:
         revoked = ApiKeys(app.database).revoke(name_or_prefix)
+        AuditLog(app.database).record(
+            _cli_actor(),
+            "keys revoke",
+            name_or_prefix,
+            f"{len(revoked)} revoked",
+            {"prefixes": [key.prefix for key in revoked]},
+        )
     for key in revoked:
         out.print(f"revoked {key.prefix} ({escape(key.name)})")
 

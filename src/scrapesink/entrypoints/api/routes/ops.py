@@ -153,6 +153,7 @@ def prune_partitions(request: Request, body: PruneRequest, principal: Admin) -> 
 )
 def replay(request: Request, principal: Admin) -> ReplayOut:
     services = services_of(request)
+    services.app.catch_up()  # this server's own journal first
     result = services.app.replay()
     pending = sum(r.pending for r in result.reports.values())
     services.record_audit(
