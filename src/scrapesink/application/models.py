@@ -183,7 +183,7 @@ class ModelService:
                     "the natural key cannot be updated (save a new record instead)", path=k
                 )
         merged = {k: v for k, v in current.items() if k not in SYSTEM_COLUMNS} | dict(changes)
-        summary = self.save(name, [(None, merged)])
+        summary = self.save(name, [(None, merged)], track=True)
         if summary.rejections:
             raise summary.rejections[0]
         found = self.repository.get(model, checked_key)
@@ -193,13 +193,12 @@ class ModelService:
         """Delete records (with their children and links) by natural key, through the journal."""
         model = self.model(name)
         writer = self.writer_for(model)
-        before = writer.reports()
         entities = [Entity(DELETE, validate_key(model, key)) for key in keys]
         summary = ModelSummary(model=model.name, read=len(entities), accepted=len(entities))
-        if entities:
-            writer.write(entities)
-        after = writer.settle()
-        summary.sinks = {n: after[n].since(before.get(n)) for n in after}
+        with writer.receipt() as receipt:  # wait for these deletes, not for everything
+            if entities:
+                writer.write(entities, receipt)
+            summary.sinks = writer.wait(receipt)
         return summary
 
 
