@@ -66,8 +66,9 @@ def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAP
         services = holder.get("services")
         return services.metrics if services else None
 
-    # Outermost last: the size limit sees the body first, then idempotency, then metrics.
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    # Added innermost first. Metrics outermost, so refusals (413) and idempotent replays are
+    # counted too; then the size limit sees the body before idempotency spools it.
     app.add_middleware(Idempotency, services=lambda: holder["services"])
     app.add_middleware(BodyLimit, limit=config.api_max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

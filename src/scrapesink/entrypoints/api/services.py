@@ -89,10 +89,18 @@ class KeyCache:
     def authenticate(self, token: str) -> ApiKey | None:
         digest = hash_key(token)
         key = self._by_hash.get(digest)
-        if key is None and time.monotonic() - self._last_refresh > 1.0:
+        if key is None and self._refresh_due():
             self.refresh()
             key = self._by_hash.get(digest)
         return key
+
+    def _refresh_due(self) -> bool:
+        """At most one refresh a second for unknown tokens, however many arrive at once."""
+        with self._lock:
+            if time.monotonic() - self._last_refresh <= 1.0:
+                return False
+            self._last_refresh = time.monotonic()
+            return True
 
     @property
     def count(self) -> int:
