@@ -87,7 +87,11 @@ class ApiServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
-        self._wait()
+        try:
+            self._wait()
+        except BaseException:
+            self.stop()  # never leave a server process behind a failed start
+            raise
         found = re.search(r"ss_[0-9a-f]{8}_[A-Za-z0-9_-]+", self.log.read_text())
         self.token = found.group(0) if found else None
 
