@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: JSON lines unless stderr is a terminal."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -289,7 +289,41 @@ def test_log_level_setting_shows_what_happened(cli_env, tmp_path):
     assert "created partition" not in quiet.stderr
     loud = run({**cli_env, "SCRAPESINK_LOG_LEVEL": "info"}, "ingest", str(path))
     assert loud.returncode == 0
-    assert "INFO scrapesink.application.ingest: ingest done: read 1, inserted 0" in loud.stderr
+    done = [line for line in log_lines(loud.stderr) if line["event"] == "ingest done"]
+    assert len(done) == 1 and (done[0]["read"], done[0]["inserted"]) == (1, 0)
+
+
+def log_lines(stderr: str) -> list[dict]:
+    """The structured log lines among a command's stderr (the rest is its console output)."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_logs_are_json_lines_naming_rejected_records_without_their_payload(cli_env, tmp_path):
+    secret = "hunter2-do-not-log"
+    path = write_jsonl(
+        tmp_path / "e.jsonl",
+        [
+            GOOD[0],
+            {"source": "shop", "id": "bad-1", "timestamp": "yesterday", "token": secret},
+            "{broken",
+        ],
+    )
+    env = {**cli_env, "SCRAPESINK_LOG_LEVEL": "info"}
+    result = run(env, "ingest", str(path))
+    assert result.returncode == 3  # some records rejected
+    lines = log_lines(result.stderr)
+    assert lines and all({"timestamp", "level", "logger", "event"} <= set(x) for x in lines)
+    rejected = [x for x in lines if x["event"] == "record rejected"]
+    assert [(x["source"], x["source_id"], x["location"]) for x in rejected] == [
+        ("shop", "bad-1", "line 2"),
+        (None, None, "line 3"),
+    ]
+    assert rejected[0]["path"] == "timestamp" and rejected[0]["reason"]
+    done = next(x for x in lines if x["event"] == "ingest done")
+    assert (done["read"], done["rejected"], done["sources"]) == (3, 2, ["shop"])
+    assert secret not in result.stderr
+    text = run({**env, "SCRAPESINK_LOG_FORMAT": "console"}, "ingest", str(path))
+    assert "record rejected" in text.stderr and not log_lines(text.stderr)
 
 
 def test_history_needs_no_database(cli_env):

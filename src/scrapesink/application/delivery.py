@@ -38,8 +38,10 @@ from scrapesink.errors import (
     StorageError,
     TransientStorageError,
 )
+from scrapesink.logs import get_logger
 
 log = logging.getLogger(__name__)
+slog = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +282,14 @@ class Lane:
     def _isolate(self, batch: Batch[Any], error: ConstraintError) -> None:
         if len(batch.records) == 1:
             record = batch.records[0]
-            log.warning("%s refused %s: %s", self.sink.name, _label(record), error.message)
+            slog.warning(
+                "record refused",
+                sink=self.sink.name,
+                kind=self.sink.kind,
+                **_identity(record),
+                error_type=error.error_type,
+                error=error.message,
+            )
             try:
                 self.dead_letters.add(
                     self.sink.name, self.sink.kind, batch.journal_id, batch.first, record, error
@@ -304,7 +313,12 @@ class Lane:
             self.handled = [(start, upto), *(r for r in self.handled if r[1] > upto)]
 
     def _went_down(self, error: StorageError) -> None:
-        log.warning("%s unavailable, records stay pending: %s", self.sink.name, error.message)
+        slog.warning(
+            "sink unavailable, records stay pending",
+            sink=self.sink.name,
+            error_type=error.error_type,
+            error=error.message,
+        )
         self._down_until = time.monotonic() + self.policy.cooldown_seconds
 
     def _left_pending(self, batch: Batch[Any], error: BaseException | None) -> None:
@@ -369,8 +383,8 @@ def missing(first: int, last: int, ranges: Sequence[tuple[int, int]]) -> list[tu
     return gaps
 
 
-def _label(record: Any) -> str:
-    """A record named in a log line: ``source/source_id`` for events, its op for entities."""
+def _identity(record: Any) -> dict[str, str]:
+    """What names a record in a log line (never its payload): an event's key, an entity's op."""
     if isinstance(record, RawEvent):
-        return f"{record.source}/{record.source_id}"
-    return f"{record[0]} record"
+        return {"source": record.source, "source_id": record.source_id}
+    return {"op": str(record[0])}

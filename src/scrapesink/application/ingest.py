@@ -16,9 +16,11 @@ from scrapesink.application.delivery import DUPLICATE, PENDING, Receipt, SinkRep
 from scrapesink.application.durable import DurableWriter
 from scrapesink.domain.events import EventRules, RawEvent, validate_event
 from scrapesink.errors import InputError, RecordError
+from scrapesink.logs import get_logger
 
 MAX_KEPT_REJECTIONS = 1000
 log = logging.getLogger(__name__)
+slog = get_logger(__name__)
 RejectHook = Callable[[RecordError], None]
 REJECTED = "rejected"
 
@@ -146,6 +148,7 @@ class IngestSummary(WriteSummary):
 
     naive_timestamps: int = 0
     batches: int = 0
+    sources: set[str] = field(default_factory=set)  # of the accepted events
 
     @property
     def inserted(self) -> int:
@@ -245,6 +248,7 @@ class IngestService:
                 summary.read += 1
                 if isinstance(item, RecordError):
                     summary.reject(item, on_reject, tracker)
+                    self._log_rejected(item, None)
                     continue
                 try:
                     checked = validate_event(
@@ -256,6 +260,7 @@ class IngestService:
                     )
                 except RecordError as error:
                     summary.reject(error, on_reject, tracker)
+                    self._log_rejected(error, item[1])
                     continue
                 cleaning = checked.cleaning
                 if cleaning.naive_timestamp or cleaning.nul_removed:
@@ -271,6 +276,7 @@ class IngestService:
                         tracker.add(DUPLICATE, item[0])
                     continue
                 batch[key] = event
+                summary.sources.add(event.source)
                 if tracker is not None:
                     slots.append(tracker.add(PENDING, item[0]))
                 if len(batch) >= limit:
@@ -285,8 +291,31 @@ class IngestService:
             raise
         flush()
         summary.finish(self.writer, before, settle, receipt, tracker)
-        log.info("ingest done: %s", ", ".join(f"{k} {v}" for k, v in summary.as_dict().items()))
+        slog.info(
+            "ingest done",
+            **{k: v for k, v in summary.as_dict().items() if k != "sinks"},
+            sources=sorted(summary.sources),
+        )
         return summary
+
+    def _log_rejected(self, error: RecordError, value: Any) -> None:
+        """One line per rejected record, naming it by source and source_id when it has them
+        (never by its payload, which may hold anything)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        source: Any = self.rules.default_source
+        source_id: Any = None
+        if isinstance(value, dict):
+            source = value.get("source", source)
+            source_id = value.get("source_id", value.get(self.rules.id_field))
+        slog.info(
+            "record rejected",
+            source=source if isinstance(source, str) else None,
+            source_id=str(source_id) if isinstance(source_id, str | int) else None,
+            location=error.location,
+            path=error.path or None,
+            reason=error.message,
+        )
 
 
 _gc_lock = threading.Lock()

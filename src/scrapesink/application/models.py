@@ -26,8 +26,10 @@ from scrapesink.domain.records import (
     validate_record,
 )
 from scrapesink.errors import InputError, NotFound, RecordError
+from scrapesink.logs import get_logger
 
 log = logging.getLogger(__name__)
+slog = get_logger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -156,7 +158,7 @@ class ModelService:
             raise
         flush()
         summary.finish(writer, before, settle, receipt, tracker)
-        log.info("save %s: %s", model.name, summary.as_dict())
+        slog.info("save done", **{k: v for k, v in summary.as_dict().items() if k != "sinks"})
         return summary
 
     def get(self, name: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from importlib import resources
 from pathlib import Path
 
 import typer
 
-from scrapesink import __version__
+from scrapesink import __version__, logs
 from scrapesink.entrypoints.cli import db, events, models, ops, partitions, records, serve
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
@@ -20,6 +19,7 @@ from scrapesink.entrypoints.cli.common import (
     open_app,
     out,
     set_overrides,
+    settings,
 )
 from scrapesink.entrypoints.cli.ingest import ingest
 from scrapesink.errors import ConfigError
@@ -79,6 +79,11 @@ def root(
     ),
 ) -> None:
     set_overrides(data_dir=data_dir, database_url=database_url)
+    try:
+        config = settings()
+    except ConfigError:
+        return  # the command itself reports the bad setting, in one line
+    logs.configure(config.log_level, config.log_format)
 
 
 @app.command()
@@ -129,10 +134,8 @@ def demo() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    # scrapesink's own log lines go to stderr, at SCRAPESINK_LOG_LEVEL (set in bootstrap).
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("scrapesink").addHandler(handler)
+    # scrapesink's own log lines go to stderr (configured in `root`, once settings are known)
+    logs.configure()
     try:
         app()
     except ConfigError as exc:
