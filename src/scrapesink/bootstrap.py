@@ -16,6 +16,7 @@ from scrapesink.adapters.journal import Journal, inspect
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.adapters.postgres.events import PostgresEventStore
+from scrapesink.adapters.postgres.jobs import JobStore
 from scrapesink.adapters.postgres.migrate import Migrator
 from scrapesink.adapters.postgres.model_schema import ModelSchema
 from scrapesink.adapters.postgres.partitions import PartitionManager
@@ -24,6 +25,7 @@ from scrapesink.application.durable import DurableWriter, ReplayResult, replay
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.models import ModelService
 from scrapesink.application.ports import EVENTS, EventSink, Sink, model_kind
+from scrapesink.application.runs import JobRun
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
 from scrapesink.domain.models import Declaration, load_models
@@ -245,6 +247,14 @@ class App:
         if EVENTS not in self._writers:
             self.writer(EVENTS)
         return list(self._writers.values())
+
+    @property
+    def jobs(self) -> JobStore:
+        return JobStore(self.database)
+
+    def job_run(self, job: str, *, origin: str, source: str | None = None) -> JobRun:
+        """A context manager recording a run of ``job`` (made when new) around writes."""
+        return JobRun(self.jobs, job, origin=origin, source=source)
 
     def catch_up(self) -> int:
         """Resubmit what this process's writers left pending to the sinks that are back."""

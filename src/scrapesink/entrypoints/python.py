@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from scrapesink.adapters.postgres.entities import Filter, ModelPage, ModelRepository, SearchHit
 from scrapesink.application.delivery import SinkReport
 from scrapesink.application.durable import ReplayResult, RetryResult, retry_dead_letters
-from scrapesink.application.ingest import IngestSummary
+from scrapesink.application.ingest import IngestSummary, WriteSummary
 from scrapesink.application.models import ModelService, ModelSummary
 from scrapesink.application.ports import DayStats, EventPage, EventQuery
+from scrapesink.application.runs import JobRun
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import get_settings
 from scrapesink.domain.events import StoredEvent
@@ -23,6 +26,7 @@ from scrapesink.errors import ConfigError, RecordError
 log = logging.getLogger(__name__)
 
 Deliver = Literal["sync", "background"]
+S = TypeVar("S", bound=WriteSummary)
 
 
 class Sink:
@@ -40,7 +44,31 @@ class Sink:
         self._app = app
         self._deliver = deliver
         self._model_service: ModelService | None = None
+        self._active = threading.local()  # the job run a thread is inside, if any
         self.startup = app.start_writing()
+
+    @contextmanager
+    def run(self, job: str, *, source: str | None = None) -> Iterator[JobRun]:
+        """Record the writes of this block (in this thread) as one run of ``job``.
+
+        ``with sink.run("daily-shop") as run: sink.write_events(...)``. The job is made when
+        new (kind ``ingest``); a disabled job raises Conflict. The run ends ``succeeded``,
+        ``partial`` (rejected or pending records) or ``failed`` (the block raised);
+        ``run.run`` is the recorded run (``scrapesink jobs runs``).
+        """
+        outer = getattr(self._active, "run", None)
+        with self._app.job_run(job, origin="python", source=source) as job_run:
+            self._active.run = job_run
+            try:
+                yield job_run
+            finally:
+                self._active.run = outer
+
+    def _counted(self, summary: S) -> S:
+        job_run = getattr(self._active, "run", None)
+        if job_run is not None:
+            job_run.add(summary)
+        return summary
 
     @property
     def deliver(self) -> Deliver:
@@ -77,9 +105,11 @@ class Sink:
         """
         rules = self._app.rules(id_field=id_field, time_field=time_field, default_source=source)
         service = self._app.ingest_service(rules)
-        return service.ingest(
-            ((f"[{i}]", record) for i, record in enumerate(records)),
-            settle=self._deliver == "sync",
+        return self._counted(
+            service.ingest(
+                ((f"[{i}]", record) for i, record in enumerate(records)),
+                settle=self._deliver == "sync",
+            )
         )
 
     # -- models ---------------------------------------------------------------------------------
@@ -96,10 +126,12 @@ class Sink:
         links are replaced to match the record; in one call the last record of a key wins.
         Invalid records are rejected with their JSON path (``summary.rejections``).
         """
-        return self._models().save(
-            model,
-            ((f"[{i}]", record) for i, record in enumerate(records)),
-            settle=self._deliver == "sync",
+        return self._counted(
+            self._models().save(
+                model,
+                ((f"[{i}]", record) for i, record in enumerate(records)),
+                settle=self._deliver == "sync",
+            )
         )
 
     def get(self, model: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:

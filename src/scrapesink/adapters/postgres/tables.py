@@ -11,8 +11,10 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -113,4 +115,55 @@ audit_log = Table(
     Column("outcome", Text, nullable=False),
     Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Index("ix_audit_log_at", "at"),
+)
+
+# ETL job definitions, the components they are made of, and the runs that recorded ingests.
+etl_jobs = Table(
+    "etl_jobs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("source", Text),
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("name", name="etl_jobs_name_key"),
+)
+
+etl_components = Table(
+    "etl_components",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("job_id", BigInteger, ForeignKey("etl_jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("position", Integer, nullable=False),
+    UniqueConstraint("job_id", "name", name="etl_components_job_id_name_key"),
+)
+
+# Status transitions are checked by a trigger (migration 0005), not expressible here.
+etl_runs = Table(
+    "etl_runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("job_id", BigInteger, ForeignKey("etl_jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("records_read", BigInteger, nullable=False, server_default="0"),
+    Column("records_stored", BigInteger, nullable=False, server_default="0"),
+    Column("records_duplicate", BigInteger, nullable=False, server_default="0"),
+    Column("records_unchanged", BigInteger, nullable=False, server_default="0"),
+    Column("records_rejected", BigInteger, nullable=False, server_default="0"),
+    Column("records_pending", BigInteger, nullable=False, server_default="0"),
+    Column("error_summary", Text),
+    CheckConstraint(
+        "status IN ('pending', 'running', 'succeeded', 'failed', 'partial')",
+        name="etl_runs_status",
+    ),
+    Index("ix_etl_runs_job_id_started_at", "job_id", "started_at"),
 )

@@ -17,7 +17,7 @@ import scrapesink
 from scrapesink.config import Settings, get_settings
 from scrapesink.entrypoints.api import errors
 from scrapesink.entrypoints.api.middleware import BodyLimit, Idempotency, RequestMetrics
-from scrapesink.entrypoints.api.routes import events, models, ops
+from scrapesink.entrypoints.api.routes import events, jobs, models, ops
 from scrapesink.entrypoints.api.services import Services
 
 DESCRIPTION = """\
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAP
     errors.install(app)
     app.include_router(events.router)
     app.include_router(models.router)
+    app.include_router(jobs.router)
     app.include_router(ops.router)
     app.include_router(ops.probes)
 

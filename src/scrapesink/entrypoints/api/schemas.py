@@ -230,3 +230,41 @@ class HealthOut(BaseModel):
     pending: dict[str, int]
     oldest_pending_seconds: dict[str, float | None]
     dead_letters: dict[str, int]
+
+
+class ComponentOut(BaseModel):
+    name: str
+    kind: str
+    config: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    name: str
+    kind: str
+    source: str | None
+    config: dict[str, Any]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    components: list[ComponentOut]
+
+
+class RunRecords(BaseModel):
+    read: int
+    stored: int
+    duplicate: int
+    unchanged: int
+    rejected: int
+    pending: int
+
+
+class RunOut(BaseModel):
+    id: int
+    job: str
+    status: Literal["pending", "running", "succeeded", "failed", "partial"]
+    origin: str
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    records: RunRecords
+    error_summary: str | None

@@ -8,6 +8,8 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from scrapesink.adapters.idempotency import IdempotencyStore
 from scrapesink.adapters.postgres.api_access import SCOPES, ApiKey, ApiKeys, AuditLog, hash_key
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.models import ModelService
+from scrapesink.application.runs import JobRun, NoRun
 from scrapesink.bootstrap import App, PipelineStatus, bootstrap, pipeline_status
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
@@ -211,6 +214,15 @@ class Services:
             known = ", ".join(sorted(self.app.declaration.models))
             raise NotFound(f"no model {name!r} is declared (declared: {known})")
         return model
+
+    @contextmanager
+    def job_run(self, job: str | None, source: str | None) -> Iterator[JobRun | NoRun]:
+        """A run of ``job`` around one request's writes (nothing when no job is named)."""
+        if job is None:
+            yield NoRun()
+            return
+        with self.app.job_run(job, origin="api", source=source) as run:
+            yield run
 
     # -- operations ---------------------------------------------------------------------------
     def status(self, *, database_up: bool = True) -> PipelineStatus:

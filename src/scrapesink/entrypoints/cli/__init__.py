@@ -9,7 +9,16 @@ from pathlib import Path
 import typer
 
 from scrapesink import __version__, logs
-from scrapesink.entrypoints.cli import db, events, models, ops, partitions, records, serve
+from scrapesink.entrypoints.cli import (
+    db,
+    events,
+    jobs,
+    models,
+    ops,
+    partitions,
+    records,
+    serve,
+)
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -40,6 +49,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(partitions.app, name="partitions")
 app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
+app.add_typer(jobs.app, name="jobs")
 app.command()(ingest)
 app.command()(records.get)
 app.command("list")(records.list_)

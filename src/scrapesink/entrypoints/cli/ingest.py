@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -26,6 +28,7 @@ from scrapesink.adapters.readers import (
 from scrapesink.application.delivery import SinkReport
 from scrapesink.application.ingest import IngestSummary
 from scrapesink.application.models import ModelSummary
+from scrapesink.application.runs import JobRun, NoRun
 from scrapesink.bootstrap import App
 from scrapesink.domain.events import EventRules
 from scrapesink.domain.models import load_models
@@ -66,6 +69,11 @@ def ingest(
     models: list[Path] = typer.Option([], "--models", help="Another declaration file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not list rejected records."),
+    job: str | None = typer.Option(
+        None,
+        "--job",
+        help="Record this ingest as a run of the job (made when new); see `scrapesink jobs`.",
+    ),
 ) -> None:
     """Ingest raw events (or, with --model, model records) from FILE or - (stdin).
 
@@ -99,7 +107,9 @@ def ingest(
             with open_app(offline_ok=True) as app:
                 app.use_declaration(declaration)
                 report_replay(app.start_writing())
-                result = _run_model(app, model, infile, chosen, quiet=quiet)
+                with _job_run(app, job, source) as run:
+                    result = _run_model(app, model, infile, chosen, quiet=quiet)
+                    run.add(result)
         finally:
             infile.close()
         _print_model_summary(result, name=infile.name, as_json=as_json)
@@ -111,11 +121,24 @@ def ingest(
         with open_app(offline_ok=True) as app:
             report_replay(app.start_writing())
             rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
-            summary = _run(app, rules, infile, chosen, required, quiet=quiet)
+            with _job_run(app, job, source) as run:
+                summary = _run(app, rules, infile, chosen, required, quiet=quiet)
+                run.add(summary)
     finally:
         infile.close()
     _print_summary(summary, name=infile.name, as_json=as_json)
     raise typer.Exit(exit_code(summary))
+
+
+@contextmanager
+def _job_run(app: App, job: str | None, source: str | None) -> Iterator[JobRun | NoRun]:
+    if job is None:
+        yield NoRun()
+        return
+    with app.job_run(job, origin="cli", source=source) as run:
+        yield run
+    if run.run is not None:
+        err.print(f"run {run.run.id} of job {escape(job)}: {run.run.status}")
 
 
 def _csv_columns(id_field: str, time_field: str, source: str | None) -> tuple[str, ...]:

@@ -44,15 +44,26 @@ Source = Annotated[
 ]
 IdField = Annotated[str, Query(description="The id field of flat records.")]
 TimeField = Annotated[str, Query(description="The time field of flat records.")]
+JobName = Annotated[
+    str | None,
+    Query(description="Record this request as a run of the job (made when new)."),
+]
 _RECORD = {"type": "object", "additionalProperties": True}
 _WRITE_ERRORS = errors(400, 401, 403, 413, 415, 422)
 
 
 def _ingest(
-    services: Services, records: Any, source: str | None, id_field: str, time_field: str
+    services: Services,
+    records: Any,
+    source: str | None,
+    id_field: str,
+    time_field: str,
+    job: str | None,
 ) -> JSONResponse:
     rules = services.app.rules(id_field=id_field, time_field=time_field, default_source=source)
-    summary = services.ingest_service(rules).ingest(records, track=True)
+    with services.job_run(job, source) as run:
+        summary = services.ingest_service(rules).ingest(records, track=True)
+        run.add(summary)
     services.metrics.count("events", summary)
     return written(summary)
 
@@ -70,6 +81,7 @@ async def ingest_events(
     source: Source = None,
     id_field: IdField = "id",
     time_field: TimeField = "timestamp",
+    job: JobName = None,
 ) -> JSONResponse:
     """Each record is canonical (``source, source_id, occurred_at, payload``) or a flat scraped
     object (id and time fields named by the query). An event already stored is a
@@ -79,7 +91,7 @@ async def ingest_events(
     services = services_of(request)
     body = records_of(await json_body(request), services.settings.api_max_batch)
     records = [(f"[{i}]", record) for i, record in enumerate(body)]
-    return await run_in_threadpool(_ingest, services, records, source, id_field, time_field)
+    return await run_in_threadpool(_ingest, services, records, source, id_field, time_field, job)
 
 
 @router.post(
@@ -95,6 +107,7 @@ async def ingest_stream(
     source: Source = None,
     id_field: IdField = "id",
     time_field: TimeField = "timestamp",
+    job: JobName = None,
 ) -> JSONResponse:
     """The body streams to a spooled temporary file (memory up to 1 MiB, then disk) and is
     ingested line by line once complete, so a body over the size limit (413) stores nothing.
@@ -106,7 +119,9 @@ async def ingest_stream(
             spool.write(chunk)
         spool.seek(0)
         records = read_jsonl(spool, max_record_bytes=services.settings.max_payload_bytes * 2)
-        return await run_in_threadpool(_ingest, services, records, source, id_field, time_field)
+        return await run_in_threadpool(
+            _ingest, services, records, source, id_field, time_field, job
+        )
 
 
 @router.get(

@@ -65,9 +65,11 @@ def show_model(
     return _describe(services_of(request).model(model))
 
 
-def _save(services: Services, model: str, body: list[Any]) -> JSONResponse:
+def _save(services: Services, model: str, body: list[Any], job: str | None) -> JSONResponse:
     records = [(f"[{i}]", record) for i, record in enumerate(body)]
-    summary = services.models().save(model, records, track=True)
+    with services.job_run(job, None) as run:
+        summary = services.models().save(model, records, track=True)
+        run.add(summary)
     services.metrics.count(model, summary)
     return written(summary)
 
@@ -82,7 +84,12 @@ def _save(services: Services, model: str, body: list[Any]) -> JSONResponse:
     ),
 )
 async def save_records(
-    request: Request, model: str, _: Annotated[Principal, Depends(require("ingest"))]
+    request: Request,
+    model: str,
+    _: Annotated[Principal, Depends(require("ingest"))],
+    job: Annotated[
+        str | None, Query(description="Record this request as a run of the job.")
+    ] = None,
 ) -> JSONResponse:
     """A new or changed record is ``stored``; one identical to what PostgreSQL holds is
     ``unchanged``; in one request the last record of a key wins (the earlier are
@@ -90,7 +97,7 @@ async def save_records(
     services = services_of(request)
     services.model(model)
     body = records_of(await json_body(request), services.settings.api_max_batch, single=True)
-    return await run_in_threadpool(_save, services, model, body)
+    return await run_in_threadpool(_save, services, model, body, job)
 
 
 @router.get(
