@@ -572,3 +572,38 @@ def _stopped(pg: StoppablePostgres) -> bool:
         return False
     except psycopg.OperationalError:
         return True
+
+
+def test_jobs_and_runs_over_http(server: ApiServer, admin: str, keys: dict[str, str]) -> None:
+    with server.client(keys["ingest"]) as writer:
+        answer = writer.post(
+            "/api/v1/events", params={"job": "api-feed"}, json=[event("jobs", "1"), {"x": 1}]
+        )
+        assert answer.status_code == 200
+        saved = writer.post(
+            "/api/v1/models/movies/records",
+            params={"job": "api-movies"},
+            json={"url": "https://m/job", "title": "Job"},
+        )
+        assert saved.status_code == 200
+        assert writer.post("/api/v1/jobs", json={"name": "x"}).status_code == 403
+    with server.client(keys["read"]) as reader:
+        runs = reader.get("/api/v1/jobs/api-feed/runs").json()
+        assert len(runs) == 1 and runs[0]["origin"] == "api"
+        assert runs[0]["status"] == "partial" and runs[0]["records"]["rejected"] == 1
+        assert runs[0]["records"]["stored"] == 1
+        assert reader.get("/api/v1/jobs/api-movies/runs").json()[0]["status"] == "succeeded"
+        assert reader.get("/api/v1/jobs/nope/runs").status_code == 404
+    with server.client(admin) as root:
+        bad = root.post("/api/v1/jobs", json={"name": "c", "kind": "scrape", "config": {}})
+        assert bad.status_code == 422 and "start_urls" in bad.json()["message"]
+        made = root.post(
+            "/api/v1/jobs",
+            json={"name": "c", "kind": "scrape", "config": {"start_urls": ["https://a/"]}},
+        )
+        assert made.status_code == 201 and made.json()["config"]["concurrency"] == 4
+        assert root.post("/api/v1/jobs", json={"name": "c"}).status_code == 409
+        assert root.post("/api/v1/jobs/api-feed/disable").json()["enabled"] is False
+        refused = root.post("/api/v1/events", params={"job": "api-feed"}, json=[event("j", "2")])
+        assert refused.status_code == 409
+        assert {j["name"] for j in root.get("/api/v1/jobs").json()} >= {"api-feed", "c"}

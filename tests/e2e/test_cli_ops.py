@@ -88,3 +88,39 @@ def test_excel_export(cli_env, data_dir, tmp_path):
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
     assert rows[1][1] == "'=HYPERLINK(1)"
+
+
+def test_ingest_with_a_job_records_its_run(cli_env, tmp_path):
+    good = {"source": "shop", "id": 1, "timestamp": "2026-11-20T10:00:00Z"}
+    path = write_jsonl(tmp_path / "e.jsonl", [good, good, "{broken"])
+    result = run(cli_env, "ingest", str(path), "--job", "nightly")
+    assert result.returncode == 3
+    assert "of job nightly: partial" in result.stderr
+    runs = run(cli_env, "jobs", "runs", "nightly", "--json")
+    [recorded] = [json.loads(line) for line in runs.stdout.splitlines()]
+    assert recorded["records"] == {
+        "read": 3,
+        "stored": 1,
+        "duplicate": 1,
+        "unchanged": 0,
+        "rejected": 1,
+        "pending": 0,
+    }
+    assert recorded["origin"] == "cli" and recorded["duration_seconds"] >= 0
+    bad = run(cli_env, "jobs", "create", "crawl", "--kind", "scrape", "--config", '{"urls": 1}')
+    assert bad.returncode == 1
+    assert "config.start_urls" in bad.stderr and "config.urls" in bad.stderr
+    made = run(
+        cli_env,
+        "jobs", "create", "crawl", "--kind", "scrape",
+        "--config", '{"start_urls": ["https://shop.example/"]}',
+        "-c", "fetch=scraper", "-c", 'clean=transform:{"strip": true}',
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    shown = json.loads(run(cli_env, "jobs", "show", "crawl").stdout)
+    assert [c["name"] for c in shown["components"]] == ["fetch", "clean"]
+    assert run(cli_env, "jobs", "disable", "nightly").returncode == 0
+    refused = run(cli_env, "ingest", str(path), "--job", "nightly")
+    assert refused.returncode == 1 and "disabled" in refused.stderr
+    listed = run(cli_env, "jobs", "list")
+    assert "nightly" in listed.stdout and "crawl" in listed.stdout

@@ -33,7 +33,13 @@ class RunStore(Protocol):
     def start(self, job: Job, origin: str) -> Run: ...
 
     def finish(
-        self, run_id: int, status: str, counts: RunCounts, error_summary: str | None = None
+        self,
+        run_id: int,
+        status: str,
+        counts: RunCounts,
+        error_summary: str | None = None,
+        *,
+        source: str | None = None,
     ) -> Run: ...
 
 
@@ -112,7 +118,7 @@ class JobRun:
             else:
                 status, error = "succeeded", None
             try:
-                self.run = self.store.finish(self.run.id, status, counts, error)
+                self.run = self.store.finish(self.run.id, status, counts, error, source=self.source)
             except StorageError as storage:
                 log.warning("run %s not finished in PostgreSQL: %s", self.run.id, storage.message)
                 return

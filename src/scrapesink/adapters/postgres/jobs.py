@@ -120,9 +120,16 @@ class JobStore:
         return self.run(int(row[0]))
 
     def finish(
-        self, run_id: int, status: str, counts: RunCounts, error_summary: str | None = None
+        self,
+        run_id: int,
+        status: str,
+        counts: RunCounts,
+        error_summary: str | None = None,
+        *,
+        source: str | None = None,
     ) -> Run:
-        """End a running run; a run that already ended is a Conflict (and is not changed)."""
+        """End a running run; a run that already ended is a Conflict (and is not changed).
+        ``source``: what the run's records carried, kept as the job's when it has none."""
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a finished status")
         with self.database.connection() as conn:
@@ -149,6 +156,12 @@ class JobStore:
                     run_id,
                 ),
             )
+            if source is not None:
+                conn.execute(
+                    "UPDATE etl_jobs SET source = %s, updated_at = now() WHERE source IS NULL"
+                    " AND id = (SELECT job_id FROM etl_runs WHERE id = %s)",
+                    (source, run_id),
+                )
         return self.run(run_id)
 
     def run(self, run_id: int) -> Run:
