@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from scrapesink import metrics
 from scrapesink.adapters.csv_models import CsvModelSink, ModelCsvFiles
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetterStore
@@ -318,6 +319,7 @@ def bootstrap(
             schema is then checked at the first delivery). Otherwise fail with one line.
     """
     logging.getLogger("scrapesink").setLevel(settings.log_level)
+    metrics.install()
     embedded = None
     if settings.embedded:
         embedded = EmbeddedPostgres(settings.pgdata_dir)

@@ -322,6 +322,7 @@ def test_movie_keys_with_slashes(server: ApiServer, admin: str) -> None:
 # -- operations ------------------------------------------------------------------------------------
 def test_operations(server: ApiServer, admin: str, api_db: str) -> None:
     with server.client(admin) as client:
+        assert client.post("/api/v1/events", json=[event("ops", "1")]).status_code == 200
         status = client.get("/api/v1/status").json()
         assert set(status["sinks"]) == {"postgres", "csv"}
         assert client.get("/api/v1/dead-letters").json() == []
@@ -346,6 +347,7 @@ def test_operations(server: ApiServer, admin: str, api_db: str) -> None:
         metrics
     )
     assert 'scrapesink_sink_pending_records{sink="postgres"} 0.0' in metrics
+    assert "scrapesink_partitions " in metrics
     with psycopg.connect(api_db) as conn:
         actions = {r[0] for r in conn.execute("SELECT action FROM audit_log")}
     assert {"dead-letters retry", "partitions ensure", "partitions prune", "replay"} <= actions
@@ -607,3 +609,43 @@ def test_jobs_and_runs_over_http(server: ApiServer, admin: str, keys: dict[str, 
         refused = root.post("/api/v1/events", params={"job": "api-feed"}, json=[event("j", "2")])
         assert refused.status_code == 409
         assert {j["name"] for j in root.get("/api/v1/jobs").json()} >= {"api-feed", "c"}
+
+
+def scrape(server: ApiServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.base + "/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_after_known_ingests(server: ApiServer, keys: dict[str, str]) -> None:
+    with server.client(keys["ingest"]) as client:
+        client.post("/api/v1/events", json=[event("metered", str(i)) for i in range(7)])
+        client.post(
+            "/api/v1/events",
+            json=[event("metered", "1"), event("metered", "7"), {"source": "metered"}],
+        )
+        client.post("/api/v1/models/movies/records", json=[{"title": "no key"}])
+    values = scrape(server)
+
+    def records(sink: str, outcome: str) -> float:
+        labels = (("kind", "events"), ("name", "metered"), ("outcome", outcome), ("sink", sink))
+        return values[("scrapesink_records_total", labels)]
+
+    assert records("postgres", "stored") == 8 and records("postgres", "duplicate") == 1
+    assert records("csv", "stored") == 8 and records("csv", "duplicate") == 1
+    rejected = ("scrapesink_records_rejected_total", (("kind", "events"), ("name", "metered")))
+    assert values[rejected] == 1
+    assert (
+        values[("scrapesink_records_rejected_total", (("kind", "model"), ("name", "movies")))] >= 1
+    )
+    batches = ("scrapesink_batch_duration_seconds_count", (("sink", "postgres"),))
+    assert values[batches] >= 2
+    route = (("method", "POST"), ("route", "/api/v1/events"), ("status", "200"))
+    assert values[("scrapesink_http_requests_total", route)] >= 2
+    assert values[("scrapesink_pool_connections", (("state", "idle"),))] >= 0

@@ -124,3 +124,17 @@ def test_ingest_with_a_job_records_its_run(cli_env, tmp_path):
     assert refused.returncode == 1 and "disabled" in refused.stderr
     listed = run(cli_env, "jobs", "list")
     assert "nightly" in listed.stdout and "crawl" in listed.stdout
+
+
+def test_metrics_command_prints_and_writes_a_textfile(cli_env, tmp_path):
+    good = {"source": "shop", "id": 1, "timestamp": "2026-11-20T10:00:00Z"}
+    run(cli_env, "ingest", str(write_jsonl(tmp_path / "e.jsonl", [good])))
+    printed = run(cli_env, "metrics")
+    assert printed.returncode == 0
+    assert 'scrapesink_sink_pending_records{sink="postgres"} 0.0' in printed.stdout
+    assert "scrapesink_partitions" in printed.stdout
+    target = tmp_path / "node" / "scrapesink.prom"
+    target.parent.mkdir()
+    written = run(cli_env, "metrics", "--textfile", str(target))
+    assert written.returncode == 0
+    assert 'scrapesink_dead_letters{sink="csv"} 0.0' in target.read_text()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
@@ -85,6 +85,37 @@ class SinkReport:
             dead_letters=self.dead_letters - before.dead_letters,
             error=self.error if self.pending > before.pending else None,
         )
+
+
+class DeliveryObserver(Protocol):
+    """Told what every lane did (metrics): installed once by the composition root."""
+
+    def delivered(
+        self, sink: Sink[Any], batch: Batch[Any], outcome: WriteOutcome, seconds: float
+    ) -> None: ...
+
+    def refused(self, sink: Sink[Any], record: Any) -> None: ...
+
+    def left_pending(self, sink: Sink[Any], records: int) -> None: ...
+
+    def failed(self, sink: Sink[Any], error: BaseException) -> None: ...
+
+    def rejected(self, kind: str, name: str | None) -> None: ...
+
+
+_observers: list[DeliveryObserver] = []
+
+
+def rejected(kind: str, name: str | None) -> None:
+    """A record failed validation before the journal (``kind`` events or model)."""
+    for observer in _observers:
+        observer.rejected(kind, name)
+
+
+def observe(observer: DeliveryObserver) -> None:
+    """Add ``observer`` to every lane of the process (once)."""
+    if observer not in _observers:
+        _observers.append(observer)
 
 
 STORED, DUPLICATE, UNCHANGED, DEAD_LETTER, PENDING = (
@@ -238,31 +269,43 @@ class Lane:
             self._slots.release()
 
     def _store(self, batch: Batch[Any], work: Callable[[], WriteOutcome]) -> None:
+        started = time.perf_counter()
         try:
             outcome = self._with_retries(work)
         except TransientStorageError as exc:
+            self._failed(exc)
             self._went_down(exc)
             self._left_pending(batch, exc)
             return
         except ConstraintError as exc:  # a value the store refuses: find the record(s)
+            self._failed(exc)
             self._isolate(batch, exc)
             return
         except PermanentStorageError as exc:
             # The statement itself is refused (privileges, a changed schema): no record is to
             # blame, so nothing goes to dead letters; the batch waits in the journal for a fix.
+            self._failed(exc)
             self._went_down(exc)
             self._left_pending(batch, exc)
             return
         except Exception as exc:
             log.exception("unexpected error delivering to %s", self.sink.name)
+            self._failed(exc)
             self._left_pending(batch, exc)
             return
+        seconds = time.perf_counter() - started
+        for observer in _observers:
+            observer.delivered(self.sink, batch, outcome, seconds)
         with self._lock:
             self.report.stored += outcome.stored
             self.report.duplicates += len(outcome.duplicates)
             self.report.unchanged += outcome.unchanged
             self.handled.append((batch.first, batch.last))
         self._note(batch, outcome)
+
+    def _failed(self, error: BaseException) -> None:
+        for observer in _observers:
+            observer.failed(self.sink, error)
 
     def _note(self, batch: Batch[Any], outcome: WriteOutcome | None, status: str = STORED) -> None:
         for receipt in list(self.receipts):
@@ -302,6 +345,8 @@ class Lane:
             with self._lock:
                 self.report.dead_letters += 1
                 self.handled.append((batch.first, batch.last))
+            for observer in _observers:
+                observer.refused(self.sink, record)
             self._note(batch, None, DEAD_LETTER)
             return
         for half in batch.split():
@@ -327,6 +372,8 @@ class Lane:
             self.pending.append((batch.first, batch.last))
             if error is not None:
                 self.report.error = getattr(error, "message", None) or str(error)
+        for observer in _observers:
+            observer.left_pending(self.sink, len(batch.records))
         self._note(batch, None, PENDING)
 
 

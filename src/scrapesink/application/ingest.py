@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from scrapesink.application import delivery
 from scrapesink.application.delivery import DUPLICATE, PENDING, Receipt, SinkReport
 from scrapesink.application.durable import DurableWriter
 from scrapesink.domain.events import EventRules, RawEvent, validate_event
@@ -299,14 +300,16 @@ class IngestService:
         return summary
 
     def _log_rejected(self, error: RecordError, value: Any) -> None:
-        """One line per rejected record, naming it by source and source_id when it has them
-        (never by its payload, which may hold anything)."""
-        if not log.isEnabledFor(logging.INFO):
-            return
+        """Count it, and one line per rejected record naming it by source and source_id when
+        it has them (never by its payload, which may hold anything)."""
         source: Any = self.rules.default_source
-        source_id: Any = None
         if isinstance(value, dict):
             source = value.get("source", source)
+        delivery.rejected("events", source if isinstance(source, str) else None)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        source_id: Any = None
+        if isinstance(value, dict):
             source_id = value.get("source_id", value.get(self.rules.id_field))
         slog.info(
             "record rejected",

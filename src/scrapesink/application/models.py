@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from scrapesink.application import delivery
 from scrapesink.application.delivery import PENDING, Receipt
 from scrapesink.application.durable import DurableWriter
 from scrapesink.application.ingest import Record, RejectHook, Tracker, WriteSummary
@@ -139,6 +140,7 @@ class ModelService:
                     checked = validate_record(self.declaration, model, item[1], item[0])
                 except RecordError as error:
                     summary.reject(error, on_reject, tracker)
+                    delivery.rejected("model", model.name)
                     continue
                 summary.nul_cleaned += checked.nul_removed
                 key = key_of(model, checked.record)

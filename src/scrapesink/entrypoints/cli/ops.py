@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -203,3 +204,31 @@ def export(
     target = out_dir or config.data_dir / "export" / "excel"
     written = export_excel(CsvEventSink(config.data_dir).root, target)
     out.print(f"{len(written)} file(s) written to {target}")
+
+
+@handle_errors
+def metrics(
+    textfile: Path | None = typer.Option(
+        None,
+        "--textfile",
+        help="Write to this file (for node-exporter's textfile collector) instead of printing.",
+    ),
+) -> None:
+    """Prometheus metrics of the pipeline: pending records and their age per sink, dead
+    letters, partitions, pool (the REST API serves the same at /metrics, with its counters)."""
+    from prometheus_client import CollectorRegistry
+
+    from scrapesink import metrics as prometheus
+
+    config = settings()
+    registry = CollectorRegistry()
+    with open_app(announce=False, offline_ok=True) as app:
+        sinks = app.sinks if not app.offline else [s for s in app.sinks if s.name != "postgres"]
+        registry.register(
+            prometheus.Gauges(app, lambda: pipeline_status(config, sinks, app.database_label))
+        )
+        if textfile is not None:
+            prometheus.write_textfile(textfile, registry)
+            err.print(f"metrics written to {textfile}")
+        else:
+            sys.stdout.write(prometheus.render(registry).decode())

@@ -64,7 +64,6 @@ def _ingest(
     with services.job_run(job, source) as run:
         summary = services.ingest_service(rules).ingest(records, track=True)
         run.add(summary)
-    services.metrics.count("events", summary)
     return written(summary)
 
 

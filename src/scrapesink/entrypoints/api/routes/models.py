@@ -70,7 +70,6 @@ def _save(services: Services, model: str, body: list[Any], job: str | None) -> J
     with services.job_run(job, None) as run:
         summary = services.models().save(model, records, track=True)
         run.add(summary)
-    services.metrics.count(model, summary)
     return written(summary)
 
 

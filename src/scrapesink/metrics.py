@@ -1,0 +1,208 @@
+"""Prometheus metrics of the write path (prometheus-client), for every entrypoint.
+
+One registry per process (``REGISTRY``, not prometheus-client's global default, so an
+application embedding scrapesink keeps its own). Counters are updated by the delivery lanes
+through an observer the composition root installs; gauges of the pipeline (pending records and
+their age, dead letters, pool connections, partitions) are read when the registry is collected,
+from the :class:`Gauges` collector an entrypoint registers for its App.
+
+    scrapesink_records_total{sink, kind, name, outcome}   kind events|model, name source|model,
+                                                          outcome stored|duplicate|unchanged|
+                                                          dead_letter|pending
+    scrapesink_records_rejected_total{kind, name}         failed validation, never journaled
+    scrapesink_sink_write_failures_total{sink, error_type}
+    scrapesink_batch_duration_seconds{sink}               one successful batch write
+    scrapesink_sink_pending_records{sink}, scrapesink_sink_oldest_pending_seconds{sink},
+    scrapesink_dead_letters{sink}, scrapesink_pool_connections{state},
+    scrapesink_partitions
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    write_to_textfile,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scrapesink.application import delivery
+from scrapesink.application.ports import Batch, Sink, WriteOutcome
+from scrapesink.domain.events import RawEvent
+from scrapesink.errors import ScrapesinkError
+
+if TYPE_CHECKING:
+    from scrapesink.bootstrap import App, PipelineStatus
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REGISTRY = CollectorRegistry()
+
+RECORDS = Counter(
+    "scrapesink_records",
+    "Records a sink answered for, by kind (events, model), name (source or model) and outcome",
+    ["sink", "kind", "name", "outcome"],
+    registry=REGISTRY,
+)
+REJECTED = Counter(
+    "scrapesink_records_rejected",
+    "Records that failed validation (never journaled)",
+    ["kind", "name"],
+    registry=REGISTRY,
+)
+FAILURES = Counter(
+    "scrapesink_sink_write_failures",
+    "Batch writes a sink failed (after retries), by error type",
+    ["sink", "error_type"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "scrapesink_batch_duration_seconds",
+    "Time to write one batch to a sink (retries included)",
+    ["sink"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+
+
+def _kind_name(sink: Sink[Any]) -> tuple[str, str]:
+    kind = sink.kind
+    return ("model", kind.removeprefix("model:")) if kind.startswith("model:") else ("events", "")
+
+
+class PrometheusObserver:
+    """Counts what every delivery lane did (``delivery.DeliveryObserver``)."""
+
+    def delivered(
+        self, sink: Sink[Any], batch: Batch[Any], outcome: WriteOutcome, seconds: float
+    ) -> None:
+        BATCH_SECONDS.labels(sink.name).observe(seconds)
+        kind, name = _kind_name(sink)
+        if kind == "model":
+            if outcome.stored:
+                RECORDS.labels(sink.name, kind, name, "stored").inc(outcome.stored)
+            if outcome.unchanged:
+                RECORDS.labels(sink.name, kind, name, "unchanged").inc(outcome.unchanged)
+            return
+        per_source: Tally[tuple[str, str]] = Tally()
+        duplicates = outcome.duplicates
+        for record in batch.records:
+            if isinstance(record, RawEvent):
+                key = (record.source, record.source_id)
+                per_source[(record.source, "duplicate" if key in duplicates else "stored")] += 1
+        for (source, result), n in per_source.items():
+            RECORDS.labels(sink.name, kind, source, result).inc(n)
+
+    def refused(self, sink: Sink[Any], record: Any) -> None:
+        kind, name = _kind_name(sink)
+        if isinstance(record, RawEvent):
+            name = record.source
+        RECORDS.labels(sink.name, kind, name, "dead_letter").inc()
+
+    def left_pending(self, sink: Sink[Any], records: int) -> None:
+        kind, name = _kind_name(sink)
+        RECORDS.labels(sink.name, kind, name or "*", "pending").inc(records)
+
+    def failed(self, sink: Sink[Any], error: BaseException) -> None:
+        error_type = getattr(error, "error_type", type(error).__name__)
+        FAILURES.labels(sink.name, error_type).inc()
+
+    def rejected(self, kind: str, name: str | None) -> None:
+        REJECTED.labels(kind, name or "unknown").inc()
+
+
+_installed = threading.Lock()
+OBSERVER = PrometheusObserver()
+
+
+def install() -> None:
+    """Count deliveries in this process (idempotent)."""
+    with _installed:
+        delivery.observe(OBSERVER)
+
+
+class Gauges(Collector):
+    """The pipeline's state, read at each collection from ``status()`` and the App."""
+
+    def __init__(self, app: App, status: Callable[[], PipelineStatus]) -> None:
+        self.app = app
+        self.status = status
+
+    def collect(self) -> Iterable[Metric]:
+        pending = GaugeMetricFamily(
+            "scrapesink_sink_pending_records",
+            "Journaled records a sink has not stored yet",
+            labels=["sink"],
+        )
+        oldest = GaugeMetricFamily(
+            "scrapesink_sink_oldest_pending_seconds",
+            "Age of the oldest record a sink has not stored yet (0: none)",
+            labels=["sink"],
+        )
+        dead = GaugeMetricFamily(
+            "scrapesink_dead_letters", "Records a sink refused for good", labels=["sink"]
+        )
+        try:
+            report = self.status()
+        except (ScrapesinkError, OSError) as exc:
+            log.warning("pipeline gauges not read: %s", exc)
+        else:
+            now = datetime.now(UTC)
+            for name, sink in report.sinks.items():
+                pending.add_metric([name], sink.pending)
+                age = (now - sink.oldest_pending).total_seconds() if sink.oldest_pending else 0
+                oldest.add_metric([name], age)
+                dead.add_metric([name], sink.dead_letters)
+        yield from (pending, oldest, dead)
+        pool = GaugeMetricFamily(
+            "scrapesink_pool_connections", "PostgreSQL pool connections", labels=["state"]
+        )
+        try:
+            stats = self.app.database.stats()
+        except RuntimeError:  # the pool is closed
+            stats = {}
+        size = stats.get("pool_size", 0)
+        idle = stats.get("pool_available", 0)
+        pool.add_metric(["in_use"], size - idle)
+        pool.add_metric(["idle"], idle)
+        pool.add_metric(["waiting"], stats.get("requests_waiting", 0))
+        yield pool
+        try:
+            partitions = len(self.app.partitions.existing())
+        except ScrapesinkError:
+            return
+        yield GaugeMetricFamily(
+            "scrapesink_partitions", "Day partitions of raw_events", value=partitions
+        )
+
+
+def render(*registries: CollectorRegistry) -> bytes:
+    """The text format of ``REGISTRY`` and of ``registries``."""
+    return b"".join(generate_latest(r) for r in (REGISTRY, *registries))
+
+
+def write_textfile(path: Path, *registries: CollectorRegistry) -> None:
+    """For node-exporter's textfile collector: written to a temp file, then renamed."""
+    combined = CollectorRegistry()
+    for registry in (REGISTRY, *registries):
+        combined.register(_Copy(registry))
+    write_to_textfile(str(path), combined)
+
+
+class _Copy(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
