@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scrapesink import metrics
+from scrapesink.adapters.backup import Backups
 from scrapesink.adapters.csv_models import CsvModelSink, ModelCsvFiles
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetterStore
@@ -248,6 +249,19 @@ class App:
         if EVENTS not in self._writers:
             self.writer(EVENTS)
         return list(self._writers.values())
+
+    def backups(self) -> Backups:
+        s = self.settings
+        bin_dir = s.pg_bin_dir or EmbeddedPostgres.binaries()
+        return Backups(s.backups, s.data_dir, self.database.conninfo, bin_dir)
+
+    def database_is_empty(self) -> bool:
+        """No table at all in the current schema (what a restore without --force needs)."""
+        with self.database.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            ).fetchone()
+        return row is not None and row[0] == 0
 
     @property
     def jobs(self) -> JobStore:

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
 
     # -- files ----------------------------------------------------------------------------------
     data_dir: Path = Path("data")
+    backup_dir: Path | None = Field(
+        default=None, description="Where backups go (default: <data dir>/backups)."
+    )
+    pg_bin_dir: Path | None = Field(
+        default=None, description="pg_dump/pg_restore from here (default: the embedded ones)."
+    )
 
     # -- raw events -----------------------------------------------------------------------------
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
@@ -158,6 +164,10 @@ class Settings(BaseSettings):
         if password:
             auth += ":" + quote(password, safe="")
         return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{quote(self.pg_db, safe='')}"
+
+    @property
+    def backups(self) -> Path:
+        return self.backup_dir or self.data_dir / "backups"
 
     @property
     def pgdata_dir(self) -> Path:

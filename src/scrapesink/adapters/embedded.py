@@ -52,6 +52,11 @@ class EmbeddedPostgres:
 
     @property
     def bin_dir(self) -> Path:
+        return self.binaries()
+
+    @staticmethod
+    def binaries() -> Path:
+        """The PostgreSQL programs the pgserver wheel ships (pg_dump, pg_restore, ...)."""
         pgserver = _import_pgserver()
         return Path(pgserver.__file__).parent / "pginstall" / "bin"
 

@@ -10,6 +10,7 @@ import typer
 
 from scrapesink import __version__, logs
 from scrapesink.entrypoints.cli import (
+    backup,
     db,
     events,
     jobs,
@@ -50,6 +51,8 @@ app.add_typer(partitions.app, name="partitions")
 app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(backup.app, name="backup")
+app.command()(backup.restore)
 app.command()(ingest)
 app.command()(records.get)
 app.command("list")(records.list_)
