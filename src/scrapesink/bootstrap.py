@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,11 +20,13 @@ from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.adapters.postgres.events import PostgresEventStore
 from scrapesink.adapters.postgres.jobs import JobStore
+from scrapesink.adapters.postgres.maintenance import Maintenance, TableSize
 from scrapesink.adapters.postgres.migrate import Migrator
 from scrapesink.adapters.postgres.model_schema import ModelSchema
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.application.delivery import RetryPolicy, SinkReport
 from scrapesink.application.durable import DurableWriter, ReplayResult, replay
+from scrapesink.application.health import Check, Health
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.models import ModelService
 from scrapesink.application.ports import EVENTS, EventSink, Sink, model_kind
@@ -31,9 +34,18 @@ from scrapesink.application.runs import JobRun
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
 from scrapesink.domain.models import Declaration, load_models
+from scrapesink.domain.partitions import days_ahead
 from scrapesink.errors import ConfigError, ScrapesinkError, TransientStorageError
 
 SchemaPolicy = Literal["auto", "check", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaintainResult:
+    created: list[str]
+    dropped: list[str]
+    vacuumed: list[str]
+    retention: timedelta | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +261,70 @@ class App:
         if EVENTS not in self._writers:
             self.writer(EVENTS)
         return list(self._writers.values())
+
+    def maintain(self) -> MaintainResult:
+        """Premake partitions, drop those past retention, VACUUM the closed ones, ANALYZE."""
+        s = self.settings
+        upkeep = Maintenance(self.database, self.partitions)
+        created = self.partitions.premake(s.partition_premake_days)
+        dropped = self.partitions.prune(s.retention) if s.retention is not None else []
+        vacuumed = upkeep.vacuum_closed_partitions(s.write_window)
+        upkeep.analyze()
+        return MaintainResult(
+            [p.name for p in created], [p.name for p in dropped], vacuumed, s.retention
+        )
+
+    def table_sizes(self) -> list[TableSize]:
+        return Maintenance(self.database, self.partitions).table_sizes()
+
+    def health(self, *, now: datetime | None = None) -> Health:
+        """Database reachable, migrations at head, partitions premade, nothing pending for too
+        long, free space in the data directory."""
+        s = self.settings
+        now = now or datetime.now(UTC)
+        checks: list[Check] = []
+        try:
+            self.database.ping()
+            up = True
+            checks.append(Check("database", True, self.database_label))
+        except TransientStorageError as exc:
+            up = False
+            checks.append(Check("database", False, exc.message))
+        if up:
+            current, head = self.migrator.current(), self.migrator.head()
+            checks.append(
+                Check("migrations", current == head, f"at {current or 'nothing'}, head {head}")
+            )
+            present = {p.day for p in self.partitions.existing()}
+            wanted = days_ahead(now.date(), s.partition_premake_days)
+            missing = [p.name for p in wanted if p.day not in present]
+            checks.append(
+                Check(
+                    "partitions",
+                    not missing,
+                    f"missing {', '.join(missing)} (scrapesink maintain)"
+                    if missing
+                    else f"today and {s.partition_premake_days} day(s) ahead present",
+                )
+            )
+        sinks = self.sinks if up else [x for x in self.sinks if x.name != "postgres"]
+        status = pipeline_status(s, sinks, self.database_label)
+        for name, sink in status.sinks.items():
+            age = (now - sink.oldest_pending) if sink.oldest_pending else None
+            late = age is not None and age > s.health_max_pending_age
+            detail = f"{sink.pending} pending" + (
+                f", oldest {int(age.total_seconds())} s" if age is not None else ""
+            )
+            checks.append(Check(f"pending {name}", not late, detail))
+        usage = shutil.disk_usage(s.data_dir if s.data_dir.exists() else Path("."))
+        checks.append(
+            Check(
+                "disk",
+                usage.free >= s.health_min_free_bytes,
+                f"{usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB in the data dir",
+            )
+        )
+        return Health(checks)
 
     def backups(self) -> Backups:
         s = self.settings

@@ -99,6 +99,18 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long a failed sink is left alone before a retry."
     )
 
+    # -- maintenance and health -------------------------------------------------------------
+    write_window: timedelta = Field(
+        default=timedelta(days=2),
+        description="Day partitions that ended longer ago than this get VACUUMed by maintain.",
+    )
+    health_max_pending_age: timedelta = Field(
+        default=timedelta(minutes=15), description="Older pending records make health fail."
+    )
+    health_min_free_bytes: int = Field(
+        default=1024**3, ge=0, description="Less free space in the data dir makes health fail."
+    )
+
     # -- REST API -------------------------------------------------------------------------------
     api_max_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
@@ -124,7 +136,13 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "future_tolerance", "max_age", "retention", "api_idempotency_ttl", mode="before"
+        "future_tolerance",
+        "max_age",
+        "retention",
+        "api_idempotency_ttl",
+        "write_window",
+        "health_max_pending_age",
+        mode="before",
     )
     @classmethod
     def _parse_duration(cls, value: Any) -> Any:

@@ -187,6 +187,29 @@ class JobStore:
             ).fetchall()
         return [_run(row) for row in rows]
 
+    def run_stats(self) -> dict[str, dict[str, Any]]:
+        """Per job: runs by status and the success rate of finished runs."""
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT j.name, count(r.id),"
+                " count(*) FILTER (WHERE r.status = 'succeeded'),"
+                " count(*) FILTER (WHERE r.status = 'partial'),"
+                " count(*) FILTER (WHERE r.status = 'failed')"
+                " FROM etl_jobs j LEFT JOIN etl_runs r ON r.job_id = j.id"
+                " GROUP BY j.name ORDER BY j.name"
+            ).fetchall()
+        result = {}
+        for name, runs, ok, partial, failed in rows:
+            finished = ok + partial + failed
+            result[name] = {
+                "runs": runs,
+                "succeeded": ok,
+                "partial": partial,
+                "failed": failed,
+                "success_rate": ok / finished if finished else None,
+            }
+        return result
+
 
 def _job(row: Sequence[Any], components: builtins.list[Component]) -> Job:
     return Job(

@@ -232,3 +232,90 @@ def metrics(
             err.print(f"metrics written to {textfile}")
         else:
             sys.stdout.write(prometheus.render(registry).decode())
+
+
+@handle_errors
+def maintain() -> None:
+    """Upkeep, safe to run from cron: premake partitions (SCRAPESINK_PARTITION_PREMAKE_DAYS),
+    drop those past SCRAPESINK_RETENTION (when set), VACUUM (ANALYZE) partitions whose day
+    ended more than SCRAPESINK_WRITE_WINDOW ago and were not vacuumed since, ANALYZE."""
+    with open_app(announce=False) as app:
+        result = app.maintain()
+    out.print(f"partitions created: {len(result.created)} {' '.join(result.created)}".rstrip())
+    if result.retention is None:
+        out.print("retention: not set (SCRAPESINK_RETENTION), nothing dropped")
+    else:
+        out.print(f"partitions dropped: {len(result.dropped)} {' '.join(result.dropped)}".rstrip())
+    out.print(f"partitions vacuumed: {len(result.vacuumed)} {' '.join(result.vacuumed)}".rstrip())
+    out.print("analyzed")
+
+
+@handle_errors
+def health(as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+    """Is this installation healthy? Database reachable, migrations at head, partitions
+    premade, nothing pending longer than SCRAPESINK_HEALTH_MAX_PENDING_AGE, at least
+    SCRAPESINK_HEALTH_MIN_FREE_BYTES free in the data directory. Exit code 1 when not."""
+    with open_app(announce=False, offline_ok=True, schema="skip") as app:
+        report = app.health()
+    if as_json:
+        print(json.dumps(report.as_dict()))
+    else:
+        table = Table("check", "", "detail")
+        for check in report.checks:
+            table.add_row(
+                check.name, "[green]ok[/]" if check.ok else "[red]FAIL[/]", escape(check.detail)
+            )
+        out.print(table)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FATAL)
+
+
+def installation_stats(as_json: bool) -> None:
+    """`scrapesink stats` without a model."""
+    with open_app(announce=False) as app:
+        sizes = app.table_sizes()
+        days = app.events.stats()
+        runs = app.jobs.run_stats()
+        pool = app.database.stats()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "tables": [
+                        {"name": t.name, "rows": t.rows, "bytes": t.total_bytes} for t in sizes
+                    ],
+                    "events": [
+                        {
+                            "source": d.source,
+                            "day": d.day.isoformat(),
+                            "events": d.events,
+                            "processed": d.processed,
+                        }
+                        for d in days
+                    ],
+                    "jobs": runs,
+                    "pool": pool,
+                }
+            )
+        )
+        return
+    table = Table("table", "rows (est.)", "size")
+    for size in sizes:
+        table.add_row(size.name, f"{size.rows:,}", f"{size.total_bytes / 1e6:.1f} MB")
+    out.print(table)
+    per_day = Table("source", "day", "events", "processed")
+    for d in days:
+        per_day.add_row(escape(d.source), d.day.isoformat(), f"{d.events:,}", f"{d.processed:,}")
+    out.print(per_day)
+    jobs = Table("job", "runs", "succeeded", "partial", "failed", "success rate")
+    for name, r in runs.items():
+        rate = f"{r['success_rate']:.0%}" if r["success_rate"] is not None else "-"
+        jobs.add_row(
+            escape(name),
+            str(r["runs"]),
+            str(r["succeeded"]),
+            str(r["partial"]),
+            str(r["failed"]),
+            rate,
+        )
+    out.print(jobs)
+    out.print("pool: " + ", ".join(f"{k} {v}" for k, v in sorted(pool.items())))

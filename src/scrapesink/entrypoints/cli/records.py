@@ -167,11 +167,20 @@ def delete(
 
 @handle_errors
 def stats(
-    model: str = typer.Argument(..., help="The model (movies, workflows, ...)."),
+    model: str | None = typer.Argument(
+        None, help="A model (movies, workflows, ...); without one, the whole installation."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     models: list[Path] = MODELS_OPTION,
 ) -> None:
-    """Counts, rates of boolean fields (success flags), averages and ranges, child rows."""
+    """Without MODEL: table sizes, events per source and day, job run success rates, pool.
+    With MODEL: counts, rates of boolean fields (success flags), averages, ranges, child rows.
+    """
+    if model is None:
+        from scrapesink.entrypoints.cli.ops import installation_stats
+
+        installation_stats(as_json)
+        return
     with _service(models) as (app, service):
         assert app.repository is not None
         result = app.repository.stats(service.model(model))
