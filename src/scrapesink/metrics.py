@@ -24,6 +24,7 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,9 @@ BATCH_SECONDS = Histogram(
 )
 
 
+_source = attrgetter("source")
+
+
 def _kind_name(sink: Sink[Any]) -> tuple[str, str]:
     kind = sink.kind
     return ("model", kind.removeprefix("model:")) if kind.startswith("model:") else ("events", "")
@@ -95,14 +99,15 @@ class PrometheusObserver:
             if outcome.unchanged:
                 RECORDS.labels(sink.name, kind, name, "unchanged").inc(outcome.unchanged)
             return
-        per_source: Tally[tuple[str, str]] = Tally()
-        duplicates = outcome.duplicates
-        for record in batch.records:
-            if isinstance(record, RawEvent):
-                key = (record.source, record.source_id)
-                per_source[(record.source, "duplicate" if key in duplicates else "stored")] += 1
-        for (source, result), n in per_source.items():
-            RECORDS.labels(sink.name, kind, source, result).inc(n)
+        # map + attrgetter counts in C: this runs for every batch of every sink
+        stored: Tally[str] = Tally(map(_source, batch.records))
+        duplicates: Tally[str] = Tally(source for source, _ in outcome.duplicates)
+        stored.subtract(duplicates)
+        for source, n in stored.items():
+            if n:
+                RECORDS.labels(sink.name, kind, source, "stored").inc(n)
+        for source, n in duplicates.items():
+            RECORDS.labels(sink.name, kind, source, "duplicate").inc(n)
 
     def refused(self, sink: Sink[Any], record: Any) -> None:
         kind, name = _kind_name(sink)
