@@ -61,6 +61,20 @@ def _array(expression: str) -> str:
     return f"CASE WHEN jsonb_typeof({expression}) = 'array' THEN {expression} ELSE '[]' END"
 
 
+# The changed rows' records, by position in the array (jsonb arrays index in O(1)), not by a
+# join of the array with itself: the planner guesses one row for each side of such a join and
+# picks a nested loop, a million comparisons for a thousand records (measured: 0.3 ms of the
+# 0.45 ms a workflow cost).
+_RECORD_AT = "\n        CROSS JOIN LATERAL (SELECT records -> (c.ord::integer - 1) AS doc) AS e"
+
+
+def _key_text(key: tuple[str, ...], alias: str) -> str:
+    """A natural key as one text value (for a jsonb object keyed by it)."""
+    if len(key) == 1:
+        return f"{alias}.{q(key[0])}::text"
+    return f"jsonb_build_array({', '.join(f'{alias}.{q(k)}' for k in key)})::text"
+
+
 def upsert_function(declaration: Declaration, model: ModelDef) -> str:
     table = q(model.table_name)
     key = model.natural_key
@@ -96,11 +110,13 @@ def upsert_function(declaration: Declaration, model: ModelDef) -> str:
                 updated_at = now(), last_seen_at = now()
             WHERE t.content_hash IS DISTINCT FROM excluded.content_hash
         RETURNING t.id, (t.xmax = 0) AS inserted, {", ".join(f"t.{q(k)}" for k in key)}
+    ), positions AS MATERIALIZED (
+        SELECT jsonb_object_agg({_key_text(key, "src")}, src.ord) AS at FROM src
     )
-    SELECT array_agg(up.id), array_agg(src.ord), count(*) FILTER (WHERE up.inserted),
-           (SELECT count(*) FROM src)
+    SELECT array_agg(up.id), array_agg((positions.at ->> {_key_text(key, "up")})::bigint),
+           count(*) FILTER (WHERE up.inserted), (SELECT count(*) FROM src)
       INTO ids, ords, n_inserted, n_records
-      FROM up JOIN src ON {" AND ".join(f"src.{q(k)} = up.{q(k)}" for k in key)};
+      FROM up CROSS JOIN positions;
     n_changed := coalesce(array_length(ids, 1), 0);
     IF n_changed < n_records THEN  -- seen again, unchanged: only last_seen_at moves
         UPDATE {table} AS t SET last_seen_at = now()
@@ -216,9 +232,7 @@ def _replace_child(
         DELETE FROM {table} WHERE {parent} = ANY(ids);
         INSERT INTO {table} ({parent}, {columns})
         SELECT {distinct}c.id, {values}
-        FROM unnest(ids, ords) AS c(id, ord)
-        JOIN jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord)
-            ON e.ord = c.ord{source}{order};
+        FROM unnest(ids, ords) AS c(id, ord){_RECORD_AT}{source}{order};
     END IF;"""
 
 
@@ -237,8 +251,7 @@ def _replace_links(declaration: Declaration, model: ModelDef, link_name: str) ->
         DELETE FROM {table} WHERE {parent} = ANY(ids);
         INSERT INTO {table} ({parent}, {other}{link_columns})
         SELECT DISTINCT ON (c.id, a.id) c.id, a.id{link_values}
-        FROM unnest(ids, ords) AS c(id, ord)
-        JOIN jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord) ON e.ord = c.ord
+        FROM unnest(ids, ords) AS c(id, ord){_RECORD_AT}
         CROSS JOIN LATERAL jsonb_array_elements({_array(f"e.doc -> '{link.name}'")})
             WITH ORDINALITY AS i(item, iord)
         CROSS JOIN LATERAL jsonb_to_record(i.item) AS x({_recordtype(item_fields)})
