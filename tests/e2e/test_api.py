@@ -510,6 +510,7 @@ def test_health_and_ingest_while_postgres_is_down(
             health = client.get("/api/health")
             assert health.status_code == 503
             assert health.json()["database_ok"] is False
+            assert {c["name"]: c["ok"] for c in health.json()["checks"]}["database"] is False
             assert client.get("/api/v1/events/out/0-1").status_code == 503
             during = client.post("/api/v1/events", json=[event("down", str(i)) for i in range(5)])
             assert during.status_code == 202  # acknowledged: journaled, PostgreSQL later

@@ -222,11 +222,18 @@ class ReplayOut(BaseModel):
     sinks: dict[str, SinkCounts]
 
 
+class CheckOut(BaseModel):
+    name: str
+    ok: bool
+    detail: str
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     database: str
     database_ok: bool
     error: str | None = None
+    checks: list[CheckOut]
     pending: dict[str, int]
     oldest_pending_seconds: dict[str, float | None]
     dead_letters: dict[str, int]

@@ -105,10 +105,6 @@ class KeyCache:
             self._last_refresh = time.monotonic()
             return True
 
-    @property
-    def count(self) -> int:
-        return len(self._by_hash)
-
     def _load_file(self) -> dict[str, ApiKey]:
         try:
             raw = json.loads(self.cache_file.read_text())

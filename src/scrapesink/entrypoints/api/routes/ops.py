@@ -15,6 +15,7 @@ from scrapesink.entrypoints.api.auth import require, services_of
 from scrapesink.entrypoints.api.metrics import CONTENT_TYPE
 from scrapesink.entrypoints.api.routes.common import errors, json_only
 from scrapesink.entrypoints.api.schemas import (
+    CheckOut,
     DeadLetterOut,
     EnsureRequest,
     HealthOut,
@@ -28,7 +29,6 @@ from scrapesink.entrypoints.api.schemas import (
     StatusOut,
 )
 from scrapesink.entrypoints.api.services import Principal
-from scrapesink.errors import StorageError
 
 router = APIRouter(prefix="/api/v1", tags=["operations"])
 probes = APIRouter(tags=["probes"])
@@ -174,20 +174,20 @@ def replay(request: Request, principal: Admin) -> ReplayOut:
     responses={503: {"model": HealthOut}},
 )
 def health(request: Request) -> JSONResponse:
-    """200 when PostgreSQL answers, 503 when it does not (ingest goes on into the journal)."""
+    """The checks of `scrapesink health` (database, migrations, partitions, pending age, disk):
+    ``status`` is ``degraded`` when any fails; the answer is 503 only when PostgreSQL does not
+    answer (ingest goes on into the journal meanwhile)."""
     services = services_of(request)
-    error = None
-    try:
-        services.app.database.ping()
-    except StorageError as exc:
-        error = exc.message
-    report = services.status(database_up=error is None)
+    checks = services.app.health()
+    database = next(c for c in checks.checks if c.name == "database")
+    report = services.status(database_up=database.ok)
     now = datetime.now(UTC)
     body = HealthOut(
-        status="degraded" if error else "ok",
+        status="ok" if checks.ok else "degraded",
         database=services.app.database.label,
-        database_ok=error is None,
-        error=error,
+        database_ok=database.ok,
+        error=None if database.ok else database.detail,
+        checks=[CheckOut(name=c.name, ok=c.ok, detail=c.detail) for c in checks.checks],
         pending={name: s.pending for name, s in report.sinks.items()},
         oldest_pending_seconds={
             name: (now - s.oldest_pending).total_seconds() if s.oldest_pending else None
@@ -195,7 +195,7 @@ def health(request: Request) -> JSONResponse:
         },
         dead_letters={name: s.dead_letters for name, s in report.sinks.items()},
     )
-    return JSONResponse(body.model_dump(mode="json"), 503 if error else 200)
+    return JSONResponse(body.model_dump(mode="json"), 200 if database.ok else 503)
 
 
 @probes.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
