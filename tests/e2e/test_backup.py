@@ -122,6 +122,8 @@ def test_damaged_backup_is_refused_and_nothing_changes(
     refused = run(cli_env, "restore", made, "--force")
     assert refused.returncode == 1 and "damaged, nothing was restored" in refused.stderr
     assert snapshot(database_url, data_dir) == filled
+    outside = run(cli_env, "restore", f"../backups/{made}", "--force")  # an id, not a path
+    assert outside.returncode == 1 and "no backup" in outside.stderr
 
 
 def test_backup_into_a_full_or_unusable_directory_leaves_nothing(cli_env, filled, tmp_path):

@@ -119,3 +119,11 @@ def test_job_definitions_and_config_schemas(sink: Sink) -> None:
         check_job({"name": "x", "kind": "cron"})
     with pytest.raises(RecordError, match="unique"):
         check_job({"name": "x", "components": [{"name": "a", "kind": "reader"}] * 2})
+
+
+def test_hostile_job_names_are_refused_before_anything_is_written(sink: Sink) -> None:
+    for name in ("a b", "../etc", "x" * 200, "'; DROP TABLE etl_jobs; --"):
+        with pytest.raises(RecordError, match="job name"), sink.run(name):
+            sink.write_events(events("hostile"))
+    assert sink.get_event("shop", "hostile") is None
+    assert sink._app.jobs.list() == []

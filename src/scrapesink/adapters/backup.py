@@ -17,6 +17,7 @@ import builtins
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -36,6 +37,7 @@ from scrapesink.errors import ConfigError, Conflict, NotFound, ScrapesinkError
 
 DUMP, FILES, MANIFEST = "database.dump", "files.tar", "manifest.json"
 SKIP = {"pgdata", "backups", "export"}  # never inside files.tar
+_ID = re.compile(r"\d{8}T\d{12}Z")
 
 
 class BackupError(ScrapesinkError):
@@ -193,6 +195,8 @@ class Backups:
         return found
 
     def get(self, backup_id: str) -> Manifest:
+        if not _ID.fullmatch(backup_id):  # an id, never a path (../ stays out)
+            raise NotFound(f"no backup {backup_id!r}: ids look like 20261122T031056123456Z")
         path = self.root / backup_id
         if not (path / MANIFEST).is_file():
             raise NotFound(f"no backup {backup_id!r} in {self.root}")

@@ -20,7 +20,7 @@ import structlog
 
 from scrapesink.application.ingest import IngestSummary, WriteSummary
 from scrapesink.domain.jobs import Job, Run, RunCounts
-from scrapesink.errors import Conflict, NotFound, StorageError
+from scrapesink.errors import Conflict, NotFound, RecordError, StorageError
 from scrapesink.logs import get_logger
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class JobRun:
         try:
             job = self.store.ensure(self.job_name, source=self.source)
             self.run = self.store.start(job, self.origin)
-        except (NotFound, Conflict):
+        except (NotFound, Conflict, RecordError):
             raise
         except StorageError as exc:
             log.warning("run of job %s not recorded: %s", self.job_name, exc.message)

@@ -15,6 +15,7 @@ free JSON object of their own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -114,6 +115,17 @@ def check_job(data: Any) -> JobSpec:
         ]
         raise RecordError("; ".join(problems)) from None  # each problem names its path
     return spec
+
+
+def check_name(name: str) -> str:
+    """A job name as given to ``--job``, ``sink.run()`` or ``?job=``."""
+    if not re.fullmatch(_NAME, name):
+        raise RecordError(
+            f"job name {name!r}: use 1-128 letters, digits and _ . : - (starting with a letter"
+            " or digit)",
+            path="job",
+        )
+    return name
 
 
 def check_transition(run_id: int, current: str, new: str) -> None:

@@ -15,6 +15,7 @@ from scrapesink.domain.jobs import (
     JobSpec,
     Run,
     RunCounts,
+    check_name,
     check_transition,
 )
 from scrapesink.errors import Conflict, ConstraintError, NotFound
@@ -88,6 +89,7 @@ class JobStore:
 
     def ensure(self, name: str, *, source: str | None = None, kind: str = "ingest") -> Job:
         """The job ``name``, made (kind ``ingest``) when it does not exist yet."""
+        check_name(name)
         with self.database.connection() as conn:
             conn.execute(
                 "INSERT INTO etl_jobs (name, kind, source) VALUES (%s, %s, %s)"
