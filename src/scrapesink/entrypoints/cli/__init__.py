@@ -52,7 +52,6 @@ app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(backup.app, name="backup")
-app.command()(backup.restore)
 app.command()(ingest)
 app.command()(records.get)
 app.command("list")(records.list_)
@@ -71,6 +70,7 @@ app.add_typer(ops.deadletters_app, name="deadletters")
 app.command()(serve.serve)
 app.add_typer(serve.keys_app, name="keys")
 app.command()(serve.audit)
+app.command()(backup.restore)
 
 
 def _version(value: bool) -> None:
