@@ -10,7 +10,7 @@
   waiting for its answer (stored in PostgreSQL and CSV) before sending the next.
 Rounds alternate the two on fresh databases of the same server; the ratio of one run is what
 counts (target: HTTP >= 0.5x in-process). Then 32 client threads GET events by key from the
-server and the latency percentiles are reported.
+server, with one worker process and with two, and the latency percentiles are reported.
 """
 
 from __future__ import annotations
@@ -165,6 +165,14 @@ def main() -> None:
                     latency = get_latency(server, keys, args.readers, args.gets)
             finally:
                 server.stop()
+            if round_ == args.rounds - 1:  # the same data behind `serve --workers 2`
+                token = server.token  # keys exist now: the new server prints none
+                server = ApiServer(url, data_dir, "--workers", "2")
+                server.token = token
+                try:
+                    latency_2 = get_latency(server, keys, args.readers, args.gets)
+                finally:
+                    server.stop()
     ratios = [http / own for http, own in zip(remote, local, strict=True)]
     result = {
         "events": args.events,
@@ -175,6 +183,7 @@ def main() -> None:
         "ratio_best_vs_best": round(max(remote) / max(local), 3),
         "ratio_median_of_rounds": round(statistics.median(ratios), 3),
         "get_by_key": latency,
+        "get_by_key_2_workers": latency_2,
     }
     print(json.dumps(result, indent=2))
     if not args.quick:
@@ -192,7 +201,9 @@ def main() -> None:
             f"{result['ratio_median_of_rounds']} (target >= 0.5)\n"
             f"- GET /api/v1/events/{{source}}/{{id}}, {args.readers} concurrent clients, "
             f"{latency['requests']:,} requests: p50 {latency['p50_ms']} ms, "
-            f"**p99 {latency['p99_ms']} ms**, {latency['requests_per_s']:,} requests/s\n"
+            f"**p99 {latency['p99_ms']} ms**, {latency['requests_per_s']:,} requests/s; with "
+            f"`serve --workers 2`: p50 {latency_2['p50_ms']} ms, **p99 {latency_2['p99_ms']} ms**, "
+            f"{latency_2['requests_per_s']:,} requests/s\n"
         )
         print(f"wrote {RESULTS}")
 

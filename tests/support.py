@@ -107,9 +107,11 @@ class ApiServer:
                 time.sleep(0.1)
         raise RuntimeError(f"server did not start: {self.log.read_text()}")
 
-    def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+    def client(
+        self, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Client:
+        sent = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers={**sent, **(headers or {})}, timeout=60)
 
     def stop(self) -> str:
         self.process.terminate()

@@ -650,3 +650,31 @@ def test_metrics_after_known_ingests(server: ApiServer, keys: dict[str, str]) ->
     route = (("method", "POST"), ("route", "/api/v1/events"), ("status", "200"))
     assert values[("scrapesink_http_requests_total", route)] >= 2
     assert values[("scrapesink_pool_connections", (("state", "idle"),))] >= 0
+
+
+def test_several_worker_processes_share_one_installation(
+    server_url: str, template_db: str, tmp_path: Path
+) -> None:
+    name = create_database(server_url, template=template_db)
+    url = with_database(server_url, name)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ApiServer(url, data_dir, "--workers", "2")
+    try:
+        assert server.token is not None
+        with server.client(server.token, headers={"Connection": "close"}) as client:
+            for batch in range(8):  # a new connection each: the kernel spreads them
+                records = [event("workers", f"{batch}-{i}") for i in range(25)]
+                assert client.post("/api/v1/events", json=records).json()["stored"] == 25
+            again = client.post("/api/v1/events", json=[event("workers", "0-0")]).json()
+            assert again["duplicates"] == 1  # whichever worker answers, the key is known
+            assert client.get("/api/v1/events/workers/7-24").status_code == 200
+    finally:
+        server.stop()
+    assert count_events(url, "workers") == 200
+    csv_rows = sum(
+        len(path.read_text().splitlines()) - 1
+        for path in (data_dir / "raw_events" / "workers").glob("*.csv")
+    )
+    assert csv_rows == 200
+    drop_database(server_url, name)

@@ -6,6 +6,7 @@ closes them after the last: what is journaled is delivered or kept for replay.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +31,14 @@ request is refused (422), a retry while the first is still running gets 409; key
 `SCRAPESINK_API_IDEMPOTENCY_TTL` (24 h). Every error answers with one JSON shape:
 `status, error_type, message, table_name, query, errors[{path, message}]`.
 """
+
+
+NO_AUTH_ENV = "SCRAPESINK_API_NO_AUTH"  # set by `serve` for its worker processes, "0" or "1"
+
+
+def from_environment() -> FastAPI:
+    """The factory `serve --workers N` hands uvicorn: settings from the environment."""
+    return create_app(get_settings(), auth=os.environ.get(NO_AUTH_ENV) != "1")
 
 
 def create_app(settings: Settings | None = None, *, auth: bool = True) -> FastAPI:

@@ -36,6 +36,11 @@ def set_overrides(**values: Any) -> None:
     _overrides.update({k: v for k, v in values.items() if v is not None})
 
 
+def overrides_as_env() -> dict[str, str]:
+    """The global options given (--data-dir, --database-url) as the variables they override."""
+    return {f"SCRAPESINK_{k.upper()}": str(v) for k, v in _overrides.items()}
+
+
 def settings() -> Settings:
     return get_settings(**_overrides)
 

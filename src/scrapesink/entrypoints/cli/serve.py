@@ -5,7 +5,9 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import json
+import os
 import socket
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -46,25 +48,49 @@ def serve(
         False, "--no-auth", help="Let every caller do everything (only on a loopback address)."
     ),
     log_level: str = typer.Option("info", help="uvicorn's log level."),
+    workers: int = typer.Option(
+        1,
+        min=1,
+        max=64,
+        help="Worker processes. Each has its own journal; all share the database, the data "
+        "directory, the keys and the Idempotency-Key records.",
+    ),
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) on the embedded database or a server.
 
     Every request under /api/v1 needs an API key. With none yet, the first start creates an
-    admin key and prints it once. /api/health and /metrics need no key.
+    admin key and prints it once. /api/health and /metrics need no key (with several workers,
+    /metrics shows the worker that answered).
     """
     import uvicorn
 
-    from scrapesink.entrypoints.api import create_app
-    from scrapesink.entrypoints.cli.common import settings
+    from scrapesink.entrypoints.api.app import NO_AUTH_ENV, create_app
+    from scrapesink.entrypoints.cli.common import overrides_as_env, settings
 
     if no_auth and not _loopback(host):
         fail(f"--no-auth is only allowed on a loopback address, not {host}")
+    config = settings()
     if not no_auth:
         _first_key()
-    application = create_app(settings(), auth=not no_auth)
     where = f"http://{host}:{port}"
-    err.print(f"serving on {where} (docs: {where}/docs){'; no auth' if no_auth else ''}")
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+    extra = f"; {workers} workers" if workers > 1 else ""
+    err.print(f"serving on {where} (docs: {where}/docs){'; no auth' if no_auth else ''}{extra}")
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(config, auth=not no_auth), **options)
+        return
+    # Worker processes import the app by name and read their settings from the environment:
+    # hand them this command's overrides, and the auth decision made (and checked) here.
+    os.environ.update(overrides_as_env())
+    os.environ[NO_AUTH_ENV] = "1" if no_auth else "0"
+    uvicorn.run(
+        "scrapesink.entrypoints.api.app:from_environment", factory=True, workers=workers, **options
+    )
 
 
 def _first_key() -> None:
