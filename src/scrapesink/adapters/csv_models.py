@@ -7,40 +7,44 @@ parent's natural key (``workflows_workflow_id``, ``movies_url``, ``actors_name``
 because PostgreSQL's ids are not known here; then the fields; then ``updated_at`` (when this
 version was written) and ``deleted_at``.
 
-What the files hold now is kept in ``csv_models.sqlite`` (each row's latest values), so change
-detection needs no PostgreSQL; exactly-once uses the same committed lengths + journal ranges as
-the raw-event mirror (``csv_sink.CsvFiles``). :func:`compact` rewrites files latest-only.
+What the files hold now is kept in ``csv_models.sqlite``, a row per record
+(``csv_model_state``), so change detection needs no PostgreSQL; exactly-once uses the same
+committed lengths + journal ranges as the raw-event mirror (``csv_sink.CsvFiles``).
+:func:`compact` rewrites files latest-only.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from scrapesink.adapters.csv_format import header_line
+from scrapesink.adapters.csv_model_state import (
+    SCHEMA,
+    Cells,
+    Plan,
+    Prepared,
+    Row,
+    adopt_versions,
+)
 from scrapesink.adapters.csv_sink import CsvFiles, _fsync_dir, _unavailable
 from scrapesink.application.ports import Batch, WriteOutcome, model_kind
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
-from scrapesink.domain.records import DELETE, Entity
+from scrapesink.domain.records import DELETE, UPSERT, Entity
 
-_VERSIONS = """
-CREATE TABLE IF NOT EXISTS versions (file TEXT NOT NULL, identity TEXT NOT NULL, parent TEXT,
-                                     cells TEXT NOT NULL, deleted INTEGER NOT NULL,
-                                     PRIMARY KEY (file, identity)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS versions_parent ON versions (parent);
-"""
+log = logging.getLogger(__name__)
 SYSTEM = ("updated_at", "deleted_at")
 _JSON = msgspec.json.Encoder()
-_DECODE = msgspec.json.Decoder(list[Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +105,38 @@ def cell(value: Any, spec: FieldDef | None = None) -> str:
     return str(value)
 
 
-@dataclass
-class _Row:
-    parent: str | None
-    cells: list[str]
-    deleted: bool
+Specs = tuple[tuple[str, bool], ...]  # (field name, is json) of one row's cells, in order
+
+
+def _specs(fields: tuple[FieldDef, ...]) -> Specs:
+    return tuple((f.name, f.type == "json") for f in fields)
+
+
+def _cells(values: dict[str, Any], specs: Specs) -> Cells:
+    """One row's cells; :func:`cell` with the common cases first (this runs for every row)."""
+    out = []
+    for name, is_json in specs:
+        value = values.get(name)
+        if value is None:
+            out.append("")
+        elif is_json:
+            out.append(_JSON.encode(value).decode())
+        elif type(value) is str:
+            out.append(value)
+        else:
+            out.append(cell(value))
+    return tuple(out)
+
+
+def _identity(values: Sequence[Any]) -> str:
+    return _JSON.encode(values).decode()
 
 
 class ModelCsvFiles(CsvFiles):
     """The model CSV files and their state, without a model (what `status` needs)."""
 
     def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir, data_dir / "csv_models.sqlite", _VERSIONS)
+        super().__init__(data_dir, data_dir / "csv_models.sqlite", SCHEMA)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.root.glob("*.csv") if p.is_file())
@@ -131,17 +155,74 @@ class CsvModelSink(ModelCsvFiles):
         self.layouts = layouts(declaration, model)
         self._headers = {t.file: header_line(t.header) for t in self.layouts.values()}
         self._header_checked: set[str] = set()  # files whose header this process has seen
+        self._adopted = False  # state of earlier versions moved (once per process)
+        self.root_file = self.layouts[model.table_name].file
+        self._root_specs = _specs(model.fields)
+        self._children = [
+            (c, self.layouts[c.table_name].file, _specs(c.fields)) for c in model.children
+        ]
+        self._links = [
+            (
+                link,
+                target,
+                self.layouts[target.table_name].file,
+                _specs(target.fields),
+                self.layouts[link.table_name].file,
+                _specs(link.fields),
+            )
+            for link in model.links
+            for target in [declaration.model(link.model)]
+        ]
 
     def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
-        return lambda: self._deliver(batch)
+        prepared = [self._prepare(entity) for entity in batch.records]
+        return lambda: self._deliver(batch, prepared)
 
-    def _deliver(self, batch: Batch[Entity]) -> WriteOutcome:
+    def _prepare(self, entity: Entity) -> Prepared:
+        record = entity.record
+        key = [record[k] for k in self.model.natural_key]
+        root = _identity(key)
+        if entity.op == DELETE:
+            return Prepared(DELETE, root)
+        rows: list[Row] = [(self.root_file, root, _cells(record, self._root_specs))]
+        key_cells = tuple(cell(v) for v in key)
+        for child, file, specs in self._children:
+            items = record.get(child.name)
+            items = [] if items is None else [items] if child.relation == "one" else items
+            for item in items:
+                cells = key_cells + _cells(item, specs)
+                if child.relation == "one":
+                    ident = root
+                elif child.key:
+                    ident = _identity([*key, *(item[k] for k in child.key)])
+                else:
+                    ident = _identity(cells)
+                rows.append((file, ident, cells))
+        shared: list[Row] = []
+        for link, target, target_file, target_specs, file, specs in self._links:
+            for item in record.get(link.name) or ():
+                target_key = [item[k] for k in target.natural_key]
+                shared.append((target_file, _identity(target_key), _cells(item, target_specs)))
+                cells = key_cells + tuple(cell(v) for v in target_key) + _cells(item, specs)
+                rows.append((file, _identity([*key, *target_key]), cells))
+        # Unchanged records are recognised by this digest alone; a record with links is not,
+        # since what it says of a shared entity depends on what other records said.
+        encoded = _JSON.encode(rows)
+        digest = None if shared else hashlib.blake2b(encoded, digest_size=16).digest()
+        return Prepared(UPSERT, root, tuple(rows), tuple(shared), encoded, digest)
+
+    def _deliver(self, batch: Batch[Entity], prepared: list[Prepared]) -> WriteOutcome:
         self._register(set(self._headers))
         with self._state(write=True) as db:
             if self._seen(db, batch):
                 return WriteOutcome(0)
             self._migrate_headers(db)
-            plan = _Plan(self, db, batch.records)
+            if not self._adopted:
+                moved = adopt_versions(db, self._owned_files())
+                if moved:
+                    log.info("csv: moved the state of %d records to the per-record layout", moved)
+                self._adopted = True
+            plan = Plan(db, self.root_file, self._headers, prepared)
             texts = {file: _format(rows) for file, rows in plan.output.items() if rows}
             self._commit(db, batch, texts, self._headers.__getitem__)
             plan.save(db)
@@ -163,6 +244,22 @@ class CsvModelSink(ModelCsvFiles):
                 rewrite(db, self.root, file, self._layout(file), latest_only=False)
             self._header_checked.add(file)
 
+    def _owned_files(self) -> list[tuple[str, list[str]]]:
+        """Every declared model's file and the files of its children and links."""
+        return [
+            (
+                f"{m.table_name}.csv",
+                [
+                    f"{t}.csv"
+                    for t in (
+                        *(c.table_name for c in m.children),
+                        *(link.table_name for link in m.links),
+                    )
+                ],
+            )
+            for m in self.declaration.models.values()
+        ]
+
     def _layout(self, file: str) -> TableLayout:
         return next(t for t in self.layouts.values() if t.file == file)
 
@@ -177,162 +274,7 @@ class CsvModelSink(ModelCsvFiles):
             }
 
 
-class _Plan:
-    """The rows one batch appends, worked out against the stored latest versions."""
-
-    def __init__(self, sink: CsvModelSink, db: sqlite3.Connection, entities: Any) -> None:
-        self.sink = sink
-        self.model = sink.model
-        self.output: dict[str, list[list[str]]] = {t.file: [] for t in sink.layouts.values()}
-        self.changed = 0
-        self.unchanged = 0
-        self.now = datetime.now(UTC).isoformat()
-        self.touched: dict[tuple[str, str], _Row] = {}
-        self.rows: dict[tuple[str, str], _Row] = {}
-        self.children: dict[str, dict[str, set[str]]] = {}  # parent -> file -> identities
-        self._load(db, entities)
-        self.same: list[int] = []  # positions of the unchanged records
-        for position, entity in enumerate(entities):
-            if entity.op == DELETE:
-                self._delete(entity.record)
-            elif not self._upsert(entity.record):
-                self.same.append(position)
-
-    def _identity(self, values: list[Any]) -> str:
-        return _JSON.encode(values).decode()
-
-    def _load(self, db: sqlite3.Connection, entities: Any) -> None:
-        model = self.model
-        roots = [self._identity([e.record[k] for k in model.natural_key]) for e in entities]
-        root_file = self.sink.layouts[model.table_name].file
-        wanted = [[root_file, r] for r in roots]
-        for link in model.links:
-            target = self.sink.declaration.model(link.model)
-            file = self.sink.layouts[target.table_name].file
-            for e in entities:
-                for item in e.record.get(link.name) or ():
-                    wanted.append([file, self._identity([item[k] for k in target.natural_key])])
-        query = (
-            "SELECT v.file, v.identity, v.parent, v.cells, v.deleted FROM json_each(?) AS j"
-            " JOIN versions AS v ON v.file = j.value ->> 0 AND v.identity = j.value ->> 1"
-        )
-        found = db.execute(query, (_JSON.encode(wanted),)).fetchall()
-        found += db.execute(
-            "SELECT file, identity, parent, cells, deleted FROM versions"
-            " WHERE parent IN (SELECT value FROM json_each(?))",
-            (_JSON.encode(roots),),
-        ).fetchall()
-        for file, identity, parent, cells, deleted in found:
-            row = _Row(parent, _DECODE.decode(cells), bool(deleted))
-            self.rows[(file, identity)] = row
-            if parent is not None and not deleted:
-                self.children.setdefault(parent, {}).setdefault(file, set()).add(identity)
-
-    def _put(self, file: str, identity: str, parent: str | None, cells: list[str]) -> bool:
-        """Append a version when it differs from the latest; True when one was appended."""
-        current = self.rows.get((file, identity))
-        if current is not None and not current.deleted and current.cells == cells:
-            return False
-        row = _Row(parent, cells, False)
-        self.rows[(file, identity)] = self.touched[(file, identity)] = row
-        self.output[file].append([*cells, self.now, ""])
-        return True
-
-    def _tombstone(self, file: str, identity: str) -> None:
-        current = self.rows.get((file, identity))
-        if current is None or current.deleted:
-            return
-        row = _Row(current.parent, current.cells, True)
-        self.rows[(file, identity)] = self.touched[(file, identity)] = row
-        self.output[file].append([*current.cells, self.now, self.now])
-
-    def _upsert(self, record: dict[str, Any]) -> bool:
-        model = self.model
-        layouts = self.sink.layouts
-        key = [record[k] for k in model.natural_key]
-        root = self._identity(key)
-        key_cells = [cell(v) for v in key]
-        changed = self._put(
-            layouts[model.table_name].file,
-            root,
-            None,
-            [cell(record.get(f.name), f) for f in model.fields],
-        )
-        before = self.children.pop(root, {})
-        now: dict[str, set[str]] = {}
-        for child in model.children:
-            layout = layouts[child.table_name]
-            items = record.get(child.name)
-            items = [] if items is None else [items] if child.relation == "one" else items
-            for item in items:
-                cells = key_cells + [cell(item.get(f.name), f) for f in child.fields]
-                ident = self._identity(
-                    [*key, *(item[k] for k in child.key)]
-                    if child.relation == "many" and child.key
-                    else (key if child.relation == "one" else cells)
-                )
-                changed |= self._put(layout.file, ident, root, cells)
-                now.setdefault(layout.file, set()).add(ident)
-        for link in model.links:
-            target = self.sink.declaration.model(link.model)
-            target_layout = layouts[target.table_name]
-            layout = layouts[link.table_name]
-            for item in record.get(link.name) or ():
-                target_key = [item[k] for k in target.natural_key]
-                self._merge_shared(target_layout.file, target.fields, target_key, item)
-                cells = key_cells + [cell(v) for v in target_key]
-                cells += [cell(item.get(f.name), f) for f in link.fields]
-                ident = self._identity([*key, *target_key])
-                changed |= self._put(layout.file, ident, root, cells)
-                now.setdefault(layout.file, set()).add(ident)
-        for file, identities in before.items():
-            for ident in identities - now.get(file, set()):
-                self._tombstone(file, ident)
-                changed = True
-        self.children[root] = now
-        if changed:
-            self.changed += 1
-        else:
-            self.unchanged += 1
-        return changed
-
-    def _merge_shared(
-        self, file: str, fields: tuple[FieldDef, ...], key: list[Any], item: dict[str, Any]
-    ) -> None:
-        """A linked entity: what the link item carries updates it; absent fields keep theirs."""
-        identity = self._identity(key)
-        current = self.rows.get((file, identity))
-        cells = [cell(item.get(f.name), f) for f in fields]
-        if current is not None and not current.deleted:
-            cells = [
-                new if new != "" else old for new, old in zip(cells, current.cells, strict=True)
-            ]
-        self._put(file, identity, None, cells)
-
-    def _delete(self, key_record: dict[str, Any]) -> None:
-        model = self.model
-        root = self._identity([key_record[k] for k in model.natural_key])
-        current = self.rows.get((self.sink.layouts[model.table_name].file, root))
-        if current is None or current.deleted:
-            return
-        self._tombstone(self.sink.layouts[model.table_name].file, root)
-        for file, identities in self.children.pop(root, {}).items():
-            for ident in identities:
-                self._tombstone(file, ident)
-        self.changed += 1
-
-    def save(self, db: sqlite3.Connection) -> None:
-        db.executemany(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?) ON CONFLICT (file, identity) DO UPDATE"
-            " SET parent = excluded.parent, cells = excluded.cells, deleted = excluded.deleted",
-            [
-                (file, ident, row.parent, _JSON.encode(row.cells).decode(), int(row.deleted))
-                for (file, ident), row in self.touched.items()
-            ],
-        )
-
-
-def _format(rows: list[list[str]]) -> str:
+def _format(rows: list[Cells]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows(rows)
     return buffer.getvalue()

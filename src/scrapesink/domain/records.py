@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
-from scrapesink.domain.events import parse_timestamp, strip_nul
+from scrapesink.domain.events import has_nul, parse_timestamp, strip_nul
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
 from scrapesink.errors import RecordError
 
@@ -55,7 +55,9 @@ def validate_record(
     declaration: Declaration, model: ModelDef, data: Any, location: str | None = None
 ) -> Checked:
     """Check ``data`` against ``model``; raise :class:`RecordError` naming the first bad path."""
-    cleaned, nul = strip_nul(data)
+    # The record's own dicts and lists are built anew below; json values are kept as given
+    # (the sinks encode them when the batch is handed over, see CsvModelSink.stage).
+    cleaned, nul = strip_nul(data) if has_nul(data) else (data, False)
     record = _object(model.fields, cleaned, model.strict, "", location, _extra(model))
     for name in model.natural_key:
         if record.get(name) is None:
@@ -119,7 +121,7 @@ def _object(
     location: str | None,
     extra: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise RecordError(
             f"expected an object, got {_kind(data)}", location=location, path=prefix.rstrip(".")
         )
@@ -133,18 +135,40 @@ def _object(
                 path=prefix + unknown[0],
             )
     out: dict[str, Any] = {}
+    get = data.get
     for spec in fields:
-        path = prefix + spec.name
-        value = data.get(spec.name)
-        if value is None and spec.name not in data and spec.default is not None:
+        name = spec.name
+        value = get(name)
+        if value is None and spec.default is not None and name not in data:
             value = spec.default
         if value is None:
             if not spec.nullable:
-                raise RecordError(f"missing field {spec.name}", location=location, path=path)
-            out[spec.name] = None
-            continue
-        out[spec.name] = convert(spec, value, path, location)
+                raise RecordError(f"missing field {name}", location=location, path=prefix + name)
+            out[name] = None
+        elif _canonical(spec.type, value):
+            out[name] = value
+        else:
+            out[name] = convert(spec, value, prefix + name, location)
     return out
+
+
+def _canonical(kind: str, value: Any) -> bool:
+    """Whether ``value`` already is its canonical form (the common case, decided without the
+    general conversion: this runs for every field of every record)."""
+    if kind == "json":
+        return True
+    vtype = type(value)
+    if vtype is str:
+        return kind == "string" or kind == "text"
+    if vtype is bool:
+        return kind == "boolean"
+    if vtype is int:
+        return (kind == "integer" and -(2**31) <= value < 2**31) or (
+            kind == "bigint" and -(2**63) <= value < 2**63
+        )
+    if vtype is float:
+        return kind == "float" and math.isfinite(value)
+    return False
 
 
 def _items(
