@@ -16,6 +16,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+import scrapesink
 from tests.conftest import env_for
 from tests.support import StoppablePostgres, fresh_db
 
@@ -47,6 +48,21 @@ def csv_keys(data_dir: Path) -> list[tuple[str, str]]:
 def pg_keys(url: str) -> list[tuple[str, str]]:
     with psycopg.connect(url) as conn:
         return [tuple(r) for r in conn.execute("SELECT source, source_id FROM raw_events")]
+
+
+def test_reads_after_a_restart_get_fresh_connections(stoppable: StoppablePostgres, tmp_path):
+    # Connections used within the last seconds are not pinged before use: after a restart the
+    # first read meets a dead one, and is run again on a new connection.
+    url = fresh_db(stoppable.url, "read_after_restart")
+    with scrapesink.open(database_url=url, data_dir=tmp_path / "data") as sink:
+        sink.save("workflows", [{"workflow_id": f"wf-{i}"} for i in range(3)])
+        for _ in range(3):  # several pooled connections, all used just now
+            assert sink.get("workflows", "wf-1") is not None
+        stoppable.stop()
+        stoppable.start()
+        assert sink.get("workflows", "wf-1") is not None
+        assert len(sink.list("workflows").records) == 3
+        assert [h.record["workflow_id"] for h in sink.search("workflows", "nothing")] == []
 
 
 @pytest.mark.slow

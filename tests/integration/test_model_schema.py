@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from scrapesink.adapters.csv_models import CsvModelSink
@@ -77,6 +78,31 @@ def test_destructive_changes_are_refused_unless_allowed(
     applied = schema.apply(changed, allow_destructive=True)
     assert any(c.destructive for c in applied)
     assert schema.plan(changed) == []
+
+
+def test_an_index_on_new_columns_is_rebuilt_by_itself(app: App, database_url: str) -> None:
+    schema = app.model_schema
+    grown = declaration({"name": "city", "type": "string", "index": True})
+    schema.apply(grown, allow_destructive=False)
+    with psycopg.connect(database_url, autocommit=True) as conn:  # as versions before 0.2 made it
+        conn.execute("DROP INDEX ix_shops_city")
+        conn.execute("CREATE INDEX ix_shops_city ON shops (city)")
+    (change,) = schema.plan(grown)
+    assert (change.change, change.detail, change.destructive) == (
+        "alter_index",
+        "ix_shops_city",
+        False,
+    )
+    assert [c.describe() for c in schema.apply(grown, allow_destructive=False)] == [
+        "shops: alter_index ix_shops_city"
+    ]
+    assert schema.plan(grown) == []
+    with psycopg.connect(database_url) as conn:
+        (definition,) = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_shops_city'"
+        ).fetchone()  # type: ignore[misc]
+    assert definition.endswith("(city, id)")
+    assert schema.history(model="shops")[0].change == "alter_index"
 
 
 def test_json_defaults_are_applied_and_filled_in(app: App) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,50 @@ def test_get_and_pagination_with_filters_and_sort(sink: Sink) -> None:
         "workflows", where=[("quality_score", ">=", 0.8), ("layer2_success", "=", True)]
     )
     assert {r["workflow_id"] for r in good.records} == {"wf-8", "wf-18", "wf-28"}
+
+
+def _all_pages(sink: Sink, sort: str, limit: int, **options: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = sink.list("workflows", sort=sort, limit=limit, after=after, **options)
+        found += page.records
+        if page.next_cursor is None:
+            return found
+        after = page.next_cursor
+
+
+@pytest.mark.parametrize("sort", ["quality_score", "-quality_score", "-retry_count", None])
+def test_pages_follow_the_sort_with_ties_by_id_and_nulls_last(sink: Sink, sort: str | None) -> None:
+    records = [workflow(i, quality_score=None if i % 4 == 0 else (i % 3) / 10) for i in range(23)]
+    sink.save("workflows", records)
+    stored = sink.list("workflows", limit=100).records  # by id
+    assert [r["id"] for r in stored] == sorted(r["id"] for r in stored)
+    expected = stored
+    if sort is not None:
+        field, sign = sort.lstrip("-"), (-1 if sort.startswith("-") else 1)
+        known = [r for r in stored if r[field] is not None]
+        unknown = [r for r in stored if r[field] is None]
+        expected = sorted(known, key=lambda r: (sign * r[field], sign * r["id"]))
+        expected += sorted(unknown, key=lambda r: sign * r["id"])  # nulls last, both ways
+    for limit in (1, 4, 23, 50):
+        pages = _all_pages(sink, sort or "", limit)
+        assert [r["workflow_id"] for r in pages] == [r["workflow_id"] for r in expected]
+
+
+def test_a_listed_record_has_its_fields_and_with_children_all_of_it(sink: Sink) -> None:
+    sink.save("workflows", [workflow(i) for i in range(3)])
+    (listed,) = sink.list("workflows", where=[("workflow_id", "=", "wf-1")]).records
+    got = sink.get("workflows", "wf-1")
+    assert got is not None
+    assert "metadata" not in listed and "transcripts" not in listed
+    assert {k: v for k, v in got.items() if k in listed and not k.endswith("_at")} == {
+        k: v for k, v in listed.items() if not k.endswith("_at")
+    }
+    for stamp in ("first_seen_at", "last_seen_at", "updated_at"):  # ISO 8601 text, both ways
+        assert datetime.fromisoformat(listed[stamp]) == datetime.fromisoformat(got[stamp])
+    (whole,) = sink.list("workflows", where=[("workflow_id", "=", "wf-1")], children=True).records
+    assert whole == got
 
 
 def test_update_changes_fields_and_keeps_the_rest(sink: Sink, data_dir: Path) -> None:

@@ -147,16 +147,25 @@ class Sink:
         sort: str | None = None,
         limit: int = 50,
         after: str | None = None,
+        children: bool = False,
     ) -> ModelPage:
         """A page of records: ``where=[("quality_score", ">=", 0.8)]`` (operators
-        ``= != < <= > >=``, and ``~`` for JSON containment), ``sort="-quality_score"``; pass
-        ``page.next_cursor`` as ``after`` for the next page."""
+        ``= != < <= > >=``, and ``~`` for JSON containment), ``sort="-quality_score"`` (nulls
+        last; ties by id in the same direction); pass ``page.next_cursor`` as ``after`` for the
+        next page. Records carry their own fields; ``children=True`` gives whole records, with
+        children and links, as :meth:`get` does. Declare ``"index": true`` on a field you sort
+        by: a page is then read in index order, whatever the table's size."""
         if not 1 <= limit <= 10_000:
             raise RecordError(f"limit must be between 1 and 10000, got {limit}", path="limit")
         service = self._models()
         filters = [f if isinstance(f, Filter) else Filter(*f) for f in where]
         return self._repository().list(
-            service.model(model), filters=filters, sort=sort, limit=limit, after=after
+            service.model(model),
+            filters=filters,
+            sort=sort,
+            limit=limit,
+            after=after,
+            children=children,
         )
 
     def search(self, model: str, text: str, *, limit: int = 20) -> builtins.list[SearchHit]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from scrapesink.errors import (
@@ -25,6 +29,8 @@ _TRANSIENT_CLASSES = ("08", "57", "53")
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
 _CONSTRAINT_CLASSES = ("22", "23")  # data exception, integrity constraint violation
 _QUICK_WAIT = 2.0  # seconds to wait for a pooled connection before checking the server is up
+PING_AFTER_IDLE = 10.0  # seconds; a pooled connection idle longer is pinged before use
+_JSON_DECODE = msgspec.json.decode
 
 
 def translate(exc: BaseException, *, query: str | None = None) -> StorageError:
@@ -63,6 +69,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Each pooled connection decodes json/jsonb with msgspec (C, several times faster than
+    the standard library's decoder on the documents that reads return)."""
+    set_json_loads(_JSON_DECODE, conn)
+
+
 def describe_url(conninfo: str) -> str:
     """The URL without its password, for humans and logs."""
     if conninfo.startswith(("postgresql://", "postgres://")):
@@ -96,6 +108,9 @@ class Database:
         self._options = options
         self._pool: ConnectionPool | None = None
         self._suspect = False  # the last attempt could not connect
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )  # connection -> when it last went back to the pool
 
     def open(self, *, check: bool = True, suspect: bool = False) -> None:
         """Check the server answers (one clear error if not), then open the pool.
@@ -115,12 +130,28 @@ class Database:
             max_size=opts.size + opts.max_overflow,
             timeout=opts.timeout,
             max_lifetime=opts.recycle,
-            check=ConnectionPool.check_connection if opts.pre_ping else None,
-            kwargs={"connect_timeout": opts.connect_timeout, "application_name": "scrapesink"},
+            check=self._check_if_idle if opts.pre_ping else None,
+            configure=_configure,
+            kwargs={
+                "connect_timeout": opts.connect_timeout,
+                "application_name": "scrapesink",
+                # JIT compiles a plan whose estimate is large (a page of documents with their
+                # children, a ranked search) for tens of milliseconds: more than such a query
+                # takes to run. scrapesink's statements are all short or set-based.
+                "options": "-c jit=off",
+            },
             name="scrapesink",
             open=False,
         )
         self._pool.open(wait=False)
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's pre-ping, for connections that sat idle: one handed back within the last
+        ``PING_AFTER_IDLE`` seconds served a query then, and a ping is a round trip (a third of
+        a point read). A connection that fails anyway costs a retry: lanes retry transient
+        errors, and :meth:`fetch` runs a read again on a fresh connection."""
+        if time.monotonic() - self._returned.get(conn, 0.0) >= PING_AFTER_IDLE:
+            ConnectionPool.check_connection(conn)
 
     def ping(self) -> None:
         """Raises TransientStorageError, one line, when the server does not answer."""
@@ -144,8 +175,9 @@ class Database:
         return self._pool
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection inside a transaction; psycopg errors leave as StorageError.
+    def connection(self, *, transaction: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection inside a transaction (or, ``transaction=False``, in autocommit);
+        psycopg errors leave as StorageError.
 
         After a connection failure the server is *suspect*: the next caller pings it first, so
         while it is down every attempt fails within connect_timeout (at once when refused)
@@ -154,8 +186,11 @@ class Database:
         if self._suspect:
             self.ping()
             self._suspect = False
+            # The server answers again: the pooled connections that died with it (a restart)
+            # are replaced now, not handed out one failure at a time.
+            self.pool.check()
         try:
-            with self._pooled() as conn:
+            with self._pooled(transaction) as conn:
                 yield conn
         except (psycopg.Error, PoolTimeout) as exc:
             error = translate(exc)
@@ -166,7 +201,7 @@ class Database:
             raise error from exc
 
     @contextmanager
-    def _pooled(self) -> Iterator[psycopg.Connection[Any]]:
+    def _pooled(self, transaction: bool = True) -> Iterator[psycopg.Connection[Any]]:
         """Wait for a pooled connection: briefly, then, if the server still answers a ping,
         for the rest of pool_timeout (a busy pool). A server that died while connections were
         in use fails here within seconds instead of after the whole pool_timeout."""
@@ -177,10 +212,35 @@ class Database:
             self.ping()
             conn = self.pool.getconn(timeout=max(self._options.timeout - quick, 0.001))
         try:
-            with conn:  # what pool.connection() does: commit, or roll back on error
-                yield conn
+            if transaction:
+                with conn:  # what pool.connection() does: commit, or roll back on error
+                    yield conn
+            else:
+                conn.autocommit = True
+                try:
+                    yield conn
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
         finally:
+            self._returned[conn] = time.monotonic()
             self.pool.putconn(conn)
+
+    def fetch(
+        self, query: str, params: Sequence[Any] = (), *, binary: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """The rows of one read-only statement, run in autocommit (no BEGIN and COMMIT round
+        trips around it). A connection that turns out broken (the server restarted while it
+        sat in the pool unpinged) is replaced and the statement run once more."""
+        for attempt in (1, 2):
+            try:
+                with self.connection(transaction=False) as conn:
+                    return conn.cursor(binary=binary).execute(query, params).fetchall()
+            except TransientStorageError as exc:
+                lost = not exc.sqlstate or exc.sqlstate.startswith(("08", "57"))
+                if attempt == 2 or not lost:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def direct(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:

@@ -14,6 +14,7 @@ import builtins
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +22,7 @@ import msgspec
 
 from scrapesink.adapters.postgres.database import Database
 from scrapesink.adapters.postgres.model_sql import delete_name, q, upsert_name
-from scrapesink.adapters.postgres.model_tables import SEARCH_CONFIG, ref_column
+from scrapesink.adapters.postgres.model_tables import SEARCH_CONFIG, SQL_TYPES, ref_column
 from scrapesink.adapters.postgres.progress import RECORD_PROGRESS, JournalProgress
 from scrapesink.application.ports import Batch, WriteOutcome, model_kind
 from scrapesink.domain.models import Declaration, ModelDef
@@ -29,7 +30,7 @@ from scrapesink.domain.records import DELETE, Entity, convert
 from scrapesink.errors import InputError, RecordError
 
 _JSON = msgspec.json.Encoder()
-_HIDDEN = ("content_hash", "search_vector")
+_TIMES = ("first_seen_at", "last_seen_at", "updated_at")
 FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "~")  # ~ : JSON containment (@>)
 _SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "~": "@>"}
 
@@ -106,14 +107,25 @@ class ModelRepository:
     def __init__(self, database: Database, declaration: Declaration) -> None:
         self.database = database
         self.declaration = declaration
+        self._documents: dict[tuple[str, bool], str] = {}  # the SQL is built once per model
 
-    def _document(self, model: ModelDef) -> str:
-        """SQL for one row of ``t`` as a complete record: fields, children, links."""
-        hidden = "".join(f" - '{c}'" for c in _HIDDEN)
-        parts = [f"(to_jsonb(t){hidden})"]
+    def _document(self, model: ModelDef, *, children: bool = True) -> str:
+        key = (model.name, children)
+        sql = self._documents.get(key)
+        if sql is None:
+            sql = self._documents[key] = self._build_document(model, children=children)
+        return sql
+
+    def _build_document(self, model: ModelDef, *, children: bool) -> str:
+        """SQL for one row of ``t`` as a record: its fields (and, with ``children``, its
+        children and links) as one jsonb value. Columns are named one by one: ``to_jsonb`` of
+        the row would also render the generated tsvector, only to drop it again."""
+        parts = [_object("t", ("id", *(f.name for f in model.fields), *_TIMES))]
+        if not children:
+            return parts[0]
         parent = ref_column(model.table_name)
         for child in model.children:
-            inner = f"to_jsonb(c) - 'id' - '{parent}'{hidden}"
+            inner = _object("c", tuple(f.name for f in child.fields))
             if child.relation == "one":
                 value = (
                     f"(SELECT {inner} FROM {q(child.table_name)} AS c WHERE c.{q(parent)} = t.id)"
@@ -141,9 +153,8 @@ class ModelRepository:
     def get(self, model: ModelDef, key: dict[str, Any]) -> dict[str, Any] | None:
         where = " AND ".join(f"t.{q(k)} = %s" for k in model.natural_key)
         sql = f"SELECT {self._document(model)} FROM {q(model.table_name)} AS t WHERE {where}"
-        with self.database.connection() as conn:
-            row = conn.execute(sql, [key[k] for k in model.natural_key]).fetchone()
-        return row[0] if row else None
+        rows = self.database.fetch(sql, [key[k] for k in model.natural_key])
+        return rows[0][0] if rows else None
 
     def list(
         self,
@@ -153,55 +164,89 @@ class ModelRepository:
         sort: str | None = None,
         limit: int = 50,
         after: str | None = None,
+        children: bool = False,
     ) -> ModelPage:
-        """A page ordered by ``sort`` (``field`` or ``-field``; nulls last) then id."""
+        """A page of records ordered by ``sort`` (``field`` or ``-field``; nulls last; ties by
+        id in the same direction), each with its fields, or whole with ``children``.
+
+        Keyset pagination in index order: a field declared with ``"index": true`` has an
+        index on (field, id), so a page reads only its own rows whatever the table's size.
+        Nulls come last both ways, which one index scan cannot give for descending order:
+        the non-null and the null rows are two index scans, each stopping after a page."""
         clauses, params = self._where(model, filters)
-        descending = bool(sort and sort.startswith("-"))
         field = (sort or "").lstrip("-") or None
-        if field is not None:
-            self._field(model, field, "sort")
-        order_column = f"t.{q(field)}" if field else None
-        if after is not None:
-            value, last_id = _decode_cursor(after)
-            if order_column is None:
+        descending = bool(sort and sort.startswith("-"))
+        spec = self._field(model, field, "sort") if field is not None else None
+        cursor = _decode_cursor(after) if after is not None else None
+        table = q(model.table_name)
+        # Without children, plain columns in binary: building a jsonb object per row cost the
+        # server twice what the page's index scans did.
+        document = self._document(model) if children else self._columns(model)
+        if spec is None:
+            if cursor is not None:
                 clauses.append("t.id > %s")
-                params.append(last_id)
-            elif value is None:
-                clauses.append(f"({order_column} IS NULL AND t.id > %s)")
-                params.append(last_id)
-            else:
-                cmp = "<" if descending else ">"
-                clauses.append(
-                    f"({order_column} IS NULL OR {order_column} {cmp} %s"
-                    f" OR ({order_column} = %s AND t.id > %s))"
+                params.append(cursor[1])
+            condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            sql = (
+                f"SELECT {document}, NULL, t.id FROM {table} AS t {condition}"
+                " ORDER BY t.id LIMIT %s"
+            )
+            params.append(limit + 1)
+        else:
+            column = f"t.{q(spec.name)}"
+            way, cmp = ("DESC", "<") if descending else ("ASC", ">")
+            cast = SQL_TYPES[spec.type]
+            branches: builtins.list[str] = []
+            values: builtins.list[Any] = []
+            if cursor is None or cursor[0] is not None:
+                where = [*clauses, f"{column} IS NOT NULL"]
+                values += params
+                if cursor is not None:
+                    value = json.dumps(cursor[0]) if spec.type == "json" else cursor[0]
+                    where.append(f"({column}, t.id) {cmp} (%s::{cast}, %s::bigint)")
+                    values += [value, cursor[1]]
+                branches.append(
+                    f"SELECT t.* FROM {table} AS t WHERE {' AND '.join(where)}"
+                    f" ORDER BY {column} {way}, t.id {way} LIMIT %s"
                 )
-                params.extend([value, value, last_id])
-        order = "t.id"
-        if order_column is not None:
-            order = f"{order_column} {'DESC' if descending else 'ASC'} NULLS LAST, t.id"
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        select_sort = order_column or "NULL"
-        sql = (
-            f"SELECT {self._document(model)}, {select_sort}, t.id"
-            f" FROM {q(model.table_name)} AS t {where} ORDER BY {order} LIMIT %s"
-        )
-        with self.database.connection() as conn:
-            rows = conn.execute(sql, [*params, limit + 1]).fetchall()
-        records = [row[0] for row in rows[:limit]]
-        cursor = None
+                values.append(limit + 1)
+            where = [*clauses, f"{column} IS NULL"]
+            values += params
+            if cursor is not None and cursor[0] is None:
+                where.append(f"t.id {cmp} %s::bigint")
+                values.append(cursor[1])
+            branches.append(
+                f"SELECT t.* FROM {table} AS t WHERE {' AND '.join(where)}"
+                f" ORDER BY t.id {way} LIMIT %s"
+            )
+            values.append(limit + 1)
+            union = " UNION ALL ".join(f"({b})" for b in branches)
+            sql = (
+                f"SELECT {document}, {column}, t.id FROM ({union}) AS t"
+                f" ORDER BY {column} IS NULL, {column} {way}, t.id {way} LIMIT %s"
+            )
+            params = [*values, limit + 1]
+        rows = self.database.fetch(sql, params, binary=not children)
+        if children:
+            records = [row[0] for row in rows[:limit]]
+        else:
+            names = ("id", *(f.name for f in model.fields), *_TIMES)
+            records = [_record(names, row) for row in rows[:limit]]
+        next_cursor = None
         if len(rows) > limit and records:
-            cursor = _encode_cursor(rows[limit - 1][1], rows[limit - 1][2])
-        return ModelPage(records, cursor)
+            next_cursor = _encode_cursor(rows[limit - 1][-2], rows[limit - 1][-1])
+        return ModelPage(records, next_cursor)
+
+    def _columns(self, model: ModelDef) -> str:
+        return ", ".join(f"t.{q(c)}" for c in ("id", *(f.name for f in model.fields), *_TIMES))
 
     def count(self, model: ModelDef, filters: Sequence[Filter] = ()) -> int:
         clauses, params = self._where(model, filters)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self.database.connection() as conn:
-            row = conn.execute(
-                f"SELECT count(*) FROM {q(model.table_name)} AS t {where}",
-                params,
-            ).fetchone()
-        return int(row[0]) if row else 0
+        rows = self.database.fetch(
+            f"SELECT count(*) FROM {q(model.table_name)} AS t {where}", params
+        )
+        return int(rows[0][0])
 
     def search(self, model: ModelDef, text: str, *, limit: int = 20) -> builtins.list[SearchHit]:
         """Records ranked by full-text relevance over the model's and its children's search
@@ -231,8 +276,7 @@ class ModelRepository:
             FROM hits JOIN {q(model.table_name)} AS t ON t.id = hits.root
             ORDER BY hits.rank DESC, t.id
         """
-        with self.database.connection() as conn:
-            rows = conn.execute(sql, (text, limit)).fetchall()
+        rows = self.database.fetch(sql, (text, limit))
         return [SearchHit(float(rank), record) for record, rank in rows]
 
     def stats(self, model: ModelDef) -> dict[str, Any]:
@@ -253,7 +297,7 @@ class ModelRepository:
                 parts.append(f"avg({q(f.name)})::float8 AS {q(f.name + '_avg')}")
                 parts.append(f"min({q(f.name)}) AS {q(f.name + '_min')}")
                 parts.append(f"max({q(f.name)}) AS {q(f.name + '_max')}")
-        with self.database.connection() as conn:
+        with self.database.connection(transaction=False) as conn:
             cur = conn.execute(f"SELECT {', '.join(parts)} FROM {table}")
             row = cur.fetchone()
             names = [d.name for d in cur.description or []]
@@ -307,6 +351,29 @@ class ModelRepository:
                 clauses.append(f"{column} {_SQL_OPS[f.op]} %s")
                 params.append(value)
         return clauses, params
+
+
+def _record(names: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row of plain columns as the record a document would give: time values and dates as
+    ISO 8601 text, numeric as a number (what ``jsonb`` renders them as)."""
+    record = dict(zip(names, row, strict=False))
+    for name, value in record.items():
+        if isinstance(value, date):  # datetime too
+            record[name] = value.isoformat()
+        elif isinstance(value, Decimal):
+            record[name] = float(value)
+    return record
+
+
+def _object(alias: str, columns: tuple[str, ...]) -> str:
+    """``jsonb_build_object`` of columns by name (in pieces: a function takes 100 arguments)."""
+    pieces = [
+        "jsonb_build_object("
+        + ", ".join(f"'{c}', {alias}.{q(c)}" for c in columns[i : i + 50])
+        + ")"
+        for i in range(0, len(columns), 50)
+    ]
+    return " || ".join(pieces) if pieces else "'{}'::jsonb"
 
 
 def _encode_cursor(value: Any, last_id: int) -> str:

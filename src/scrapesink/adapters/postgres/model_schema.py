@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -181,7 +181,8 @@ class ModelSchema:
                 model = owners.get(table) or previously.get(table) or "?"
                 changes.append(Change(model, table, kind, detail, destructive, op))
         dropped = {c.table_name for c in changes if c.change == "drop_table"}
-        return [c for c in changes if c.change == "drop_table" or c.table_name not in dropped]
+        changes = [c for c in changes if c.change == "drop_table" or c.table_name not in dropped]
+        return _redefined_indexes(changes)
 
     def _execute(self, connection: Connection, metadata: MetaData, changes: list[Change]) -> None:
         from alembic.migration import MigrationContext
@@ -207,6 +208,10 @@ class ModelSchema:
                 op[1].create(connection, checkfirst=True)
             elif kind == "drop_index":
                 ops.drop_index(op[1].name, table_name=change.table_name)
+            elif kind == "alter_index":
+                drop, add = op
+                ops.drop_index(drop[1].name, table_name=change.table_name)
+                add[1].create(connection)
             elif kind == "add_unique":
                 ops.create_unique_constraint(
                     op[1].name, change.table_name, [c.name for c in op[1].columns]
@@ -223,6 +228,31 @@ class ModelSchema:
                 )
             elif kind in ("drop_not_null", "set_not_null"):
                 ops.alter_column(change.table_name, op[3], nullable=op[6])
+
+
+def _redefined_indexes(changes: list[Change]) -> list[Change]:
+    """A non-unique index dropped and added again under its name (other columns, e.g. the
+    (field, id) indexes that replaced (field)) is one ``alter_index``: rebuilding an index
+    loses nothing. It drops the old definition, then creates the new one."""
+
+    def plain(kind: str) -> dict[tuple[str, str], Change]:
+        return {
+            (c.table_name, c.op[1].name): c
+            for c in changes
+            if c.change == kind and not c.op[1].unique
+        }
+
+    drops, adds = plain("drop_index"), plain("add_index")
+    both = drops.keys() & adds.keys()
+    result = []
+    for c in changes:
+        key = (c.table_name, c.op[1].name) if c.change in ("add_index", "drop_index") else None
+        if key not in both:
+            result.append(c)
+        elif c.change == "drop_index":
+            pair = (c.op, adds[key].op)
+            result.append(replace(c, change="alter_index", destructive=False, op=pair))
+    return result
 
 
 def _classify(op: Any) -> tuple[str, str, str, bool] | None:

@@ -112,12 +112,14 @@ def search_expression(fields: tuple[FieldDef, ...]) -> str | None:
 
 
 def _field_indexes(table: str, fields: tuple[FieldDef, ...]) -> list[Index]:
+    """Declared field indexes; a btree one is on (field, id), so that keyset pages sorted by
+    the field (ties by id) are read in index order."""
     indexes = []
     for spec in fields:
         if spec.index == "gin":
             indexes.append(Index(f"ix_{table}_{spec.name}", spec.name, postgresql_using="gin"))
         elif spec.index:
-            indexes.append(Index(f"ix_{table}_{spec.name}", spec.name))
+            indexes.append(Index(f"ix_{table}_{spec.name}", spec.name, "id"))
     return indexes
 
 

@@ -70,14 +70,23 @@ def list_(
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=10_000),
     after: str | None = typer.Option(None, "--after", help="Cursor from the previous page."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
+    children: bool = typer.Option(
+        False, "--children", help="Whole records, with their children and links (with --json)."
+    ),
     models: list[Path] = MODELS_OPTION,
 ) -> None:
-    """A page of records (keyset pagination: pass the printed cursor to --after)."""
+    """A page of records, their own fields (keyset pagination: pass the printed cursor to
+    --after; ties in the sorted field are ordered by id, in the same direction)."""
     with _service(models) as (app, service):
         declared = service.model(model)
         assert app.repository is not None
         page = app.repository.list(
-            declared, filters=parse_filters(where), sort=sort, limit=limit, after=after
+            declared,
+            filters=parse_filters(where),
+            sort=sort,
+            limit=limit,
+            after=after,
+            children=children,
         )
     if as_json:
         for record in page.records:

@@ -101,7 +101,8 @@ async def save_records(
 
 @router.get(
     "/{model}/records",
-    summary="List records: filters, sort, keyset pagination",
+    summary="List records (their own fields; ?children=true for whole records): filters, "
+    "sort, keyset pagination",
     response_model=ModelPageOut,
     responses=errors(400, 401, 403, 404, 422),
 )
@@ -116,13 +117,21 @@ def list_records(
     sort: Annotated[str | None, Query(description="field, or -field for descending")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    children: Annotated[
+        bool, Query(description="whole records, with their children and links")
+    ] = False,
 ) -> ModelPageOut:
     services = services_of(request)
     declared = services.model(model)
     services.models()
     assert services.app.repository is not None
     page = services.app.repository.list(
-        declared, filters=parse_filters(where or []), sort=sort, limit=limit, after=after
+        declared,
+        filters=parse_filters(where or []),
+        sort=sort,
+        limit=limit,
+        after=after,
+        children=children,
     )
     return ModelPageOut(records=page.records, next_cursor=page.next_cursor)
 
