@@ -14,7 +14,6 @@ import builtins
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -227,18 +226,27 @@ class ModelRepository:
             )
             params = [*values, limit + 1]
         rows = self.database.fetch(sql, params, binary=not children)
-        if children:
-            records = [row[0] for row in rows[:limit]]
-        else:
-            names = ("id", *(f.name for f in model.fields), *_TIMES)
-            records = [_record(names, row) for row in rows[:limit]]
+        page = rows[:limit]
+        records = [row[0] for row in page] if children else _records(model, page)
         next_cursor = None
         if len(rows) > limit and records:
             next_cursor = _encode_cursor(rows[limit - 1][-2], rows[limit - 1][-1])
         return ModelPage(records, next_cursor)
 
     def _columns(self, model: ModelDef) -> str:
-        return ", ".join(f"t.{q(c)}" for c in ("id", *(f.name for f in model.fields), *_TIMES))
+        """The record's own columns, rendered as its document renders them: times and dates
+        by PostgreSQL's JSON encoder (the same text ``get`` gives), numeric as a number."""
+        kinds = {f.name: f.type for f in model.fields} | dict.fromkeys(_TIMES, "datetime")
+        columns = []
+        for name in ("id", *(f.name for f in model.fields), *_TIMES):
+            kind = kinds.get(name)
+            if kind in ("date", "datetime"):
+                columns.append(f"to_jsonb(t.{q(name)}) #>> '{{}}'")
+            elif kind == "numeric":
+                columns.append(f"t.{q(name)}::float8")
+            else:
+                columns.append(f"t.{q(name)}")
+        return ", ".join(columns)
 
     def count(self, model: ModelDef, filters: Sequence[Filter] = ()) -> int:
         clauses, params = self._where(model, filters)
@@ -353,16 +361,9 @@ class ModelRepository:
         return clauses, params
 
 
-def _record(names: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
-    """A row of plain columns as the record a document would give: time values and dates as
-    ISO 8601 text, numeric as a number (what ``jsonb`` renders them as)."""
-    record = dict(zip(names, row, strict=False))
-    for name, value in record.items():
-        if isinstance(value, date):  # datetime too
-            record[name] = value.isoformat()
-        elif isinstance(value, Decimal):
-            record[name] = float(value)
-    return record
+def _records(model: ModelDef, rows: Sequence[tuple[Any, ...]]) -> builtins.list[dict[str, Any]]:
+    names = ("id", *(f.name for f in model.fields), *_TIMES)
+    return [dict(zip(names, row, strict=False)) for row in rows]
 
 
 def _object(alias: str, columns: tuple[str, ...]) -> str:
