@@ -338,3 +338,13 @@ def test_upsert_function_from_plain_sql(sink: Sink, database_url: str) -> None:
     assert got is not None and got["actors"] == [
         {"name": "S. Weaver", "role": None, "billing_order": None}
     ]
+
+
+def test_json_numbers_beyond_a_float_are_read(sink: Sink, database_url: str) -> None:
+    sink.save("movies", [{"url": "u", "title": "Heat", "genres": ["crime"]}])
+    huge = "1" + "0" * 400 + ".5"  # jsonb keeps any numeric; a float cannot hold this one
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE movies SET genres = %s::jsonb", (f"[{huge}, 2]",))
+    got = sink.get("movies", "u")
+    assert got is not None and got["genres"] == [float("inf"), 2]
+    assert sink.list("movies", children=True).records[0]["genres"] == [float("inf"), 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -69,10 +70,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _json_loads(data: bytes | bytearray | memoryview | str) -> Any:
+    try:
+        return _JSON_DECODE(data)
+    except msgspec.DecodeError:  # a number beyond a float (jsonb holds any numeric)
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     """Each pooled connection decodes json/jsonb with msgspec (C, several times faster than
     the standard library's decoder on the documents that reads return)."""
-    set_json_loads(_JSON_DECODE, conn)
+    set_json_loads(_json_loads, conn)
 
 
 def describe_url(conninfo: str) -> str:
