@@ -22,6 +22,25 @@ from tests.conftest import env_for, with_database
 SCRAPESINK = [sys.executable, "-m", "scrapesink"]
 
 
+def pg_ctl(pgdata: Path, *args: str, check: bool = True) -> None:
+    """The embedded PostgreSQL's pg_ctl on ``pgdata``."""
+    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
+    subprocess.run(
+        [str(EmbeddedPostgres.binaries() / "pg_ctl"), "-D", str(pgdata), *args],
+        user=user,
+        check=check,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def stop_if_running(pgdata: Path) -> None:
+    """Stop the PostgreSQL server of ``pgdata`` if one runs there (one restarted by pg_ctl, or
+    started by a subprocess that was terminated, is nobody's to stop when the tests end)."""
+    if (pgdata / "postmaster.pid").exists():
+        pg_ctl(pgdata, "-m", "fast", "-w", "stop", check=False)
+
+
 class StoppablePostgres:
     """An embedded server of the test's own, which the test may stop and start again."""
 
@@ -29,23 +48,13 @@ class StoppablePostgres:
         self.pgdata = pgdata
         self.url = EmbeddedPostgres(pgdata).start()
         self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
-        self.bin = EmbeddedPostgres(pgdata).bin_dir
-
-    def _pg_ctl(self, *args: str) -> None:
-        user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs the server as this user
-        subprocess.run(
-            [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), *args],
-            user=user,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
 
     def stop(self) -> None:
-        self._pg_ctl("-m", "fast", "-w", "stop")
+        pg_ctl(self.pgdata, "-m", "fast", "-w", "stop")
 
     def start(self) -> None:
-        self._pg_ctl(
+        pg_ctl(
+            self.pgdata,
             "-w",
             "-o",
             '-h ""',
@@ -55,6 +64,9 @@ class StoppablePostgres:
             str(self.pgdata / "log"),
             "start",
         )
+
+    def close(self) -> None:
+        stop_if_running(self.pgdata)
 
 
 def fresh_db(server_url: str, name: str) -> str:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.conftest import create_database, drop_database, env_for, with_database
-from tests.support import SCRAPESINK, ApiServer, StoppablePostgres, fresh_db
+from tests.support import SCRAPESINK, ApiServer, StoppablePostgres, fresh_db, stop_if_running
 
 DAY = "2026-11-20T10:00:00Z"
 
@@ -462,11 +462,6 @@ def test_limits_and_error_shape(server: ApiServer, keys: dict[str, str], api_db:
 
 
 # -- PostgreSQL down -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def stoppable(tmp_path_factory: pytest.TempPathFactory) -> StoppablePostgres:
-    return StoppablePostgres(tmp_path_factory.mktemp("api-stoppable") / "pgdata")
-
-
 @pytest.mark.slow
 def test_health_and_ingest_while_postgres_is_down(
     stoppable: StoppablePostgres, tmp_path: Path
@@ -567,6 +562,7 @@ def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert (data_dir / "pgdata").is_dir()
+    stop_if_running(data_dir / "pgdata")  # not left running after the tests
 
 
 def _stopped(pg: StoppablePostgres) -> bool:

@@ -23,11 +23,6 @@ from tests.support import StoppablePostgres, fresh_db
 SCRAPESINK = [sys.executable, "-m", "scrapesink"]
 
 
-@pytest.fixture(scope="module")
-def stoppable(tmp_path_factory) -> StoppablePostgres:
-    return StoppablePostgres(tmp_path_factory.mktemp("stoppable") / "pgdata")
-
-
 def csv_keys(data_dir: Path) -> list[tuple[str, str]]:
     """Every row of every CSV file, checking each file is whole: one header, no torn line."""
     keys = []

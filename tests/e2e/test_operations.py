@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import env_for
 from tests.e2e.test_cli_ingest import run, write_jsonl
-from tests.support import StoppablePostgres, fresh_db
+from tests.support import fresh_db
 
 
 def checks(result) -> dict[str, bool]:  # type: ignore[no-untyped-def]
@@ -69,11 +69,6 @@ def test_stats_of_the_installation(cli_env, tmp_path):
     assert "pool_size" in stats["pool"]
     text = run(cli_env, "stats")
     assert "success rate" in text.stdout and "raw_events" in text.stdout
-
-
-@pytest.fixture(scope="module")
-def stoppable(tmp_path_factory: pytest.TempPathFactory) -> StoppablePostgres:
-    return StoppablePostgres(tmp_path_factory.mktemp("ops-stoppable") / "pgdata")
 
 
 @pytest.mark.slow
