@@ -138,11 +138,12 @@ class Plan:
         """A linked entity: what the link item carries updates it; absent fields keep theirs."""
         key = (file, identity)
         stored = self.current.get(key)
-        if stored is None or stored.rows is None:
+        if stored is None:
             self._append(file, cells)
             self.current[key] = _Stored(None, {key: cells})
             self.dirty.add(key)
             return
+        assert stored.rows is not None  # a shared entity's rows are always loaded
         old = stored.rows.get(key)
         merged = cells
         if old is not None and len(old) == len(cells):  # else the declaration changed: as given
