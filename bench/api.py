@@ -32,11 +32,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from ingest_events import fresh_database, make_events
+from ingest_events import bench_server, fresh_database, make_events
 from tests.support import ApiServer
 
 import scrapesink
-from scrapesink.adapters.embedded import EmbeddedPostgres
 
 BATCH = 1000
 RESULTS = Path(__file__).parent / "RESULTS_API.md"
@@ -140,12 +139,11 @@ def main() -> None:
     bodies = [json.dumps(part).encode() for part in parts]
     local: list[float] = []
     remote: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="scrapesink-bench-api-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="scrapesink-bench-api-") as tmp,
+        bench_server(Path(tmp)) as server_url,
+    ):
         workdir = Path(tmp)
-        server_url = (
-            os.environ.get("SCRAPESINK_BENCH_DATABASE_URL")
-            or EmbeddedPostgres(workdir / "pgdata").start()
-        )
         for round_ in range(args.rounds):
             url = fresh_database(server_url, f"bench_api_local_{round_}")
             seconds = in_process(url, workdir / f"local{round_}", parts)

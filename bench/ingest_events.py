@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.migrate import Migrator
 from scrapesink.adapters.postgres.partitions import PartitionManager
@@ -68,6 +70,21 @@ class Timing:
     @property
     def rate(self) -> float:
         return self.rows / self.seconds
+
+
+@contextmanager
+def bench_server(workdir: Path) -> Iterator[str]:
+    """The server to measure on: SCRAPESINK_BENCH_DATABASE_URL (its role needs CREATEDB), or an
+    embedded one in ``workdir``, stopped before the caller removes that directory."""
+    configured = os.environ.get("SCRAPESINK_BENCH_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    embedded = EmbeddedPostgres(workdir / "pgdata")
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
 
 
 def fresh_database(server_url: str, name: str) -> str:

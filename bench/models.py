@@ -29,12 +29,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import psycopg
-from ingest_events import fresh_database
+from ingest_events import bench_server, fresh_database
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 import scrapesink
-from scrapesink.adapters.embedded import EmbeddedPostgres
 
 RESULTS = Path(__file__).parent / "RESULTS_MODELS.md"
 
@@ -183,12 +182,11 @@ def main() -> None:
     if args.quick:
         args.records, args.read_records, args.samples = 1000, 5000, 100
     records = [workflow(i) for i in range(args.records)]
-    with tempfile.TemporaryDirectory(prefix="scrapesink-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="scrapesink-bench-") as tmp,
+        bench_server(Path(tmp)) as server,
+    ):
         workdir = Path(tmp)
-        server = (
-            os.environ.get("SCRAPESINK_BENCH_DATABASE_URL")
-            or EmbeddedPostgres(workdir / "pgdata").start()
-        )
         ours = fresh_database(server, "bench_models_ours")
         saved, resaved = scrapesink_save(ours, workdir / "ours", records)
         theirs = fresh_database(server, "bench_models_orm")

@@ -17,10 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ingest_events import fresh_database, premake, write_jsonl
+from ingest_events import bench_server, fresh_database, premake, write_jsonl
 
 from scrapesink.adapters.csv_sink import CsvEventSink
-from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.journal import Journal
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.encoding import EncodedBatch, by_time
@@ -34,10 +33,12 @@ N, SIZE = 100_000, 5000
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="scrapesink-profile-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="scrapesink-profile-") as tmp,
+        bench_server(Path(tmp)) as server,
+    ):
         work = Path(tmp)
         path = write_jsonl(work / "events.jsonl", N)
-        server = EmbeddedPostgres(work / "pgdata").start()
         rows: list[tuple[str, float]] = []
 
         def timed(label: str, func):  # type: ignore[no-untyped-def]

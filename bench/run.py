@@ -20,9 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ingest_events import memory_benchmark, ratio_benchmark
-
-from scrapesink.adapters.embedded import EmbeddedPostgres
+from ingest_events import bench_server, memory_benchmark, ratio_benchmark
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
@@ -37,11 +35,11 @@ def main() -> None:
     if args.quick:
         args.events, args.memory_events, args.rounds = 20_000, 50_000, 1
 
-    with tempfile.TemporaryDirectory(prefix="scrapesink-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="scrapesink-bench-") as tmp,
+        bench_server(Path(tmp)) as server,
+    ):
         workdir = Path(tmp)
-        server = os.environ.get("SCRAPESINK_BENCH_DATABASE_URL")
-        if not server:
-            server = EmbeddedPostgres(workdir / "pgdata").start()
         print(f"ratio: {args.events:,} events, best of {args.rounds}", flush=True)
         ratio = ratio_benchmark(server, workdir, args.events, args.rounds)
         print(json.dumps(ratio), flush=True)

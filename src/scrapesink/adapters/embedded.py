@@ -50,6 +50,12 @@ class EmbeddedPostgres:
         uri: str = self._server.get_uri()
         return uri
 
+    def stop(self) -> None:
+        """Let go of the server: it stops if no other process uses it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
     @property
     def bin_dir(self) -> Path:
         return self.binaries()
