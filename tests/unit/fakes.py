@@ -70,8 +70,11 @@ class MemorySink:
         self.fail_with: ScrapesinkError | None = None
         self.refuse: Callable[[RawEvent], ScrapesinkError | None] = lambda event: None
         self.repaired = 0
+        self.stage_fails_with: Exception | None = None
 
     def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
+        if self.stage_fails_with is not None:
+            raise self.stage_fails_with
         return lambda: self._write(batch)
 
     def _write(self, batch: Batch) -> WriteOutcome:

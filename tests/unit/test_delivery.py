@@ -47,6 +47,18 @@ def test_a_sink_that_is_down_leaves_its_records_pending_and_the_other_goes_on():
     assert not journal.entries.keys() - set(range(1, 21))
 
 
+def test_a_sink_that_cannot_prepare_a_batch_leaves_it_pending_and_the_write_stands():
+    pg, csv = MemorySink("postgres"), MemorySink("csv")
+    csv.stage_fails_with = KeyError("video_url")  # e.g. journaled under another declaration
+    journal = MemoryJournal()
+    writer = DurableWriter(journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60))
+    assert writer.write(events(5)) == (1, 5)  # acknowledged: no error for the caller
+    reports = writer.close()
+    assert (reports["postgres"].stored, reports["csv"].pending) == (5, 5)
+    assert "video_url" in (reports["csv"].error or "")
+    assert sorted(journal.entries) == [1, 2, 3, 4, 5]  # kept for the csv sink
+
+
 def test_replay_after_recovery_delivers_exactly_what_was_missing():
     pg, csv, journal, writer = postgres_down("down")
     writer.write(events(7))

@@ -47,15 +47,13 @@ class Prepared:
     root: str  # the record's identity
     rows: tuple[Row, ...] = ()  # the record's own row first, then its children and link rows
     shared: tuple[Row, ...] = ()  # linked entities, as the link items describe them
-    encoded: bytes = b""  # ``rows`` as JSON (what the state stores)
-    digest: bytes | None = None  # of ``encoded``; None where links make records depend on others
+    digest: bytes | None = None  # of ``rows``; None where links make records depend on others
 
 
 @dataclass(slots=True)
 class _Stored:
     digest: bytes | None
     rows: dict[Key, Cells] | None  # None: not loaded (the digest matched)
-    encoded: bytes | None = None  # ``rows`` as JSON when known (written as they came)
 
 
 class Plan:
@@ -126,7 +124,7 @@ class Plan:
             if (file, identity) not in new:  # a child or link the record no longer has
                 self._append(file, cells, deleted=True)
                 changed = True
-        self.current[key] = _Stored(entry.digest, new, entry.encoded)
+        self.current[key] = _Stored(entry.digest, new)
         self.dirty.add(key)
         if changed:
             self.changed += 1
@@ -151,7 +149,7 @@ class Plan:
         if merged != old:
             self._append(file, merged)
             stored.rows[key] = merged
-            stored.digest = stored.encoded = None  # changed by another record: digest is stale
+            stored.digest = None  # changed by another record: its own digest no longer holds
             self.dirty.add(key)
 
     def _delete(self, root: str) -> None:
@@ -173,10 +171,8 @@ class Plan:
                 gone.append(key)
             else:
                 assert stored.rows is not None  # a written record always has its rows
-                encoded = stored.encoded
-                if encoded is None:
-                    encoded = _JSON.encode([(*row, cells) for row, cells in stored.rows.items()])
-                kept.append((*key, stored.digest, encoded.decode()))
+                rows = [(*row, cells) for row, cells in stored.rows.items()]
+                kept.append((*key, stored.digest, _JSON.encode(rows).decode()))
         db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", kept)
         db.executemany("DELETE FROM records WHERE file = ? AND identity = ?", gone)
 

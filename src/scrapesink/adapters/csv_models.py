@@ -98,6 +98,8 @@ def _names(fields: tuple[FieldDef, ...]) -> tuple[str, ...]:
 def cell(value: Any, spec: FieldDef | None = None) -> str:
     if value is None:
         return ""
+    if type(value) is str and (spec is None or spec.type != "json"):
+        return value  # most cells: text in canonical form already
     if value is True or value is False:
         return "true" if value else "false"
     if (spec is not None and spec.type == "json") or isinstance(value, dict | list):
@@ -105,27 +107,8 @@ def cell(value: Any, spec: FieldDef | None = None) -> str:
     return str(value)
 
 
-Specs = tuple[tuple[str, bool], ...]  # (field name, is json) of one row's cells, in order
-
-
-def _specs(fields: tuple[FieldDef, ...]) -> Specs:
-    return tuple((f.name, f.type == "json") for f in fields)
-
-
-def _cells(values: dict[str, Any], specs: Specs) -> Cells:
-    """One row's cells; :func:`cell` with the common cases first (this runs for every row)."""
-    out = []
-    for name, is_json in specs:
-        value = values.get(name)
-        if value is None:
-            out.append("")
-        elif is_json:
-            out.append(_JSON.encode(value).decode())
-        elif type(value) is str:
-            out.append(value)
-        else:
-            out.append(cell(value))
-    return tuple(out)
+def _cells(values: dict[str, Any], fields: tuple[FieldDef, ...]) -> Cells:
+    return tuple([cell(values.get(f.name), f) for f in fields])
 
 
 def _identity(values: Sequence[Any]) -> str:
@@ -157,18 +140,13 @@ class CsvModelSink(ModelCsvFiles):
         self._header_checked: set[str] = set()  # files whose header this process has seen
         self._adopted = False  # state of earlier versions moved (once per process)
         self.root_file = self.layouts[model.table_name].file
-        self._root_specs = _specs(model.fields)
-        self._children = [
-            (c, self.layouts[c.table_name].file, _specs(c.fields)) for c in model.children
-        ]
+        self._children = [(c, self.layouts[c.table_name].file) for c in model.children]
         self._links = [
             (
                 link,
                 target,
                 self.layouts[target.table_name].file,
-                _specs(target.fields),
                 self.layouts[link.table_name].file,
-                _specs(link.fields),
             )
             for link in model.links
             for target in [declaration.model(link.model)]
@@ -184,13 +162,13 @@ class CsvModelSink(ModelCsvFiles):
         root = _identity(key)
         if entity.op == DELETE:
             return Prepared(DELETE, root)
-        rows: list[Row] = [(self.root_file, root, _cells(record, self._root_specs))]
+        rows: list[Row] = [(self.root_file, root, _cells(record, self.model.fields))]
         key_cells = tuple(cell(v) for v in key)
-        for child, file, specs in self._children:
+        for child, file in self._children:
             items = record.get(child.name)
             items = [] if items is None else [items] if child.relation == "one" else items
             for item in items:
-                cells = key_cells + _cells(item, specs)
+                cells = key_cells + _cells(item, child.fields)
                 if child.relation == "one":
                     ident = root
                 elif child.key:
@@ -199,17 +177,16 @@ class CsvModelSink(ModelCsvFiles):
                     ident = _identity(cells)
                 rows.append((file, ident, cells))
         shared: list[Row] = []
-        for link, target, target_file, target_specs, file, specs in self._links:
+        for link, target, target_file, file in self._links:
             for item in record.get(link.name) or ():
                 target_key = [item[k] for k in target.natural_key]
-                shared.append((target_file, _identity(target_key), _cells(item, target_specs)))
-                cells = key_cells + tuple(cell(v) for v in target_key) + _cells(item, specs)
+                shared.append((target_file, _identity(target_key), _cells(item, target.fields)))
+                cells = key_cells + tuple(cell(v) for v in target_key) + _cells(item, link.fields)
                 rows.append((file, _identity([*key, *target_key]), cells))
         # Unchanged records are recognised by this digest alone; a record with links is not,
         # since what it says of a shared entity depends on what other records said.
-        encoded = _JSON.encode(rows)
-        digest = None if shared else hashlib.blake2b(encoded, digest_size=16).digest()
-        return Prepared(UPSERT, root, tuple(rows), tuple(shared), encoded, digest)
+        digest = None if shared else hashlib.blake2b(_JSON.encode(rows), digest_size=16).digest()
+        return Prepared(UPSERT, root, tuple(rows), tuple(shared), digest)
 
     def _deliver(self, batch: Batch[Entity], prepared: list[Prepared]) -> WriteOutcome:
         self._register(set(self._headers))
@@ -247,17 +224,8 @@ class CsvModelSink(ModelCsvFiles):
     def _owned_files(self) -> list[tuple[str, list[str]]]:
         """Every declared model's file and the files of its children and links."""
         return [
-            (
-                f"{m.table_name}.csv",
-                [
-                    f"{t}.csv"
-                    for t in (
-                        *(c.table_name for c in m.children),
-                        *(link.table_name for link in m.links),
-                    )
-                ],
-            )
-            for m in self.declaration.models.values()
+            (f"{root}.csv", [f"{t}.csv" for t in owned])
+            for root, *owned in (m.tables for m in self.declaration.models.values())
         ]
 
     def _layout(self, file: str) -> TableLayout:

@@ -3,7 +3,8 @@
 Policy, per lane (one per sink):
 
 * a batch is encoded in the caller's thread (``sink.stage``) and stored in the lane's threads, at
-  most ``sink.parallelism`` at once (back-pressure beyond that);
+  most ``sink.parallelism`` at once (back-pressure beyond that); a batch a sink cannot encode
+  stays pending for that sink, like one it could not store;
 * transient errors (connection refused or lost, timeouts, disk full, directory not writable) are
   retried with jittered exponential backoff for up to ``retry_seconds``; then the lane is *down*
   for ``cooldown_seconds``: batches meanwhile stay in the journal, pending for that sink only,
@@ -237,7 +238,16 @@ class Lane:
         if self.down:
             self._left_pending(batch, None)
             return
-        work = self.sink.stage(batch)
+        try:
+            work = self.sink.stage(batch)
+        except Exception as exc:
+            # The batch is journaled (acknowledged) already: a sink that cannot even prepare
+            # it (a record journaled under another declaration) leaves it pending for this
+            # sink alone, as a failed delivery would, and the caller's write stands.
+            log.exception("unexpected error preparing a batch for %s", self.sink.name)
+            self._failed(exc)
+            self._left_pending(batch, exc)
+            return
         self._slots.acquire()
         future = self._executor.submit(self._run, batch, work)
         with self._lock:

@@ -122,6 +122,15 @@ class ModelDef:
     def search_fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields if f.search)
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables this model owns: its own first, then its children's and link tables."""
+        return (
+            self.table_name,
+            *(c.table_name for c in self.children),
+            *(link.table_name for link in self.links),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Declaration:

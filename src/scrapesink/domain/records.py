@@ -163,9 +163,8 @@ def _canonical(kind: str, value: Any) -> bool:
     if vtype is bool:
         return kind == "boolean"
     if vtype is int:
-        return (kind == "integer" and -(2**31) <= value < 2**31) or (
-            kind == "bigint" and -(2**63) <= value < 2**63
-        )
+        limit = _RANGES.get(kind)
+        return limit is not None and -limit <= value < limit
     if vtype is float:
         return kind == "float" and math.isfinite(value)
     return False

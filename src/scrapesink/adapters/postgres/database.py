@@ -240,15 +240,17 @@ class Database:
         """The rows of one read-only statement, run in autocommit (no BEGIN and COMMIT round
         trips around it). A connection that turns out broken (the server restarted while it
         sat in the pool unpinged) is replaced and the statement run once more."""
-        for attempt in (1, 2):
-            try:
-                with self.connection(transaction=False) as conn:
-                    return conn.cursor(binary=binary).execute(query, params).fetchall()
-            except TransientStorageError as exc:
-                lost = not exc.sqlstate or exc.sqlstate.startswith(("08", "57"))
-                if attempt == 2 or not lost:
-                    raise
-        raise AssertionError("unreachable")
+
+        def run() -> list[tuple[Any, ...]]:
+            with self.connection(transaction=False) as conn:
+                return conn.cursor(binary=binary).execute(query, params).fetchall()
+
+        try:
+            return run()
+        except TransientStorageError as exc:
+            if exc.sqlstate and not exc.sqlstate.startswith(("08", "57")):
+                raise  # not a lost connection: running it again would fail alike
+        return run()
 
     @contextmanager
     def direct(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:

@@ -226,15 +226,6 @@ def _child_table(metadata: MetaData, model: ModelDef, child: ChildDef) -> Table:
     )
 
 
-def model_tables(model: ModelDef) -> list[str]:
-    """The tables one model owns (its own, its children's, its link tables)."""
-    return [
-        model.table_name,
-        *(c.table_name for c in model.children),
-        *(link.table_name for link in model.links),
-    ]
-
-
 def table_owner(declaration: Declaration) -> dict[str, str]:
     """Table name -> the model that owns it."""
-    return {table: m.name for m in declaration.models.values() for table in model_tables(m)}
+    return {table: m.name for m in declaration.models.values() for table in m.tables}
