@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +34,18 @@ for _name in list(os.environ):
         del os.environ[_name]
 for _name in ("PG_HOST", "PG_PORT", "PG_DB", "PG_USER", "PG_PASSWORD"):
     os.environ.pop(_name, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root, pgserver runs PostgreSQL as a user ``pgserver`` it creates on first use; two
+    xdist workers creating it at once race (one ``initdb`` then fails on a fresh machine), so
+    the controller creates it before any worker starts."""
+    if os.name == "posix" and os.geteuid() == 0 and not hasattr(config, "workerinput"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from pgserver.utils import ensure_user_exists
+
+        ensure_user_exists("pgserver")
 
 
 def with_database(url: str, dbname: str) -> str:
