@@ -77,3 +77,41 @@ def test_repair_is_safe_at_any_time(sink: EventSink):
     sink.stage(Batch("j", 1, 1, events("a")))()
     sink.repair()
     assert sink.stage(Batch("j", 2, 2, events("a")))().stored == 0
+
+
+def stamped(*ids: str, at_us: int, payload: str, journal: str = "j") -> Batch[RawEvent]:
+    """A batch of one journal, journaled at ``at_us``: its records' acceptance stamps."""
+    records = [RawEvent("s", i, AT, f'{{"v": "{payload}"}}', AT.isoformat()) for i in ids]
+    return Batch(journal, at_us, at_us + len(ids) - 1, records, [at_us] * len(ids))
+
+
+def test_the_oldest_stamp_wins_whichever_copy_arrives_first(sink: EventSink):
+    # "second" was accepted later but reaches the sink first (a catch-up after an outage).
+    sink.stage(stamped("a", "b", at_us=2_000, payload="second", journal="j2"))()
+    outcome = sink.stage(stamped("a", at_us=1_000, payload="first", journal="j1"))()
+    assert (outcome.stored, outcome.duplicates) == (1, frozenset())
+    again = sink.stage(stamped("a", "b", at_us=3_000, payload="third", journal="j3"))()
+    assert (again.stored, again.duplicates) == (0, frozenset({("s", "a"), ("s", "b")}))
+    assert held(sink) == {"a": "first", "b": "second"}
+
+
+def held(sink: EventSink) -> dict[str, str]:
+    """What the sink holds per source_id (the payload's "v")."""
+    import csv
+    import json
+
+    if isinstance(sink, MemorySink):
+        return {k[1]: json.loads(e.payload_json)["v"] for k, e in sink.events.items()}
+    if isinstance(sink, CsvEventSink):
+        rows = []
+        for path in sink.files():
+            with path.open(encoding="utf-8", newline="") as handle:
+                rows += list(csv.DictReader(handle))
+        ids = [row["source_id"] for row in rows]
+        assert len(ids) == len(set(ids)), "a key is in the CSV files twice"
+        return {row["source_id"]: json.loads(row["payload"])["v"] for row in rows}
+    with sink.database.connection() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute("SELECT source_id, payload->>'v' FROM raw_events").fetchall()
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)), "a key is in raw_events twice"
+    return dict(rows)

@@ -14,6 +14,7 @@ from scrapesink.errors import ScrapesinkError
 class Entry:
     seq: int
     record: RawEvent
+    accepted_us: int = 0
 
 
 class MemoryJournal:
@@ -28,6 +29,10 @@ class MemoryJournal:
     def last_seq(self) -> int:
         return self._last
 
+    @property
+    def last_accepted_us(self) -> int:
+        return self._last  # a fake clock: one microsecond per record
+
     def append(self, events: Sequence[RawEvent]) -> tuple[int, int]:
         first = self._last + 1
         for i, event in enumerate(events):
@@ -38,7 +43,7 @@ class MemoryJournal:
     def read(self, first: int, last: int, *, chunk: int = 5000) -> Iterator[list[Entry]]:
         seqs = sorted(s for s in self.entries if first <= s <= last)
         for start in range(0, len(seqs), chunk):
-            yield [Entry(s, self.entries[s]) for s in seqs[start : start + chunk]]
+            yield [Entry(s, self.entries[s], s) for s in seqs[start : start + chunk]]
 
     def first_seq(self) -> int | None:
         return min(self.entries, default=None)
@@ -65,6 +70,7 @@ class MemorySink:
         self.kind = EVENTS
         self.parallelism = parallelism
         self.events: dict[tuple[str, str], RawEvent] = {}
+        self.stamps: dict[tuple[str, str], bytes] = {}
         self.ranges: dict[str, list[tuple[int, int]]] = {}
         self.batches: list[int] = []
         self.fail_with: ScrapesinkError | None = None
@@ -86,14 +92,18 @@ class MemorySink:
                 raise error  # the whole batch fails, as one transaction would
         self.batches.append(len(batch.records))
         duplicates = set()
-        for event in batch.records:
-            if event.key in self.events:
+        stored = 0
+        for event, stamp in zip(batch.records, batch.stamps(), strict=True):
+            held = self.stamps.get(event.key)
+            if held is not None and held <= stamp:
                 duplicates.add(event.key)
-            else:
+            else:  # new, or an older copy than the one held: the oldest stamp wins
                 self.events[event.key] = event
+                self.stamps[event.key] = stamp
+                stored += 1
         if batch.journal_id:
             self.ranges.setdefault(batch.journal_id, []).append((batch.first, batch.last))
-        return WriteOutcome(len(batch.records) - len(duplicates), frozenset(duplicates))
+        return WriteOutcome(stored, frozenset(duplicates))
 
     def delivered(self, journal_id: str) -> list[tuple[int, int]]:
         if self.fail_with is not None:

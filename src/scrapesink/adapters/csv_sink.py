@@ -23,6 +23,7 @@ writer) and the journal range undelivered (delivered again by replay).
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import os
@@ -34,7 +35,14 @@ from typing import Any
 
 import msgspec
 
-from scrapesink.adapters.csv_format import HEADER, file_of, format_rows, header_line
+from scrapesink.adapters.csv_format import (
+    HEADER,
+    dir_of,
+    file_of,
+    format_fields,
+    format_rows,
+    header_line,
+)
 from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
 from scrapesink.domain.events import RawEvent
 from scrapesink.errors import TransientStorageError
@@ -47,10 +55,13 @@ CREATE TABLE IF NOT EXISTS progress (journal_id TEXT NOT NULL, first_seq INTEGER
                                      last_seq INTEGER NOT NULL,
                                      PRIMARY KEY (journal_id, first_seq));
 """
+# Per key: the acceptance stamp of the copy the files hold (NULL: written before stamps
+# existed, older than any) and its day, which names its file.
 _KEYS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (source TEXT NOT NULL, source_id TEXT NOT NULL,
-                                 PRIMARY KEY (source, source_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (source TEXT NOT NULL, source_id TEXT NOT NULL, stamp BLOB,
+                                 day TEXT, PRIMARY KEY (source, source_id)) WITHOUT ROWID;
 """
+_KEYS_COLUMNS = {"stamp": "BLOB", "day": "TEXT"}
 
 
 class CsvFiles:
@@ -69,12 +80,16 @@ class CsvFiles:
     def files(self) -> list[Path]:
         raise NotImplementedError
 
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Hook: bring state written by an earlier version to this one's columns."""
+
     def _initialize(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() is None
         for statement in self._schema.split(";"):
             if statement.strip():
                 db.execute(statement)
+        self._upgrade(db)
         if fresh:
             # No state yet but files on disk (state deleted, or files from elsewhere): adopt
             # them as they are rather than treat them as uncommitted and cut them.
@@ -219,7 +234,17 @@ class CsvFiles:
 
 
 class CsvEventSink(CsvFiles):
-    """Raw events mirrored into ``raw_events/<source>/<day>.csv``."""
+    """Raw events mirrored into ``raw_events/<source>/<day>.csv``.
+
+    The oldest acceptance stamp of a key wins, as in PostgreSQL: a copy older than the one the
+    files hold (it arrived later: the CSV lane caught up after an outage, or another process's
+    journal was delivered late) takes its place. The held copy's line is removed by rewriting
+    its day file (temp file, fsync, rename, directory fsync) in a transaction of its own, which
+    also forgets the key; the next pass appends the older copy like a new one. A crash between
+    the two leaves the key absent and the batch undelivered, so replay appends it. The rewrite
+    costs a read and write of one day file: it happens only when copies of a key really arrived
+    out of order, never on the common path.
+    """
 
     kind = EVENTS
     parallelism = 1  # appends happen in journal order
@@ -231,6 +256,12 @@ class CsvEventSink(CsvFiles):
     def files(self) -> list[Path]:
         return sorted(self.root.rglob("*.csv")) if self.root.is_dir() else []
 
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        have = {row[1] for row in db.execute("PRAGMA table_info(keys)")}
+        for column, kind in _KEYS_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE keys ADD COLUMN {column} {kind}")
+
     def stage(self, batch: Batch[RawEvent]) -> Callable[[], WriteOutcome]:
         # Nothing to encode ahead: which rows are written is known only under the lock.
         return lambda: self._deliver(batch)
@@ -239,42 +270,93 @@ class CsvEventSink(CsvFiles):
         files = [file_of(e) for e in batch.records]
         self._register(set(files))
         keys = [e.key for e in batch.records]
-        with self._state(write=True) as db:
-            if self._seen(db, batch):
-                return WriteOutcome(0, frozenset(keys))  # delivered before
-            known = _known_keys(db, keys)
-            by_file: dict[str, list[RawEvent]] = {}
-            fresh: list[tuple[str, str]] = []
-            for event, key, rel in zip(batch.records, keys, files, strict=True):
-                if key in known:
-                    continue
-                known.add(key)  # the same key twice in one batch: first wins
-                fresh.append(key)
-                by_file.setdefault(rel, []).append(event)
-            texts = {rel: format_rows(events) for rel, events in by_file.items()}
-            self._commit(db, batch, texts, lambda rel: self._header)
-            _add_keys(db, fresh)
-        duplicates = frozenset(keys) - frozenset(fresh)
-        return WriteOutcome(len(fresh), duplicates)
+        stamps = batch.stamps()
+        while True:
+            with self._state(write=True) as db:
+                if self._seen(db, batch):
+                    return WriteOutcome(0, frozenset(keys))  # delivered before
+                known = _known_keys(db, keys)
+                by_file: dict[str, list[RawEvent]] = {}
+                fresh: list[tuple[str, str, bytes, str]] = []
+                newer: dict[str, set[tuple[str, str]]] = {}  # file -> keys held by newer copies
+                for event, key, rel, stamp in zip(batch.records, keys, files, stamps, strict=True):
+                    held = known.get(key, _ABSENT)
+                    if held is not _ABSENT:
+                        if held is not None and stamp < held[0]:
+                            newer.setdefault(held[1], set()).add(key)
+                        continue
+                    known[key] = None  # the same key twice in one batch: the first (older) wins
+                    fresh.append((*key, stamp, rel))
+                    by_file.setdefault(rel, []).append(event)
+                if newer:
+                    self._remove(db, newer)
+                    continue  # committed: those keys are free now, and the next pass takes them
+                texts = {rel: format_rows(events) for rel, events in by_file.items()}
+                self._commit(db, batch, texts, lambda rel: self._header)
+                _add_keys(db, fresh)
+            stored = {(source, source_id) for source, source_id, _, _ in fresh}
+            return WriteOutcome(len(fresh), frozenset(keys) - stored)
+
+    def _remove(self, db: sqlite3.Connection, lines: dict[str, set[tuple[str, str]]]) -> None:
+        """Rewrite each file without the lines of the given keys, and forget those keys."""
+        for rel, keys in sorted(lines.items()):
+            path = self.root / rel
+            temp = path.with_name(f".{path.name}.rewrite")
+            try:
+                with (
+                    path.open("r", encoding="utf-8", newline="") as source,
+                    temp.open("w", encoding="utf-8", newline="") as target,
+                ):
+                    rows = csv.reader(source)
+                    other = csv.writer(target, lineterminator="\r\n")  # rows not ours: as read
+                    target.write(self._header)
+                    next(rows, None)
+                    for row in rows:
+                        if len(row) != len(HEADER):
+                            other.writerow(row)
+                        elif (row[0], row[1]) not in keys:
+                            target.write(format_fields(*row))
+                    target.flush()
+                    os.fsync(target.fileno())
+                os.replace(temp, path)
+                _fsync_dir(path.parent)
+            except OSError as exc:
+                temp.unlink(missing_ok=True)
+                raise _unavailable(exc, path) from exc
+            size = path.stat().st_size
+            db.execute("UPDATE files SET length = ? WHERE path = ?", (size, rel))
+            db.execute(
+                "DELETE FROM keys WHERE (source, source_id) IN"
+                " (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
+                (_KEYS_JSON.encode(sorted(keys)),),
+            )
 
 
-def _known_keys(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of ``keys`` the CSV files hold already: one indexed join over the batch's keys."""
+_ABSENT: Any = object()
+
+
+def _known_keys(
+    db: sqlite3.Connection, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[bytes, str] | None]:
+    """Which of ``keys`` the CSV files hold already, each with its copy's stamp and file (None
+    when written before stamps existed): one indexed join over the batch's keys."""
     # One statement over a JSON array (SQLite's json_each) instead of a statement per key:
     # every statement step releases and re-takes the GIL, which stalled the other threads.
-    return set(
-        db.execute(
-            "SELECT k.source, k.source_id FROM json_each(?) AS j JOIN keys AS k"
-            " ON k.source = j.value ->> 0 AND k.source_id = j.value ->> 1",
-            (_KEYS_JSON.encode(keys),),
-        ).fetchall()
-    )
-
-
-def _add_keys(db: sqlite3.Connection, keys: list[tuple[str, str]]) -> None:
-    db.execute(
-        "INSERT INTO keys SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+    rows = db.execute(
+        "SELECT k.source, k.source_id, k.stamp, k.day FROM json_each(?) AS j JOIN keys AS k"
+        " ON k.source = j.value ->> 0 AND k.source_id = j.value ->> 1",
         (_KEYS_JSON.encode(keys),),
+    ).fetchall()
+    return {
+        (source, source_id): None if stamp is None else (stamp, f"{dir_of(source)}/{day}.csv")
+        for source, source_id, stamp, day in rows
+    }
+
+
+def _add_keys(db: sqlite3.Connection, keys: list[tuple[str, str, bytes, str]]) -> None:
+    db.executemany(
+        "INSERT INTO keys VALUES (?, ?, ?, ?)",
+        [(source, source_id, stamp, rel[-14:-4]) for source, source_id, stamp, rel in keys],
     )
 
 

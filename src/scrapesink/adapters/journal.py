@@ -16,7 +16,7 @@ import fcntl
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from scrapesink.application.ports import EVENTS
+from scrapesink.application.ports import EVENTS, now_us
 from scrapesink.domain.events import RawEvent
 from scrapesink.domain.records import Entity
 from scrapesink.errors import StorageError, TransientStorageError
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS batches (
     first_seq INTEGER PRIMARY KEY,
     last_seq INTEGER NOT NULL,
     journaled_at REAL NOT NULL,
-    records BLOB NOT NULL
+    records BLOB NOT NULL,
+    accepted_us INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -51,6 +52,7 @@ _UNPACK_ENTITIES = msgspec.msgpack.Decoder(list[Entity])
 class Entry:
     seq: int
     record: Any
+    accepted_us: int  # when it was journaled: its acceptance stamp's time
 
 
 class Journal:
@@ -58,10 +60,17 @@ class Journal:
 
     ``kind`` is ``events`` (raw events) or ``model:<name>`` (one model's entities), kept in the
     file so that replay knows which sinks its records belong to.
+
+    Each batch is stamped with the time it was journaled, never earlier than the batch before
+    it (``clock`` may step back: NTP, a VM resumed), so (time, journal id, seq) orders every
+    record of a journal as its seqs do.
     """
 
-    def __init__(self, path: Path, kind: str = EVENTS) -> None:
+    def __init__(
+        self, path: Path, kind: str = EVENTS, *, clock: Callable[[], int] = now_us
+    ) -> None:
         self.path = path
+        self._clock = clock
         self._lock_fd = -1
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +89,9 @@ class Journal:
             # FULL: a commit is on disk before append() returns, i.e. before anything is acked.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+            if "accepted_us" not in columns:  # a journal written before stamps existed
+                self._db.execute("ALTER TABLE batches ADD COLUMN accepted_us INTEGER")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()
             if row is None:
                 self.id = path.stem
@@ -93,6 +105,8 @@ class Journal:
             high = self._db.execute("SELECT coalesce(max(last_seq), 0) FROM batches").fetchone()
             self._last_seq: int = max(int(high[0]), self._meta_int("last_seq"))
             self._compacted = self._meta_int("compacted_upto")
+            latest = self._db.execute(f"SELECT max({_ACCEPTED}) FROM batches").fetchone()
+            self._last_us: int = int(latest[0] or 0)
         except sqlite3.Error as exc:
             self._release()
             raise StorageError(f"journal {path} is unreadable: {exc}") from exc
@@ -108,8 +122,10 @@ class Journal:
         )
 
     @classmethod
-    def create(cls, directory: Path, kind: str = EVENTS) -> Journal:
-        return cls(directory / f"{uuid.uuid4().hex}.sqlite", kind)
+    def create(
+        cls, directory: Path, kind: str = EVENTS, *, clock: Callable[[], int] = now_us
+    ) -> Journal:
+        return cls(directory / f"{uuid.uuid4().hex}.sqlite", kind, clock=clock)
 
     @classmethod
     def open_if_free(cls, path: Path) -> Journal | None:
@@ -131,28 +147,35 @@ class Journal:
         first = self._last_seq + 1
         last = first + len(records) - 1
         packed = _PACK.encode(records)
+        accepted = max(self._clock(), self._last_us)  # monotonic whatever the wall clock does
         try:
             self._db.execute(
-                "INSERT INTO batches VALUES (?, ?, ?, ?)",
-                (first, last, datetime.now(UTC).timestamp(), packed),
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
+                (first, last, datetime.now(UTC).timestamp(), packed, accepted),
             )
         except sqlite3.Error as exc:
             raise TransientStorageError(f"cannot write the journal {self.path}: {exc}") from exc
         self._last_seq = last
+        self._last_us = accepted
         return first, last
+
+    @property
+    def last_accepted_us(self) -> int:
+        """The stamp time of the last batch appended."""
+        return self._last_us
 
     # -- reading ----------------------------------------------------------------------------
     def read(self, first: int, last: int, *, chunk: int = 5000) -> Iterator[list[Entry]]:
         """The entries with ``first <= seq <= last``, in order, about ``chunk`` at a time."""
         first = max(first, self._compacted + 1)
         rows = self._db.execute(
-            "SELECT first_seq, records FROM batches WHERE last_seq >= ? AND first_seq <= ?"
-            " ORDER BY first_seq",
+            f"SELECT first_seq, records, {_ACCEPTED} FROM batches"  # noqa: S608 - a constant
+            " WHERE last_seq >= ? AND first_seq <= ? ORDER BY first_seq",
             (first, last),
         )
-        for batch_first, blob in rows:
+        for batch_first, blob, accepted in rows:
             entries = [
-                Entry(batch_first + i, record)
+                Entry(batch_first + i, record, accepted)
                 for i, record in enumerate(self._unpack.decode(blob))
                 if first <= batch_first + i <= last
             ]
@@ -216,6 +239,10 @@ class Journal:
                 Path(f"{self.path}.lock").unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+# Journals written before stamps existed: their batches' journaling time stands in.
+_ACCEPTED = "coalesce(accepted_us, CAST(journaled_at * 1000000 AS INTEGER))"
 
 
 class JournalBusy(StorageError):

@@ -90,7 +90,8 @@ class DurableWriter:
         if receipt is not None and records:
             receipt.cover(first, last)
         if records:
-            self.delivery.submit(Batch(self.journal.id, first, last, records))
+            accepted = [self.journal.last_accepted_us] * len(records)
+            self.delivery.submit(Batch(self.journal.id, first, last, records, accepted))
             self._writes += 1
             if self._writes % COMPACT_EVERY == 0:
                 self._compact()  # keeps the journal small during a long ingest
@@ -262,7 +263,13 @@ def _batches(journal: Journal, first: int, last: int, size: int) -> Iterable[Bat
 
 
 def _batch(journal_id: str, entries: Sequence[JournalEntry]) -> Batch[Any]:
-    return Batch(journal_id, entries[0].seq, entries[-1].seq, [e.record for e in entries])
+    return Batch(
+        journal_id,
+        entries[0].seq,
+        entries[-1].seq,
+        [e.record for e in entries],
+        [e.accepted_us for e in entries],
+    )
 
 
 def _forget(sinks: Sequence[Sink[Any]], journal_id: str) -> None:

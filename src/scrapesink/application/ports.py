@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -62,24 +66,71 @@ def model_kind(model: str) -> str:
     return f"model:{model}"
 
 
+_STAMP = struct.Struct(">q16sq")
+STAMP_BYTES = _STAMP.size  # 32
+
+
+@functools.lru_cache(maxsize=1024)
+def _journal_bytes(journal_id: str) -> bytes:
+    """A journal id as 16 bytes: its uuid (journals are named by uuid4 hex), else a digest."""
+    try:
+        raw = bytes.fromhex(journal_id)
+    except ValueError:
+        raw = b""
+    return raw if len(raw) == 16 else hashlib.blake2b(journal_id.encode(), digest_size=16).digest()
+
+
+def stamp(accepted_us: int, journal_id: str, seq: int) -> bytes:
+    """A record's acceptance stamp: (UTC microseconds, journal id, seq) as 32 bytes whose byte
+    order is the tuple's order, so every store compares stamps as plain bytes (PostgreSQL
+    ``bytea``, SQLite ``BLOB``, Python ``bytes``). Models keep the newest stamp, raw events the
+    oldest; what arrives first never matters (DESIGN.md, invariant 6)."""
+    return _STAMP.pack(accepted_us, _journal_bytes(journal_id), seq)
+
+
+def stamp_time(value: bytes) -> int:
+    """The UTC microseconds a stamp was given at."""
+    return int(_STAMP.unpack(value)[0])
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Batch(Generic[R]):
     """Records ``first..last`` of one journal, in journal order (``records[i]`` is ``first + i``).
 
     One journal holds one kind of record (raw events, or one model's entities), so a batch does.
+    ``accepted_us[i]`` is when ``records[i]`` was journaled (its stamp's time); a batch built
+    outside any journal (a one-off write, a retried dead letter) has none and is stamped now.
     """
 
     journal_id: str
     first: int
     last: int
     records: Sequence[R]
+    accepted_us: Sequence[int] = ()
 
     def split(self) -> tuple[Batch[R], Batch[R]]:
         half = len(self.records) // 2
+        times = self.accepted_us
         return (
-            Batch(self.journal_id, self.first, self.first + half - 1, self.records[:half]),
-            Batch(self.journal_id, self.first + half, self.last, self.records[half:]),
+            Batch(
+                self.journal_id,
+                self.first,
+                self.first + half - 1,
+                self.records[:half],
+                times[:half],
+            ),
+            Batch(self.journal_id, self.first + half, self.last, self.records[half:], times[half:]),
         )
+
+    def stamps(self) -> list[bytes]:
+        """Each record's acceptance stamp, in order."""
+        times = self.accepted_us or [now_us()] * len(self.records)
+        journal, first = self.journal_id, self.first
+        return [stamp(t, journal, first + i) for i, t in enumerate(times)]
 
 
 class Sink(Protocol[R]):
@@ -133,6 +184,9 @@ class JournalEntry(Protocol):
     @property
     def record(self) -> Any: ...
 
+    @property
+    def accepted_us(self) -> int: ...
+
 
 class Journal(Protocol):
     """The journal port (the SQLite journal; a broker stream could stand in)."""
@@ -142,6 +196,10 @@ class Journal(Protocol):
 
     @property
     def last_seq(self) -> int: ...
+
+    @property
+    def last_accepted_us(self) -> int:
+        """The stamp time given to the last batch appended."""
 
     def append(self, records: Sequence[Any]) -> tuple[int, int]: ...
 

@@ -15,21 +15,46 @@ def by_time(event: RawEvent) -> datetime:
 
 
 class EncodedBatch:
-    """A batch encoded for the database: sorted by time, key arrays, the COPY text."""
+    """A batch encoded for the database: sorted by time, key arrays with each record's
+    acceptance stamp, the COPY text."""
 
-    __slots__ = ("days", "events", "first", "journal_id", "last", "params", "text")
+    __slots__ = ("days", "events", "first", "journal_id", "last", "params", "stamps", "text")
 
-    def __init__(self, events: list[RawEvent], batch: Batch[RawEvent]) -> None:
-        self.events = events
+    def __init__(self, batch: Batch[RawEvent]) -> None:
+        pairs = sorted(zip(batch.records, batch.stamps(), strict=True), key=_by_time)
+        self.events = events = [e for e, _ in pairs]
+        self.stamps = stamps = [s for _, s in pairs]
         self.journal_id, self.first, self.last = batch.journal_id, batch.first, batch.last
         self.params: dict[str, Any] = {
             "sources": [e.source for e in events],
             "ids": [e.source_id for e in events],
             "times": [e.occurred_at for e in events],
+            "stamps": stamps,
             "n": len(events),
         }
         self.days = {e.occurred_at.date() for e in events}
         self.text = copy_text(events, frozenset())
+
+    def oldest_copies(self) -> tuple[list[RawEvent], list[bytes], frozenset[tuple[str, str]]]:
+        """One copy per key, the oldest stamp's (a catch-up batch may carry a key twice), and
+        the keys that had more than one."""
+        chosen: dict[tuple[str, str], int] = {}
+        repeated = set()
+        for i, (event, stamp) in enumerate(zip(self.events, self.stamps, strict=True)):
+            key = event.key
+            j = chosen.get(key)
+            if j is None:
+                chosen[key] = i
+            else:
+                repeated.add(key)
+                if stamp < self.stamps[j]:
+                    chosen[key] = i
+        order = sorted(chosen.values())
+        return [self.events[i] for i in order], [self.stamps[i] for i in order], frozenset(repeated)
+
+
+def _by_time(pair: tuple[RawEvent, bytes]) -> datetime:
+    return pair[0].occurred_at
 
 
 def copy_text(events: Sequence[RawEvent], skip: frozenset[tuple[str, str]]) -> bytes:

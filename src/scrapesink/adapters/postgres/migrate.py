@@ -20,7 +20,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest revision in migrations/versions. Every command checks the schema against it, and
 # importing Alembic (with SQLAlchemy) to read it costs half a second per CLI call; a test keeps
 # this constant equal to Alembic's own head, and Alembic is imported only to migrate.
-HEAD = "0005"
+HEAD = "0006"
 # Serializes migrations between processes sharing a database (e.g. two CLIs on the embedded one).
 _MIGRATION_LOCK = 0x5C5A_0001
 log = logging.getLogger(__name__)

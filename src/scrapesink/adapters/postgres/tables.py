@@ -15,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -59,6 +60,8 @@ raw_event_keys = Table(
     Column("source", Text(collation="C"), nullable=False),
     Column("source_id", Text(collation="C"), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # the acceptance stamp of the copy held (ports.stamp); NULL: claimed before stamps existed
+    Column("stamp", LargeBinary, nullable=True),
     PrimaryKeyConstraint("source", "source_id", name="raw_event_keys_pkey"),
 )
 
