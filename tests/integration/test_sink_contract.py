@@ -115,3 +115,15 @@ def held(sink: EventSink) -> dict[str, str]:
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)), "a key is in raw_events twice"
     return dict(rows)
+
+
+def test_a_batch_holding_a_key_twice_stores_its_older_copy_once(sink: EventSink):
+    # A catch-up batch spans several writes: the same key may be in it twice.
+    records = [
+        RawEvent("s", "k", AT, '{"v": "first"}', AT.isoformat()),
+        RawEvent("s", "other", AT, '{"v": "x"}', AT.isoformat()),
+        RawEvent("s", "k", AT, '{"v": "again"}', AT.isoformat()),
+    ]
+    outcome = sink.stage(Batch("j", 1, 3, records, [10, 10, 20]))()
+    assert outcome.stored == 2
+    assert held(sink) == {"k": "first", "other": "x"}

@@ -35,22 +35,17 @@ class EncodedBatch:
         self.days = {e.occurred_at.date() for e in events}
         self.text = copy_text(events, frozenset())
 
-    def oldest_copies(self) -> tuple[list[RawEvent], list[bytes], frozenset[tuple[str, str]]]:
+    def oldest_copies(self) -> tuple[list[RawEvent], list[bytes], bool]:
         """One copy per key, the oldest stamp's (a catch-up batch may carry a key twice), and
-        the keys that had more than one."""
+        whether some key had more than one."""
         chosen: dict[tuple[str, str], int] = {}
-        repeated = set()
         for i, (event, stamp) in enumerate(zip(self.events, self.stamps, strict=True)):
-            key = event.key
-            j = chosen.get(key)
-            if j is None:
-                chosen[key] = i
-            else:
-                repeated.add(key)
-                if stamp < self.stamps[j]:
-                    chosen[key] = i
+            j = chosen.setdefault(event.key, i)
+            if stamp < self.stamps[j]:
+                chosen[event.key] = i
         order = sorted(chosen.values())
-        return [self.events[i] for i in order], [self.stamps[i] for i in order], frozenset(repeated)
+        repeated = len(order) < len(self.events)
+        return [self.events[i] for i in order], [self.stamps[i] for i in order], repeated
 
 
 def _by_time(pair: tuple[RawEvent, bytes]) -> datetime:

@@ -202,9 +202,9 @@ class PostgresEventStore(JournalProgress):
         }
         row = cur.execute(_CLAIM, params).fetchone()
         count, sources, ids = row or (0, None, None)
+        chosen, duplicates = events, set()
         if count == len(events):
-            self._expect_duplicates = bool(repeated)  # new keys again: the fast path next time
-            stored = set() if repeated else None
+            self._expect_duplicates = repeated  # new keys again: the fast path next time
         else:
             stored = set(zip(sources or [], ids or [], strict=True))
             held = [(e, s) for e, s in zip(events, stamps, strict=True) if e.key not in stored]
@@ -220,12 +220,11 @@ class PostgresEventStore(JournalProgress):
             if taken:
                 cur.execute(_REMOVE, [list(column) for column in zip(*taken, strict=True)])
                 stored.update((source, source_id) for source, source_id, _ in taken)
-        keys = frozenset(e.key for e in batch.events)
-        chosen = events if stored is None else [e for e in events if e.key in stored]
+            chosen = [e for e in events if e.key in stored]
+            duplicates.update(e.key for e in events if e.key not in stored)
         if chosen:
             with cur.copy(_COPY) as copy:
                 copy.write(copy_text(chosen, frozenset()))
-        duplicates = repeated if stored is None else keys - stored | repeated
         return WriteOutcome(len(chosen), frozenset(duplicates))
 
     # -- queries ------------------------------------------------------------------------------
