@@ -202,7 +202,7 @@ class PostgresEventStore(JournalProgress):
         }
         row = cur.execute(_CLAIM, params).fetchone()
         count, sources, ids = row or (0, None, None)
-        chosen, duplicates = events, set()
+        chosen, duplicates = events, set[tuple[str, str]]()
         if count == len(events):
             self._expect_duplicates = repeated  # new keys again: the fast path next time
         else:
