@@ -1,9 +1,12 @@
 """What the model CSV files hold now, record by record: the state their change detection reads.
 
 ``csv_models.sqlite`` keeps one row per record of any model, shared entities included:
-``records(file, identity, digest, rows)`` — the record's CSV file and natural key, a digest of the
-rows last written for it (NULL when not known), and those rows (its own first, then its
-children's and link rows) with their cells. A batch reads the digests of its records in one query
+``records(file, identity, digest, rows, stamp)`` — the record's CSV file and natural key, a digest
+of the rows last written for it (NULL when not known), those rows (its own first, then its
+children's and link rows) with their cells, and the newest acceptance stamp seen for it (NULL:
+written before stamps existed). A version whose stamp is not newer than that changes nothing and
+is not written at all: the files hold each record's versions in stamp order, so the last row of
+an identity is its newest version. A batch reads the digests of its records in one query
 and the rows of only the records that changed (or are deleted, or are shared entities); an
 unchanged record costs one digest comparison, a new one nothing more.
 
@@ -26,7 +29,7 @@ from scrapesink.domain.records import DELETE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (file TEXT NOT NULL, identity TEXT NOT NULL, digest BLOB,
-                                    rows TEXT NOT NULL,
+                                    rows TEXT NOT NULL, stamp BLOB,
                                     PRIMARY KEY (file, identity)) WITHOUT ROWID;
 """
 # Cells are tuples: tuples of strings leave the garbage collector's lists, lists of the same
@@ -45,6 +48,7 @@ class Prepared:
 
     op: str
     root: str  # the record's identity
+    stamp: bytes  # its acceptance stamp
     rows: tuple[Row, ...] = ()  # the record's own row first, then its children and link rows
     shared: tuple[Row, ...] = ()  # linked entities, as the link items describe them
     digest: bytes | None = None  # of ``rows``; None where links make records depend on others
@@ -54,6 +58,7 @@ class Prepared:
 class _Stored:
     digest: bytes | None
     rows: dict[Key, Cells] | None  # None: not loaded (the digest matched)
+    stamp: bytes | None = None
 
 
 class Plan:
@@ -70,22 +75,31 @@ class Plan:
         self.now = datetime.now(UTC).isoformat()
         self.current: dict[Key, _Stored | None] = {}
         self.dirty: set[Key] = set()
+        self.touched: set[Key] = set()  # unchanged records whose stamp moved forward
         self._load(db, batch)
         for position, entry in enumerate(batch):
-            if entry.op == DELETE:
+            stored = self.current.get((self.root_file, entry.root))
+            if stored is not None and stored.stamp is not None and stored.stamp >= entry.stamp:
+                # An older version than the one held, arriving late: it changes nothing.
+                self.unchanged += 1
+                self.same.append(position)
+            elif entry.op == DELETE:
                 self._delete(entry.root)
             elif not self._upsert(entry):
                 self.same.append(position)
+            if stored is not None and (stored.stamp is None or stored.stamp < entry.stamp):
+                stored.stamp = entry.stamp
+                self.touched.add((self.root_file, entry.root))
 
     def _load(self, db: sqlite3.Connection, batch: list[Prepared]) -> None:
         roots = {(self.root_file, p.root) for p in batch}
         shared = {(file, identity) for p in batch for file, identity, _ in p.shared}
-        digests = {
-            (file, identity): digest
-            for file, identity, digest in _select(
-                db, "file, identity, digest", sorted(roots | shared)
-            )
-        }
+        digests, stamps = {}, {}
+        for file, identity, digest, stamp in _select(
+            db, "file, identity, digest, stamp", sorted(roots | shared)
+        ):
+            digests[(file, identity)] = digest
+            stamps[(file, identity)] = stamp
         # Rows are needed unless every entry of a record matches the digest it has stored.
         needed = shared | {
             (self.root_file, p.root)
@@ -93,11 +107,12 @@ class Plan:
             if p.digest is None or digests.get((self.root_file, p.root)) != p.digest
         }
         for key, digest in digests.items():
-            self.current[key] = _Stored(digest, None)
+            self.current[key] = _Stored(digest, None, stamps[key])
         wanted = sorted(key for key in needed if key in digests)
-        for file, identity, digest, rows in _select(db, "file, identity, digest, rows", wanted):
-            stored = {(f, i): cells for f, i, cells in _ROWS.decode(rows)}
-            self.current[(file, identity)] = _Stored(digest, stored)
+        for file, identity, rows in _select(db, "file, identity, rows", wanted):
+            self.current[(file, identity)].rows = {  # type: ignore[union-attr]
+                (f, i): cells for f, i, cells in _ROWS.decode(rows)
+            }
 
     def _append(self, file: str, cells: Cells, deleted: bool = False) -> None:
         self.output[file].append((*cells, self.now, self.now if deleted else ""))
@@ -124,7 +139,7 @@ class Plan:
             if (file, identity) not in new:  # a child or link the record no longer has
                 self._append(file, cells, deleted=True)
                 changed = True
-        self.current[key] = _Stored(entry.digest, new)
+        self.current[key] = _Stored(entry.digest, new, entry.stamp)
         self.dirty.add(key)
         if changed:
             self.changed += 1
@@ -172,9 +187,15 @@ class Plan:
             else:
                 assert stored.rows is not None  # a written record always has its rows
                 rows = [(*row, cells) for row, cells in stored.rows.items()]
-                kept.append((*key, stored.digest, _JSON.encode(rows).decode()))
-        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", kept)
+                kept.append((*key, stored.digest, _JSON.encode(rows).decode(), stored.stamp))
+        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)", kept)
         db.executemany("DELETE FROM records WHERE file = ? AND identity = ?", gone)
+        moved = [
+            (stored.stamp, *key)
+            for key in self.touched - self.dirty
+            if (stored := self.current.get(key)) is not None
+        ]
+        db.executemany("UPDATE records SET stamp = ? WHERE file = ? AND identity = ?", moved)
 
 
 def _select(db: sqlite3.Connection, columns: str, keys: Sequence[Key]) -> list[Any]:
@@ -213,7 +234,7 @@ def adopt_versions(db: sqlite3.Connection, models: Sequence[tuple[str, Sequence[
             if parent in records:
                 records[parent].append((file, identity, _CELLS.decode(cells)))
         db.executemany(
-            "INSERT OR IGNORE INTO records VALUES (?, ?, NULL, ?)",
+            "INSERT OR IGNORE INTO records VALUES (?, ?, NULL, ?, NULL)",
             [(root_file, r, _JSON.encode(rows).decode()) for r, rows in records.items()],
         )
         db.execute("DELETE FROM versions WHERE file = ?", (root_file,))

@@ -121,6 +121,11 @@ class ModelCsvFiles(CsvFiles):
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir, data_dir / "csv_models.sqlite", SCHEMA)
 
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        if "stamp" not in have:  # state written before stamps existed
+            db.execute("ALTER TABLE records ADD COLUMN stamp BLOB")
+
     def files(self) -> list[Path]:
         return sorted(p for p in self.root.glob("*.csv") if p.is_file())
 
@@ -153,15 +158,18 @@ class CsvModelSink(ModelCsvFiles):
         ]
 
     def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
-        prepared = [self._prepare(entity) for entity in batch.records]
+        prepared = [
+            self._prepare(entity, stamp)
+            for entity, stamp in zip(batch.records, batch.stamps(), strict=True)
+        ]
         return lambda: self._deliver(batch, prepared)
 
-    def _prepare(self, entity: Entity) -> Prepared:
+    def _prepare(self, entity: Entity, stamp: bytes) -> Prepared:
         record = entity.record
         key = [record[k] for k in self.model.natural_key]
         root = _identity(key)
         if entity.op == DELETE:
-            return Prepared(DELETE, root)
+            return Prepared(DELETE, root, stamp)
         rows: list[Row] = [(self.root_file, root, _cells(record, self.model.fields))]
         key_cells = tuple(cell(v) for v in key)
         for child, file in self._children:
@@ -186,7 +194,7 @@ class CsvModelSink(ModelCsvFiles):
         # Unchanged records are recognised by this digest alone; a record with links is not,
         # since what it says of a shared entity depends on what other records said.
         digest = None if shared else hashlib.blake2b(_JSON.encode(rows), digest_size=16).digest()
-        return Prepared(UPSERT, root, tuple(rows), tuple(shared), digest)
+        return Prepared(UPSERT, root, stamp, tuple(rows), tuple(shared), digest)
 
     def _deliver(self, batch: Batch[Entity], prepared: list[Prepared]) -> WriteOutcome:
         self._register(set(self._headers))

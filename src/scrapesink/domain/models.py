@@ -55,6 +55,7 @@ SYSTEM_COLUMNS = (
     "updated_at",
     "deleted_at",
     "content_hash",
+    "accepted_stamp",
     "search_vector",
 )
 BUNDLED = ("movies", "workflows")

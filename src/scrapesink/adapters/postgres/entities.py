@@ -44,31 +44,34 @@ class PostgresModelSink(JournalProgress):
         self.database = database
         self.model = model
         self.kind = model_kind(model.name)
-        self._upsert = f"SELECT {q(upsert_name(model))}(%s::jsonb)"
-        self._delete = f"SELECT {q(delete_name(model))}(%s::jsonb)"
+        self._upsert = f"SELECT {q(upsert_name(model))}(%s::jsonb, %b::bytea[])"
+        self._delete = f"SELECT {q(delete_name(model))}(%s::jsonb, %b::bytea[])"
 
     def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
         # Runs of one operation, in journal order: an upsert then a delete of a key stays so.
-        runs: list[tuple[str, int, int, str]] = []  # op, first seq, records, JSON array
+        # Each record carries its acceptance stamp: the newest wins (model_sql).
+        runs: list[tuple[str, int, int, str, list[bytes]]] = []  # op, first seq, n, JSON, stamps
         start = 0
         records = batch.records
+        stamps = batch.stamps()
         for i in range(1, len(records) + 1):
             if i == len(records) or records[i].op != records[start].op:
                 chunk = [e.record for e in records[start:i]]
                 payload = _JSON.encode(chunk).decode()
-                runs.append((records[start].op, batch.first + start, i - start, payload))
+                op = records[start].op
+                runs.append((op, batch.first + start, i - start, payload, stamps[start:i]))
                 start = i
 
         def run() -> WriteOutcome:
             stored = unchanged = 0
             same: set[int] = set()
             with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                for op, first, count, payload in runs:
+                for op, first, count, payload, run_stamps in runs:
                     if op == DELETE:
-                        row = cur.execute(self._delete, (payload,)).fetchone()
+                        row = cur.execute(self._delete, (payload, run_stamps)).fetchone()
                         stored += int(row[0]) if row else 0
                         continue
-                    row = cur.execute(self._upsert, (payload,)).fetchone()
+                    row = cur.execute(self._upsert, (payload, run_stamps)).fetchone()
                     result = row[0] if row else {}
                     stored += int(result.get("inserted", 0)) + int(result.get("updated", 0))
                     unchanged += int(result.get("unchanged", 0))

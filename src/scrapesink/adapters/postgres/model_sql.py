@@ -4,14 +4,19 @@ scrapesink's own writes call these functions too, so there is one upsert, with t
 rules for psql, any other client and the Python path. ``upsert_<model>`` takes a JSON array of
 records (or one record) and, set-based:
 
+Each record has an acceptance stamp (``stamps[i]``, ``bytea``, see ``ports.stamp``; none given,
+as from psql: the server's clock now). The newest stamp wins whatever the order of arrival: a
+record whose stamp is older than the stored row's changes nothing (counted unchanged), neither
+the row nor its children, links or linked entities.
+
 1. upserts linked models first (shared entities such as actors: created when new; a link item
    updates only the fields it carries, so a movie naming an actor never erases what another
-   movie said about them);
+   movie said about them), from the records not older than their stored row;
 2. upserts the model's rows on the natural key from ``jsonb_to_record``; duplicate keys in one
-   call resolve to the last record (``DISTINCT ON`` over the array's order); ``ON CONFLICT ...
-   DO UPDATE ... WHERE content_hash IS DISTINCT FROM ...``: an unchanged record (fields, children
-   and links alike) writes nothing but ``last_seen_at``, and ``updated_at`` moves only on a
-   change;
+   call resolve to the newest stamp, then the last record (``DISTINCT ON``); ``ON CONFLICT ...
+   DO UPDATE ... WHERE content_hash IS DISTINCT FROM ... AND accepted_stamp < ...``: an
+   unchanged record (fields, children and links alike) writes nothing but ``last_seen_at`` and
+   the newer stamp, and ``updated_at`` moves only on a change;
 3. replaces the children and links of the inserted and changed rows (delete, insert; link rows
    and keyed children deduplicated, last wins);
 4. returns ``{"records", "inserted", "updated", "unchanged", "changed"}``, ``changed`` being
@@ -75,6 +80,12 @@ def _key_text(key: tuple[str, ...], alias: str) -> str:
     return f"jsonb_build_array({', '.join(f'{alias}.{q(k)}' for k in key)})::text"
 
 
+# The stamp of record ``e.ord``: the one given, else now on the server's clock (journal and seq
+# zero: a write from psql is accepted when it runs).
+_STAMP = "coalesce(stamps[e.ord], now_stamp)"
+_OLDER = "t.accepted_stamp IS NULL OR t.accepted_stamp < {}"  # the stored row is older
+
+
 def upsert_function(declaration: Declaration, model: ModelDef) -> str:
     table = q(model.table_name)
     key = model.natural_key
@@ -88,7 +99,17 @@ def upsert_function(declaration: Declaration, model: ModelDef) -> str:
     key_r = ", ".join(f"r.{q(k)}" for k in key)
     key_fields = tuple(f for f in fields if f.name in key)
     updates = ", ".join(f"{q(f.name)} = excluded.{q(f.name)}" for f in fields)
+    key_match = " AND ".join(f"t.{q(k)} = r.{q(k)}" for k in key)
+    stale = ""
+    if model.links:  # only linked entities need to know before the upsert which records lose
+        stale = f"""
+    stale := ARRAY(
+        SELECT e.ord FROM jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord)
+        CROSS JOIN LATERAL jsonb_to_record(e.doc) AS r({_recordtype(key_fields)})
+        JOIN {table} AS t ON {key_match}
+        WHERE t.accepted_stamp >= {_STAMP});"""
     body = [
+        stale,
         _links_first(declaration, model),
         f"""
     IF EXISTS (SELECT 1 FROM jsonb_array_elements(records) AS e(doc),
@@ -98,17 +119,20 @@ def upsert_function(declaration: Declaration, model: ModelDef) -> str:
             USING ERRCODE = '23502';
     END IF;
     WITH src AS (
-        SELECT DISTINCT ON ({key_r}) e.ord, {values}, {content_hash} AS content_hash
+        SELECT DISTINCT ON ({key_r}) e.ord, {values}, {content_hash} AS content_hash,
+               {_STAMP} AS accepted_stamp
         FROM jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord)
         CROSS JOIN LATERAL jsonb_to_record(e.doc) AS r({_recordtype(fields)})
-        ORDER BY {key_r}, e.ord DESC
+        ORDER BY {key_r}, {_STAMP} DESC, e.ord DESC
     ), up AS (
-        INSERT INTO {table} AS t ({columns}, content_hash)
-        SELECT {", ".join(f"src.{q(f.name)}" for f in fields)}, src.content_hash FROM src
+        INSERT INTO {table} AS t ({columns}, content_hash, accepted_stamp)
+        SELECT {", ".join(f"src.{q(f.name)}" for f in fields)}, src.content_hash,
+               src.accepted_stamp FROM src
         ON CONFLICT ({", ".join(q(k) for k in key)}) DO UPDATE
             SET {updates}, content_hash = excluded.content_hash,
-                updated_at = now(), last_seen_at = now()
+                accepted_stamp = excluded.accepted_stamp, updated_at = now(), last_seen_at = now()
             WHERE t.content_hash IS DISTINCT FROM excluded.content_hash
+              AND ({_OLDER.format("excluded.accepted_stamp")})
         RETURNING t.id, (t.xmax = 0) AS inserted, {", ".join(f"t.{q(k)}" for k in key)}
     ), positions AS MATERIALIZED (
         SELECT jsonb_object_agg({_key_text(key, "src")}, src.ord) AS at FROM src
@@ -118,10 +142,16 @@ def upsert_function(declaration: Declaration, model: ModelDef) -> str:
       INTO ids, ords, n_inserted, n_records
       FROM up CROSS JOIN positions;
     n_changed := coalesce(array_length(ids, 1), 0);
-    IF n_changed < n_records THEN  -- seen again, unchanged: only last_seen_at moves
-        UPDATE {table} AS t SET last_seen_at = now()
-        FROM jsonb_to_recordset(records) AS r({_recordtype(key_fields)})
-        WHERE {" AND ".join(f"t.{q(k)} = r.{q(k)}" for k in key)} AND t.last_seen_at <> now();
+    IF n_changed < n_records THEN  -- seen again, unchanged: last_seen_at and the stamp move
+        UPDATE {table} AS t SET last_seen_at = now(), accepted_stamp = r.accepted_stamp
+        FROM (
+            SELECT DISTINCT ON ({", ".join(f"x.{q(k)}" for k in key)})
+                   {", ".join(f"x.{q(k)}" for k in key)}, {_STAMP} AS accepted_stamp
+            FROM jsonb_array_elements(records) WITH ORDINALITY AS e(doc, ord)
+            CROSS JOIN LATERAL jsonb_to_record(e.doc) AS x({_recordtype(key_fields)})
+            ORDER BY {", ".join(f"x.{q(k)}" for k in key)}, {_STAMP} DESC
+        ) AS r
+        WHERE {key_match} AND ({_OLDER.format("r.accepted_stamp")});
     END IF;""",
     ]
     for child in model.children:
@@ -133,11 +163,14 @@ def upsert_function(declaration: Declaration, model: ModelDef) -> str:
     for link in model.links:
         body.append(_replace_links(declaration, model, link.name))
     return f"""
-CREATE OR REPLACE FUNCTION {q(upsert_name(model))}(records jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $fn$
+DROP FUNCTION IF EXISTS {q(upsert_name(model))}(jsonb);  -- before stamps: one argument
+CREATE OR REPLACE FUNCTION {q(upsert_name(model))}(records jsonb, stamps bytea[] DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
-    ids bigint[]; ords bigint[];
+    ids bigint[]; ords bigint[]; stale bigint[] := '{{}}';
     n_records integer := 0; n_inserted integer := 0; n_changed integer := 0;
+    now_stamp bytea := int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+                       || decode(repeat('00', 24), 'hex');
 BEGIN
     IF jsonb_typeof(records) = 'object' THEN records := jsonb_build_array(records); END IF;
     IF jsonb_typeof(records) IS DISTINCT FROM 'array' THEN
@@ -151,8 +184,9 @@ BEGIN
                               'changed', to_jsonb(coalesce(ords, '{{}}')));
 END
 $fn$;
-COMMENT ON FUNCTION {q(upsert_name(model))}(jsonb) IS
-    'scrapesink: upsert {model.name} records (a JSON array, or one record) on their natural key';
+COMMENT ON FUNCTION {q(upsert_name(model))}(jsonb, bytea[]) IS
+    'scrapesink: upsert {model.name} records (a JSON array, or one record) on their natural key;'
+    ' the newest acceptance stamp (stamps[i], default now) wins';
 """
 
 
@@ -187,7 +221,7 @@ def _links_first(declaration: Declaration, model: ModelDef) -> str:
         CROSS JOIN LATERAL jsonb_array_elements({_array(f"e.doc -> '{link.name}'")})
             WITH ORDINALITY AS i(item, iord)
         CROSS JOIN LATERAL jsonb_to_record(i.item) AS x({_recordtype(fields)})
-        WHERE {" AND ".join(f"x.{q(k)} IS NOT NULL" for k in key)}
+        WHERE {" AND ".join(f"x.{q(k)} IS NOT NULL" for k in key)} AND e.ord <> ALL(stale)
         GROUP BY {key_x}
     ) AS g
     ON CONFLICT ({", ".join(q(k) for k in key)}) DO UPDATE
@@ -264,17 +298,24 @@ def delete_function(model: ModelDef) -> str:
     table = q(model.table_name)
     key_fields = tuple(f for f in model.fields if f.name in model.natural_key)
     return f"""
-CREATE OR REPLACE FUNCTION {q(delete_name(model))}(keys jsonb) RETURNS integer
-LANGUAGE plpgsql AS $fn$
-DECLARE n integer;
+DROP FUNCTION IF EXISTS {q(delete_name(model))}(jsonb);  -- before stamps: one argument
+CREATE OR REPLACE FUNCTION {q(delete_name(model))}(keys jsonb, stamps bytea[] DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql AS $fn$
+DECLARE
+    n integer;
+    now_stamp bytea := int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+                       || decode(repeat('00', 24), 'hex');
 BEGIN
     IF jsonb_typeof(keys) = 'object' THEN keys := jsonb_build_array(keys); END IF;
-    DELETE FROM {table} AS t USING jsonb_to_recordset(keys) AS r({_recordtype(key_fields)})
-    WHERE {" AND ".join(f"t.{q(k)} = r.{q(k)}" for k in model.natural_key)};
+    DELETE FROM {table} AS t
+    USING jsonb_array_elements(keys) WITH ORDINALITY AS e(doc, ord)
+    CROSS JOIN LATERAL jsonb_to_record(e.doc) AS r({_recordtype(key_fields)})
+    WHERE {" AND ".join(f"t.{q(k)} = r.{q(k)}" for k in model.natural_key)}
+      AND ({_OLDER.format(_STAMP)});  -- a newer version than the delete stays
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;  -- children and link rows go with their row (ON DELETE CASCADE)
 END
 $fn$;
-COMMENT ON FUNCTION {q(delete_name(model))}(jsonb) IS
+COMMENT ON FUNCTION {q(delete_name(model))}(jsonb, bytea[]) IS
     'scrapesink: delete {model.name} records by natural key, with their children and links';
 """

@@ -3,7 +3,8 @@
 Layout of one model (``movies`` with a link to ``actors``; ``workflows`` with children):
 
 * the model's table: ``id`` (identity), the declared fields, ``content_hash`` (what the last
-  upsert stored: the upsert is a no-op when it is unchanged), ``first_seen_at``,
+  upsert stored: the upsert is a no-op when it is unchanged), ``accepted_stamp`` (the newest
+  acceptance stamp seen: an older version arriving late changes nothing), ``first_seen_at``,
   ``last_seen_at``, ``updated_at``; a unique constraint on the natural key; declared indexes;
   ``search_vector``, a generated ``tsvector`` over the search fields, with a GIN index;
 * a child table: ``id``, ``<parent table>_id`` (foreign key, ``ON DELETE CASCADE``), its fields;
@@ -31,6 +32,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -182,6 +184,8 @@ def _model_table(metadata: MetaData, model: ModelDef) -> Table:
         Column("id", BigInteger, Identity(), primary_key=True),
         *[_column(f) for f in model.fields],
         Column("content_hash", Text, nullable=False),
+        # the acceptance stamp of the version held (ports.stamp): an older one changes nothing
+        Column("accepted_stamp", LargeBinary, nullable=True),
         *[
             Column(c, DateTime(timezone=True), nullable=False, server_default=text("now()"))
             for c in ("first_seen_at", "last_seen_at", "updated_at")

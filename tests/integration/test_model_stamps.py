@@ -1,0 +1,97 @@
+"""Both model sinks decide by acceptance stamp, never by arrival: the newest version wins."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scrapesink.adapters.csv_models import CsvModelSink
+from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
+from scrapesink.application.ports import Batch, Sink
+from scrapesink.bootstrap import App
+from scrapesink.domain.models import load_models
+from scrapesink.domain.records import DELETE, UPSERT, Entity, validate_record
+
+DECLARATION = load_models()
+MOVIES = DECLARATION.model("movies")
+
+
+def movie(title: str, *actors: str, url: str = "https://m/1") -> Entity:
+    data = {"url": url, "title": title, "actors": [{"name": a} for a in actors]}
+    return Entity(UPSERT, validate_record(DECLARATION, MOVIES, data).record)
+
+
+def at(us: int, *entities: Entity, journal: str = "j") -> Batch[Entity]:
+    """A batch of one journal whose records were accepted at ``us`` microseconds."""
+    return Batch(journal, us, us + len(entities) - 1, list(entities), [us] * len(entities))
+
+
+@pytest.fixture(params=["csv", "postgres"])
+def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink[Entity]]:
+    if request.param == "csv":
+        yield CsvModelSink(tmp_path, DECLARATION, MOVIES)
+    else:
+        app: App = request.getfixturevalue("app")
+        yield PostgresModelSink(app.database, MOVIES)
+
+
+def held(sink: Sink[Entity]) -> dict[str, Any]:
+    """url -> (title, actors) of the latest version each store holds."""
+    if isinstance(sink, PostgresModelSink):
+        repository = ModelRepository(sink.database, DECLARATION)
+        page = repository.list(MOVIES, children=True, limit=1000)
+        return {
+            r["url"]: (r["title"], sorted(a["name"] for a in r["actors"])) for r in page.records
+        }
+    assert isinstance(sink, CsvModelSink)
+    latest: dict[str, tuple[str, list[str]]] = {}
+    for row in _rows(sink.root / "movies.csv"):
+        if row["deleted_at"]:
+            latest.pop(row["url"], None)
+        else:
+            latest[row["url"]] = (row["title"], [])
+    links: dict[tuple[str, str], bool] = {}
+    for row in _rows(sink.root / "movie_actor.csv"):
+        links[(row["movies_url"], row["actors_name"])] = not row["deleted_at"]
+    for (url, name), present in sorted(links.items()):
+        if present and url in latest:
+            latest[url][1].append(name)
+    return latest
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_an_older_version_arriving_late_changes_nothing(sink: Sink[Entity]):
+    sink.stage(at(2_000, movie("newer", "Pacino"), journal="j2"))()
+    late = sink.stage(at(1_000, movie("older", "De Niro"), journal="j1"))()
+    assert (late.stored, late.unchanged) == (0, 1)
+    assert held(sink) == {"https://m/1": ("newer", ["Pacino"])}
+
+
+def test_an_unchanged_newer_version_still_moves_the_stamp(sink: Sink[Entity]):
+    # v1 and v3 say the same; v2, in between, arrives last and must not win.
+    sink.stage(at(1_000, movie("same", "Pacino")))()
+    again = sink.stage(at(3_000, movie("same", "Pacino")))()
+    assert again.unchanged == 1
+    sink.stage(at(2_000, movie("between", "Kilmer"), journal="j0"))()
+    assert held(sink) == {"https://m/1": ("same", ["Pacino"])}
+
+
+def test_in_order_versions_apply_and_a_delete_spares_a_newer_version(sink: Sink[Entity]):
+    sink.stage(at(1_000, movie("one", "Pacino")))()
+    sink.stage(at(2_000, movie("two", "Pacino", "De Niro")))()
+    assert held(sink) == {"https://m/1": ("two", ["De Niro", "Pacino"])}
+    stale_delete = Entity(DELETE, {"url": "https://m/1"})
+    sink.stage(at(1_500, stale_delete, journal="j0"))()
+    assert held(sink) == {"https://m/1": ("two", ["De Niro", "Pacino"])}
+    sink.stage(at(3_000, stale_delete))()
+    assert held(sink) == {}
