@@ -154,14 +154,23 @@ class App:
     def use_declaration(self, declaration: Declaration) -> None:
         self._declaration = declaration
 
+    def ensure_models(self) -> None:
+        """Apply the declaration's additive changes (once per process; raises when refused or
+        when PostgreSQL does not answer)."""
+        for change in self.model_schema.ensure(self.declaration):
+            log.info("applied %s", change.describe())
+
     def models(self) -> ModelService:
         """The model service; the database is brought to the declaration first (additive
-        changes by themselves, destructive ones refused) unless it is unreachable."""
+        changes by themselves, destructive ones refused). When it does not answer, saves are
+        journaled and mirrored to CSV like events, and the declaration is applied before the
+        first delivery to PostgreSQL (see ``sinks_for``)."""
         declaration = self.declaration
         if not self.offline:
-            changes = self.model_schema.ensure(declaration)
-            for change in changes:
-                log.info("applied %s", change.describe())
+            try:
+                self.ensure_models()
+            except TransientStorageError as exc:
+                log.warning("model tables not checked yet (%s): saves wait for it", exc.message)
         self.repository = ModelRepository(self.database, declaration)
         return ModelService(
             declaration,
@@ -202,7 +211,9 @@ class App:
         model = self.declaration.models.get(name)
         if model is None:
             return None
-        sinks: list[Sink[Any]] = [PostgresModelSink(self.database, model)]
+        sinks: list[Sink[Any]] = [
+            PostgresModelSink(self.database, model, prepare=self.ensure_models)
+        ]
         if self.settings.csv_enabled:
             sinks.append(CsvModelSink(self.settings.data_dir, self.declaration, model))
         return sinks

@@ -362,6 +362,19 @@ class Lane:
         for half in batch.split():
             self._store(half, self.sink.stage(half))
 
+    def take_pending(self) -> list[tuple[int, int]]:
+        """The ranges left pending so far, no longer counted pending (to hand them again)."""
+        with self._lock:
+            ranges, self.pending = self.pending, []
+            self.report.pending -= sum(last - first + 1 for first, last in ranges)
+        return ranges
+
+    def pending_in(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """How many seqs of ``ranges`` are pending on this lane now."""
+        with self._lock:
+            held = list(self.pending)
+        return sum(max(0, min(b, d) - max(a, c) + 1) for a, b in held for c, d in ranges)
+
     def collapse(self, start: int, upto: int) -> None:
         """Replace the ranges covering ``start..upto`` by one (a long run stays small)."""
         with self._lock:

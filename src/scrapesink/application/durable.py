@@ -90,6 +90,11 @@ class DurableWriter:
         if receipt is not None and records:
             receipt.cover(first, last)
         if records:
+            # A sink that is back gets what it missed first: what users expect, and cheaper
+            # than a reversal (the stores decide by stamp anyway, so this is not for safety).
+            for lane in self.delivery.lanes:
+                if lane.pending and not lane.down:
+                    self._catch_up(lane)
             accepted = [self.journal.last_accepted_us] * len(records)
             self.delivery.submit(Batch(self.journal.id, first, last, records, accepted))
             self._writes += 1
@@ -123,7 +128,7 @@ class DurableWriter:
             resubmitted = 0
             for lane in self.delivery.lanes:
                 if lane.pending and not lane.down:
-                    resubmitted += sum(last - first + 1 for first, last in lane.pending)
+                    resubmitted += lane.report.pending
                     self._catch_up(lane)
             return resubmitted
 
@@ -139,11 +144,13 @@ class DurableWriter:
         return reports
 
     def _catch_up(self, lane: Lane) -> None:
-        ranges, lane.pending = lane.pending, []
-        for first, last in ranges:
-            lane.report.pending -= last - first + 1
+        for first, last in sorted(lane.take_pending()):
             for batch in _batches(self.journal, first, last, self.batch_size):
                 lane.submit(batch)
+
+    def pending_in(self, ranges: Sequence[tuple[int, int]]) -> dict[str, int]:
+        """Per sink, how many records of the journal ``ranges`` are pending there now."""
+        return {lane.sink.name: lane.pending_in(ranges) for lane in self.delivery.lanes}
 
     def _compact(self) -> None:
         upto = min(

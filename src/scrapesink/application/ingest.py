@@ -6,9 +6,9 @@ import gc
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,14 +132,23 @@ class WriteSummary:
         settle: bool,
         receipt: Receipt | None,
         tracker: Tracker | None,
+        journaled: Sequence[tuple[int, int]] = (),
     ) -> None:
-        """Wait for the sinks as asked and fill in what each did."""
+        """Wait for the sinks as asked and fill in what each did.
+
+        Untracked, the counts are what the sinks did meanwhile (records of earlier writes that
+        a sink caught up on included), but ``pending`` is exact: how many of this write's own
+        ``journaled`` ranges each sink still lacks."""
         if receipt is not None and tracker is not None:
             self.sinks = writer.wait(receipt)
             self.results = tracker.resolve(receipt, self.primary)
             return
         after = writer.settle() if settle else writer.reports()
-        self.sinks = {name: after[name].since(before.get(name)) for name in after}
+        pending = writer.pending_in(journaled)
+        self.sinks = {
+            name: replace(after[name].since(before.get(name)), pending=pending.get(name, 0))
+            for name in after
+        }
 
 
 @dataclass(kw_only=True)
@@ -229,9 +238,12 @@ class IngestService:
         slots: list[int] = []  # the tracker's result index of each record in ``batch``
         recent: deque[dict[tuple[str, str], RawEvent]] = deque(maxlen=2)
 
+        journaled: list[tuple[int, int]] = []
+
         def flush() -> None:
             if batch:
-                first, _ = self.writer.write(list(batch.values()), receipt)
+                first, last = self.writer.write(list(batch.values()), receipt)
+                journaled.append((first, last))
                 if tracker is not None:
                     tracker.journaled(slots, first)
                 summary.accepted += len(batch)
@@ -291,7 +303,7 @@ class IngestService:
                 self.writer.settle()
             raise
         flush()
-        summary.finish(self.writer, before, settle, receipt, tracker)
+        summary.finish(self.writer, before, settle, receipt, tracker, journaled)
         slog.info(
             "ingest done",
             **{k: v for k, v in summary.as_dict().items() if k != "sinks"},

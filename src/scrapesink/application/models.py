@@ -121,9 +121,12 @@ class ModelService:
         batch: dict[tuple[Any, ...], Entity] = {}
         slots: dict[tuple[Any, ...], int] = {}  # key -> the tracker's result index
 
+        journaled: list[tuple[int, int]] = []
+
         def flush() -> None:
             if batch:
-                first, _ = writer.write(list(batch.values()), receipt)
+                first, last = writer.write(list(batch.values()), receipt)
+                journaled.append((first, last))
                 if tracker is not None:
                     tracker.journaled([slots[key] for key in batch], first)
                 summary.accepted += len(batch)
@@ -159,7 +162,7 @@ class ModelService:
                 writer.settle()
             raise
         flush()
-        summary.finish(writer, before, settle, receipt, tracker)
+        summary.finish(writer, before, settle, receipt, tracker, journaled)
         slog.info("save done", **{k: v for k, v in summary.as_dict().items() if k != "sinks"})
         return summary
 

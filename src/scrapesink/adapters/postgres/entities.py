@@ -40,9 +40,14 @@ class PostgresModelSink(JournalProgress):
     name = "postgres"
     parallelism = 1  # batches of one model touch the same keys: in journal order
 
-    def __init__(self, database: Database, model: ModelDef) -> None:
+    def __init__(
+        self, database: Database, model: ModelDef, *, prepare: Callable[[], None] | None = None
+    ) -> None:
         self.database = database
         self.model = model
+        # Brings the tables to the declaration; run before the first delivery (it may have
+        # failed when the model service started, with PostgreSQL down).
+        self._prepare = prepare
         self.kind = model_kind(model.name)
         self._upsert = f"SELECT {q(upsert_name(model))}(%s::jsonb, %b::bytea[])"
         self._delete = f"SELECT {q(delete_name(model))}(%s::jsonb, %b::bytea[])"
@@ -63,6 +68,7 @@ class PostgresModelSink(JournalProgress):
                 start = i
 
         def run() -> WriteOutcome:
+            self._verify_schema()
             stored = unchanged = 0
             same: set[int] = set()
             with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -82,6 +88,12 @@ class PostgresModelSink(JournalProgress):
             return WriteOutcome(stored, unchanged=unchanged, unchanged_seqs=frozenset(same))
 
         return run
+
+
+    def _verify_schema(self) -> None:
+        if self._prepare is not None:
+            self._prepare()  # ModelSchema.ensure: once per process, then a set lookup
+            self._prepare = None
 
 
 @dataclass(frozen=True, slots=True)
