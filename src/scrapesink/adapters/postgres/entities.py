@@ -89,7 +89,6 @@ class PostgresModelSink(JournalProgress):
 
         return run
 
-
     def _verify_schema(self) -> None:
         if self._prepare is not None:
             self._prepare()  # ModelSchema.ensure: once per process, then a set lookup

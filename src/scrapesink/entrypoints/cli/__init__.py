@@ -19,6 +19,7 @@ from scrapesink.entrypoints.cli import (
     partitions,
     records,
     serve,
+    verify,
 )
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
@@ -66,6 +67,7 @@ app.command()(ops.export)
 app.command()(ops.metrics)
 app.command()(ops.maintain)
 app.command()(ops.health)
+app.command()(verify.verify)
 app.add_typer(ops.deadletters_app, name="deadletters")
 app.command()(serve.serve)
 app.add_typer(serve.keys_app, name="keys")
