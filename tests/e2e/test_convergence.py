@@ -128,3 +128,47 @@ def test_the_same_over_http_and_saves_are_acknowledged_while_postgresql_is_down(
     assert csv_event(data_dir) == ["first"]
     result = verify(url, data_dir)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_verify_finds_lines_added_removed_or_changed_by_hand_and_repair_fixes_them(
+    database_url: str, tmp_path: Path
+):
+    data_dir = tmp_path / "data"
+    with scrapesink.open(database_url=database_url, data_dir=data_dir) as sink:
+        sink.write_events(
+            [{**event(str(i)), "source_id": f"k{i}"} for i in range(5)]
+            + [{**event("x"), "source": "other"}]
+        )
+        sink.save("movies", [{"url": f"https://x/{i}", "title": f"t{i}"} for i in range(3)])
+    assert verify(database_url, data_dir).returncode == 0
+    day = data_dir / "raw_events" / "ord" / "2026-01-10.csv"
+    lines = day.read_bytes().split(b"\r\n")
+    # a line removed, a value changed in place (same length), a line added
+    day.write_bytes(b"\r\n".join([lines[0], lines[2], lines[3].replace(b'""2""', b'""8""'), *lines[4:]]))
+    with day.open("ab") as handle:
+        handle.write(b'ord,k99,2026-01-10T10:00:00+00:00,"{""v"": ""hand""}"\r\n')
+    movies = data_dir / "movies.csv"
+    movies.write_text(movies.read_text().replace(",t1,", ",T1,"))  # same length, other title
+
+    found = verify(database_url, data_dir, "--json")
+    assert found.returncode == 1
+    report = json.loads(found.stdout)
+    problems = {(d["what"], d["key"], d["problem"]) for d in report["first"]}
+    assert ("events", "ord/k0", "missing in csv") in problems
+    assert ("events", "ord/k2", "differs") in problems
+    assert ("events", "ord/k99", "missing in postgres") in problems
+    assert any(what == "movies" and problem == "differs" for what, _, problem in problems)
+    assert report["differences"]["events"] == 3
+    assert any("appended" in line or "removed" in line for line in report["files_changed"])
+
+    repaired = verify(database_url, data_dir, "--repair", "csv")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "rebuilt the CSV files of movies" in repaired.stderr
+    assert verify(database_url, data_dir).returncode == 0
+    assert verify(database_url, data_dir, "--source", "other").returncode == 0
+    # the repaired files are the mirror's own again: later writes append to them as before
+    with scrapesink.open(database_url=database_url, data_dir=data_dir) as sink:
+        again = sink.write_events([{**event("late"), "source_id": "k7"}, event("dup")])
+        assert again.sinks["csv"].stored == 1 and again.sinks["csv"].duplicates == 1
+        assert sink.save("movies", [{"url": "https://x/1", "title": "t1"}]).unchanged == 1
+    assert verify(database_url, data_dir).returncode == 0

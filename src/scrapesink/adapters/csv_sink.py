@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import logging
 import fcntl
 import os
 import sqlite3
@@ -47,6 +48,7 @@ from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
 from scrapesink.domain.events import RawEvent
 from scrapesink.errors import TransientStorageError
 
+log = logging.getLogger(__name__)
 HeaderOf = Callable[[str], str]  # a file (relative path) -> its header line
 
 _FILES_SCHEMA = """
@@ -226,9 +228,17 @@ class CsvFiles:
                     fd = os.open(path, os.O_WRONLY)
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX)
+                        size = os.fstat(fd).st_size
                         _repair(fd, length)
                     finally:
                         os.close(fd)
+                    if size > length:  # never silently: it may be lines a person added
+                        log.warning(
+                            "%s: cut %d bytes past what scrapesink committed (a line torn by a"
+                            " crash, or lines added behind its back)",
+                            path,
+                            size - length,
+                        )
                 except OSError as exc:
                     raise _unavailable(exc, path) from exc
 
