@@ -144,7 +144,9 @@ def test_verify_finds_lines_added_removed_or_changed_by_hand_and_repair_fixes_th
     day = data_dir / "raw_events" / "ord" / "2026-01-10.csv"
     lines = day.read_bytes().split(b"\r\n")
     # a line removed, a value changed in place (same length), a line added
-    day.write_bytes(b"\r\n".join([lines[0], lines[2], lines[3].replace(b'""2""', b'""8""'), *lines[4:]]))
+    day.write_bytes(
+        b"\r\n".join([lines[0], lines[2], lines[3].replace(b'""2""', b'""8""'), *lines[4:]])
+    )
     with day.open("ab") as handle:
         handle.write(b'ord,k99,2026-01-10T10:00:00+00:00,"{""v"": ""hand""}"\r\n')
     movies = data_dir / "movies.csv"

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import csv
 import errno
-import logging
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
