@@ -396,6 +396,10 @@ class App:
                         reports.setdefault(name, SinkReport()).add(report)
             finally:
                 self.database.close()
+                if self.embedded is not None:
+                    # Now, not in an exit handler: a server stopped by SIGTERM (uvicorn
+                    # re-raises it after its shutdown) never runs those.
+                    self.embedded.stop()
         return reports
 
 

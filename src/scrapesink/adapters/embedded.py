@@ -7,11 +7,13 @@ when the last of them exits. scrapesink adds only the error translation and a qu
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from scrapesink.errors import ConfigError, StorageError
 
@@ -27,7 +29,14 @@ def _import_pgserver() -> Any:
 
 
 class EmbeddedPostgres:
-    """A handle on the embedded server; the server outlives us while other processes use it."""
+    """A handle on the embedded server; the server outlives us while other processes use it.
+
+    pgserver keeps one server object per data directory in a process, and one process entry in
+    its list of holders: the handles of one process are counted here, so that closing one of
+    two (two ``scrapesink.open()`` at once) does not stop the server under the other."""
+
+    _handles: ClassVar[dict[Path, int]] = {}
+    _handles_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata.resolve()
@@ -41,7 +50,10 @@ class EmbeddedPostgres:
             raise ConfigError(f"cannot create data directory {self.pgdata.parent}: {exc}") from exc
         pgserver = _import_pgserver()
         try:
-            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            with self._handles_lock:
+                _forget_dead_handles(pgserver, self.pgdata)
+                self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+                self._handles[self.pgdata] = self._handles.get(self.pgdata, 0) + 1
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             log = self.pgdata / "log"
             raise StorageError(
@@ -51,10 +63,18 @@ class EmbeddedPostgres:
         return uri
 
     def stop(self) -> None:
-        """Let go of the server: it stops if no other process uses it."""
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        """Let go of the server: it stops if no other handle, here or in another process,
+        uses it."""
+        if self._server is None:
+            return
+        with self._handles_lock:
+            left = self._handles.get(self.pgdata, 1) - 1
+            if left > 0:
+                self._handles[self.pgdata] = left
+            else:
+                self._handles.pop(self.pgdata, None)
+                self._server.cleanup()
+        self._server = None
 
     @property
     def bin_dir(self) -> Path:
@@ -68,6 +88,33 @@ class EmbeddedPostgres:
 
     def describe(self) -> str:
         return f"embedded PostgreSQL in {_short(self.pgdata)}"
+
+
+def _forget_dead_handles(pgserver: Any, pgdata: Path) -> None:
+    """Drop the processes that died holding a handle (``kill -9``, a signal that skipped their
+    exit handlers) from pgserver's list of holders, under pgserver's own lock: otherwise the
+    server counts them forever and the last live process never stops it."""
+    holders = pgdata / ".handle_pids.json"
+    if not holders.exists():
+        return
+    with pgserver.PostgresServer._lock:
+        try:
+            pids = json.loads(holders.read_text())
+        except (OSError, ValueError):
+            return  # pgserver reads it next and says what is wrong
+        alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+        if alive != pids:
+            holders.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _short(path: Path) -> str:

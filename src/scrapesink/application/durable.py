@@ -34,6 +34,7 @@ from scrapesink.errors import (
 
 log = logging.getLogger(__name__)
 COMPACT_EVERY = 8  # batches between journal compactions while writing
+CLOSE_RETRY_SECONDS = 2.0
 
 
 class DurableWriter:
@@ -137,6 +138,12 @@ class DurableWriter:
             if self._closed:
                 return self.reports()
             self._closed = True
+            # Shutting down (SIGTERM, the end of a run): a store that still fails is not waited
+            # for long; what it lacks stays in the journal for replay.
+            for lane in self.delivery.lanes:
+                lane.policy = replace(
+                    lane.policy, retry_seconds=min(lane.policy.retry_seconds, CLOSE_RETRY_SECONDS)
+                )
             reports = self._settle()
             self.delivery.close()
             if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
