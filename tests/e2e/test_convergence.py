@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 import scrapesink
 from tests.conftest import env_for
@@ -174,3 +178,103 @@ def test_verify_finds_lines_added_removed_or_changed_by_hand_and_repair_fixes_th
         assert again.sinks["csv"].stored == 1 and again.sinks["csv"].duplicates == 1
         assert sink.save("movies", [{"url": "https://x/1", "title": "t1"}]).unchanged == 1
     assert verify(database_url, data_dir).returncode == 0
+
+
+WRITER = r"""
+import json, sys, time
+import scrapesink
+
+name, rounds, keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+options = {"retry_seconds": 0.5, "cooldown_seconds": 0.5, "connect_timeout": 2}
+with scrapesink.open(**options) as sink:
+    for r in range(rounds):
+        before = time.time()
+        sink.write_events([
+            {"source": "race", "source_id": f"k{i}", "occurred_at": "2026-01-10T10:00:00Z",
+             "payload": {"w": name, "r": r}}
+            for i in range(keys)
+        ])
+        sink.save("movies", [{"url": f"https://race/{i}", "title": f"{name}-{r}"}
+                             for i in range(keys)])
+        print(json.dumps([r, before, time.time()]), flush=True)
+        time.sleep(0.2)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_racing_through_outages_and_a_kill_converge_by_stamp(
+    stoppable: StoppablePostgres, tmp_path: Path
+):
+    url = fresh_db(stoppable.url, "converge_race")
+    data_dir = tmp_path / "data"
+    keys, rounds = 1000, 30
+    env = env_for(url, data_dir)
+    writers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", WRITER, name, str(rounds), str(keys)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    }
+    killed_at = None
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            stoppable.stop()
+            time.sleep(1.5)
+            stoppable.start()
+            time.sleep(1.5)
+            if killed_at is None:
+                writers["a"].send_signal(signal.SIGKILL)
+                killed_at = time.time()
+        out_b, err_b = writers["b"].communicate(timeout=300)
+        assert writers["b"].returncode == 0, err_b
+    finally:
+        for process in writers.values():
+            if process.poll() is None:
+                process.kill()
+        if _down(stoppable):
+            stoppable.start()
+    out_a, _ = writers["a"].communicate(timeout=30)
+    calls = {
+        "a": [json.loads(line) for line in out_a.splitlines()],
+        "b": [json.loads(line) for line in out_b.splitlines()],
+    }
+    assert calls["b"] and len(calls["a"]) < rounds, calls  # a was killed mid-run
+    # a's call in flight when it was killed may have been journaled: it ran until the kill
+    last_a = calls["a"][-1][2] if calls["a"] else 0.0
+    calls["a"].append([len(calls["a"]), last_a, killed_at])
+    window = {
+        (name, r): (before, after) for name, runs in calls.items() for r, before, after in runs
+    }
+
+    replay = subprocess.run([*SCRAPESINK, "replay"], env=env, capture_output=True, text=True)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    result = verify(url, data_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    with psycopg.connect(url) as conn:
+        events = conn.execute(
+            "SELECT source_id, payload->>'w', (payload->>'r')::int FROM raw_events"
+        ).fetchall()
+        movies = conn.execute("SELECT url, title FROM movies WHERE url LIKE 'https://race/%'")
+        titles = dict(movies.fetchall())
+    assert len(events) == len({e[0] for e in events}) == keys
+    assert len(titles) == keys
+    for _, writer, r in events:  # the oldest accepted copy: nothing began and ended before it
+        assert window[(writer, r)][0] <= min(after for _, after in window.values()), (writer, r)
+    newest_start = max(before for before, _ in window.values())
+    for title in titles.values():  # the newest: it ended after every other one began
+        writer, r = title.split("-")
+        assert window[(writer, int(r))][1] >= newest_start, title
+
+
+def _down(pg: StoppablePostgres) -> bool:
+    try:
+        psycopg.connect(pg.url, connect_timeout=2).close()
+        return False
+    except psycopg.OperationalError:
+        return True

@@ -95,3 +95,27 @@ def test_in_order_versions_apply_and_a_delete_spares_a_newer_version(sink: Sink[
     assert held(sink) == {"https://m/1": ("two", ["De Niro", "Pacino"])}
     sink.stage(at(3_000, stale_delete))()
     assert held(sink) == {}
+
+
+def test_a_wall_clock_stepping_back_never_lets_an_older_write_win(app: App, tmp_path: Path):
+    from scrapesink.adapters.journal import Journal
+    from scrapesink.application.delivery import RetryPolicy
+    from scrapesink.application.durable import DurableWriter
+    from tests.unit.fakes import MemoryDeadLetters
+
+    ticks = iter([5_000_000, 1_000_000, 900_000])  # NTP steps the clock back twice
+    journal = Journal.create(tmp_path / "journal", "model:movies", clock=lambda: next(ticks))
+    sinks = [PostgresModelSink(app.database, MOVIES), CsvModelSink(tmp_path, DECLARATION, MOVIES)]
+    writer = DurableWriter(journal, sinks, MemoryDeadLetters(), RetryPolicy(1, 1))
+    for title in ("one", "two", "three"):
+        writer.write([movie(title, "Pacino")])
+    entries = [e for chunk in journal.read(1, 3) for e in chunk]
+    assert [e.accepted_us for e in entries] == [5_000_000] * 3  # monotonic: never back
+    writer.close()
+    for sink in sinks:
+        assert held(sink) == {"https://m/1": ("three", ["Pacino"])}
+    # The same journal entries delivered newest first give the same answer: seq breaks ties.
+    reversed_sink = CsvModelSink(tmp_path / "reversed", DECLARATION, MOVIES)
+    for e in reversed(entries):
+        reversed_sink.stage(Batch(journal.id, e.seq, e.seq, [e.record], [e.accepted_us]))()
+    assert held(reversed_sink) == {"https://m/1": ("three", ["Pacino"])}
