@@ -22,7 +22,7 @@ from ingest_events import bench_server, fresh_database, premake, write_jsonl
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.journal import Journal
 from scrapesink.adapters.postgres.database import Database, PoolOptions
-from scrapesink.adapters.postgres.encoding import EncodedBatch, by_time
+from scrapesink.adapters.postgres.encoding import EncodedBatch
 from scrapesink.adapters.postgres.events import PostgresEventStore
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.adapters.readers import open_input, read_records
@@ -70,7 +70,7 @@ def main() -> None:
         )
         encoded = timed(
             "PostgreSQL encoding (sort, key arrays, COPY text)",
-            lambda: [EncodedBatch(sorted(b, key=by_time), Batch("j", 0, 0, b)) for b in batches],
+            lambda: [EncodedBatch(Batch("j", 0, len(b) - 1, b)) for b in batches],
         )
         database = Database(fresh_database(server, "profile"), PoolOptions(size=2, min_size=1))
         database.open()

@@ -27,7 +27,8 @@ def movie(title: str, *actors: str, url: str = "https://m/1") -> Entity:
 
 def at(us: int, *entities: Entity, journal: str = "j") -> Batch[Entity]:
     """A batch of one journal whose records were accepted at ``us`` microseconds."""
-    return Batch(journal, us, us + len(entities) - 1, list(entities), [us] * len(entities))
+    times = range(us, us + len(entities))
+    return Batch(journal, us, us + len(entities) - 1, list(entities), times)
 
 
 @pytest.fixture(params=["csv", "postgres"])
@@ -110,7 +111,7 @@ def test_a_wall_clock_stepping_back_never_lets_an_older_write_win(app: App, tmp_
     for title in ("one", "two", "three"):
         writer.write([movie(title, "Pacino")])
     entries = [e for chunk in journal.read(1, 3) for e in chunk]
-    assert [e.accepted_us for e in entries] == [5_000_000] * 3  # monotonic: never back
+    assert [e.accepted_us for e in entries] == [5_000_000, 5_000_001, 5_000_002]  # never back
     writer.close()
     for sink in sinks:
         assert held(sink) == {"https://m/1": ("three", ["Pacino"])}

@@ -82,7 +82,7 @@ def test_repair_is_safe_at_any_time(sink: EventSink):
 def stamped(*ids: str, at_us: int, payload: str, journal: str = "j") -> Batch[RawEvent]:
     """A batch of one journal, journaled at ``at_us``: its records' acceptance stamps."""
     records = [RawEvent("s", i, AT, f'{{"v": "{payload}"}}', AT.isoformat()) for i in ids]
-    return Batch(journal, at_us, at_us + len(ids) - 1, records, [at_us] * len(ids))
+    return Batch(journal, at_us, at_us + len(ids) - 1, records, range(at_us, at_us + len(ids)))
 
 
 def test_the_oldest_stamp_wins_whichever_copy_arrives_first(sink: EventSink):

@@ -23,6 +23,7 @@ class MemoryJournal:
         self.kind = EVENTS
         self.entries: dict[int, RawEvent] = {}
         self._last = 0
+        self._first = 1
         self.closed = False
 
     @property
@@ -31,10 +32,10 @@ class MemoryJournal:
 
     @property
     def last_accepted_us(self) -> int:
-        return self._last  # a fake clock: one microsecond per record
+        return self._first  # a fake clock: a record's seq is its time
 
     def append(self, events: Sequence[RawEvent]) -> tuple[int, int]:
-        first = self._last + 1
+        first = self._first = self._last + 1
         for i, event in enumerate(events):
             self.entries[first + i] = event
         self._last = first + len(events) - 1

@@ -1,12 +1,14 @@
 """What the model CSV files hold now, record by record: the state their change detection reads.
 
 ``csv_models.sqlite`` keeps one row per record of any model, shared entities included:
-``records(file, identity, digest, rows, stamp)`` — the record's CSV file and natural key, a digest
-of the rows last written for it (NULL when not known), those rows (its own first, then its
-children's and link rows) with their cells, and the newest acceptance stamp seen for it (NULL:
-written before stamps existed). A version whose stamp is not newer than that changes nothing and
-is not written at all: the files hold each record's versions in stamp order, so the last row of
-an identity is its newest version. A batch reads the digests of its records in one query
+``records(file, identity, digest, rows)`` — the record's CSV file and natural key, a digest of the
+rows last written for it (NULL when not known), and those rows (its own first, then its
+children's and link rows) with their cells; ``stamps(file, identity, stamp)``, the newest
+acceptance stamp seen for it (none: written before stamps existed). A version whose stamp is not
+newer than that changes nothing and is not written at all: the files hold each record's versions
+in stamp order, so the last row of an identity is its newest version. The stamps have a narrow
+table of their own because an unchanged record re-sent moves its stamp, and rewriting its rows
+for that cost a quarter of a re-save. A batch reads the digests of its records in one query
 and the rows of only the records that changed (or are deleted, or are shared entities); an
 unchanged record costs one digest comparison, a new one nothing more.
 
@@ -29,8 +31,11 @@ from scrapesink.domain.records import DELETE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (file TEXT NOT NULL, identity TEXT NOT NULL, digest BLOB,
-                                    rows TEXT NOT NULL, stamp BLOB,
+                                    rows TEXT NOT NULL,
                                     PRIMARY KEY (file, identity)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stamps (file TEXT NOT NULL, identity TEXT NOT NULL,
+                                   stamp BLOB NOT NULL,
+                                   PRIMARY KEY (file, identity)) WITHOUT ROWID;
 """
 # Cells are tuples: tuples of strings leave the garbage collector's lists, lists of the same
 # never do (their scanning was a third of this lane's time with a large heap).
@@ -94,12 +99,18 @@ class Plan:
     def _load(self, db: sqlite3.Connection, batch: list[Prepared]) -> None:
         roots = {(self.root_file, p.root) for p in batch}
         shared = {(file, identity) for p in batch for file, identity, _ in p.shared}
-        digests, stamps = {}, {}
-        for file, identity, digest, stamp in _select(
-            db, "file, identity, digest, stamp", sorted(roots | shared)
-        ):
-            digests[(file, identity)] = digest
-            stamps[(file, identity)] = stamp
+        digests = {
+            (file, identity): digest
+            for file, identity, digest in _select(
+                db, "file, identity, digest", sorted(roots | shared)
+            )
+        }
+        stamps = {
+            (file, identity): stamp
+            for file, identity, stamp in _select(
+                db, "file, identity, stamp", sorted(roots), table="stamps"
+            )
+        }
         # Rows are needed unless every entry of a record matches the digest it has stored.
         needed = shared | {
             (self.root_file, p.root)
@@ -107,7 +118,7 @@ class Plan:
             if p.digest is None or digests.get((self.root_file, p.root)) != p.digest
         }
         for key, digest in digests.items():
-            self.current[key] = _Stored(digest, None, stamps[key])
+            self.current[key] = _Stored(digest, None, stamps.get(key))
         wanted = sorted(key for key in needed if key in digests)
         for file, identity, rows in _select(db, "file, identity, rows", wanted):
             self.current[(file, identity)].rows = {  # type: ignore[union-attr]
@@ -187,22 +198,25 @@ class Plan:
             else:
                 assert stored.rows is not None  # a written record always has its rows
                 rows = [(*row, cells) for row, cells in stored.rows.items()]
-                kept.append((*key, stored.digest, _JSON.encode(rows).decode(), stored.stamp))
-        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)", kept)
+                kept.append((*key, stored.digest, _JSON.encode(rows).decode()))
+        db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", kept)
         db.executemany("DELETE FROM records WHERE file = ? AND identity = ?", gone)
-        moved = [
-            (stored.stamp, *key)
-            for key in self.touched - self.dirty
-            if (stored := self.current.get(key)) is not None
+        db.executemany("DELETE FROM stamps WHERE file = ? AND identity = ?", gone)
+        stamped = [
+            (*key, stored.stamp)
+            for key in self.touched | self.dirty
+            if (stored := self.current.get(key)) is not None and stored.stamp is not None
         ]
-        db.executemany("UPDATE records SET stamp = ? WHERE file = ? AND identity = ?", moved)
+        db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamped)
 
 
-def _select(db: sqlite3.Connection, columns: str, keys: Sequence[Key]) -> list[Any]:
+def _select(
+    db: sqlite3.Connection, columns: str, keys: Sequence[Key], table: str = "records"
+) -> list[Any]:
     if not keys:
         return []
     return db.execute(
-        f"SELECT {columns} FROM json_each(?) AS j JOIN records AS r"  # noqa: S608 (fixed names)
+        f"SELECT {columns} FROM json_each(?) AS j JOIN {table} AS r"  # noqa: S608 (fixed names)
         " ON r.file = j.value ->> 0 AND r.identity = j.value ->> 1",
         (_JSON.encode(keys),),
     ).fetchall()
@@ -234,7 +248,7 @@ def adopt_versions(db: sqlite3.Connection, models: Sequence[tuple[str, Sequence[
             if parent in records:
                 records[parent].append((file, identity, _CELLS.decode(cells)))
         db.executemany(
-            "INSERT OR IGNORE INTO records VALUES (?, ?, NULL, ?, NULL)",
+            "INSERT OR IGNORE INTO records VALUES (?, ?, NULL, ?)",
             [(root_file, r, _JSON.encode(rows).decode()) for r, rows in records.items()],
         )
         db.execute("DELETE FROM versions WHERE file = ?", (root_file,))

@@ -121,11 +121,6 @@ class ModelCsvFiles(CsvFiles):
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir, data_dir / "csv_models.sqlite", SCHEMA)
 
-    def _upgrade(self, db: sqlite3.Connection) -> None:
-        have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
-        if "stamp" not in have:  # state written before stamps existed
-            db.execute("ALTER TABLE records ADD COLUMN stamp BLOB")
-
     def files(self) -> list[Path]:
         return sorted(p for p in self.root.glob("*.csv") if p.is_file())
 

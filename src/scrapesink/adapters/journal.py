@@ -61,9 +61,10 @@ class Journal:
     ``kind`` is ``events`` (raw events) or ``model:<name>`` (one model's entities), kept in the
     file so that replay knows which sinks its records belong to.
 
-    Each batch is stamped with the time it was journaled, never earlier than the batch before
-    it (``clock`` may step back: NTP, a VM resumed), so (time, journal id, seq) orders every
-    record of a journal as its seqs do.
+    Each record gets an acceptance time: the batch's journaling time for its first record and
+    the next microseconds for the others, never earlier than the record before it (``clock`` may
+    step back: NTP, a VM resumed). Times thus increase along the journal as seqs do, and with
+    the journal id they are the records' stamps (``ports.stamp``).
     """
 
     def __init__(
@@ -106,9 +107,10 @@ class Journal:
             self._last_seq: int = max(int(high[0]), self._meta_int("last_seq"))
             self._compacted = self._meta_int("compacted_upto")
             latest = self._db.execute(
-                f"SELECT max({_ACCEPTED}) FROM batches"  # noqa: S608 - a constant
+                f"SELECT max({_ACCEPTED} + last_seq - first_seq) FROM batches"  # noqa: S608
             ).fetchone()
-            self._last_us: int = int(latest[0] or 0)
+            self._next_us: int = int(latest[0] or 0) + 1  # the earliest time the next may have
+            self._batch_us = 0
         except sqlite3.Error as exc:
             self._release()
             raise StorageError(f"journal {path} is unreadable: {exc}") from exc
@@ -149,7 +151,7 @@ class Journal:
         first = self._last_seq + 1
         last = first + len(records) - 1
         packed = _PACK.encode(records)
-        accepted = max(self._clock(), self._last_us)  # monotonic whatever the wall clock does
+        accepted = max(self._clock(), self._next_us)  # monotonic whatever the wall clock does
         try:
             self._db.execute(
                 "INSERT INTO batches VALUES (?, ?, ?, ?, ?)",
@@ -158,13 +160,15 @@ class Journal:
         except sqlite3.Error as exc:
             raise TransientStorageError(f"cannot write the journal {self.path}: {exc}") from exc
         self._last_seq = last
-        self._last_us = accepted
+        self._batch_us = accepted
+        self._next_us = accepted + len(records)
         return first, last
 
     @property
     def last_accepted_us(self) -> int:
-        """The stamp time of the last batch appended."""
-        return self._last_us
+        """The acceptance time of the last batch's first record (the others: the next
+        microseconds)."""
+        return self._batch_us
 
     # -- reading ----------------------------------------------------------------------------
     def read(self, first: int, last: int, *, chunk: int = 5000) -> Iterator[list[Entry]]:
@@ -177,7 +181,7 @@ class Journal:
         )
         for batch_first, blob, accepted in rows:
             entries = [
-                Entry(batch_first + i, record, accepted)
+                Entry(batch_first + i, record, accepted + i)
                 for i, record in enumerate(self._unpack.decode(blob))
                 if first <= batch_first + i <= last
             ]

@@ -487,8 +487,9 @@ def repair_model(
                 handles[file].write(header_line(layout.header))
             writers = {f: csv.writer(h, lineterminator="\r\n") for f, h in handles.items()}
             db.execute("DELETE FROM records WHERE file = ?", (sink.root_file,))
+            db.execute("DELETE FROM stamps WHERE file = ?", (sink.root_file,))
             for page in files.pg_records(database, declaration):
-                state = []
+                state, stamps = [], []
                 for entity, stamp, updated in page:
                     prepared = sink._prepare(entity, stamp)
                     at = updated.astimezone(UTC).isoformat()
@@ -501,10 +502,12 @@ def repair_model(
                             prepared.root,
                             prepared.digest,
                             _JSON.encode(rows).decode(),
-                            stamp or None,
                         )
                     )
-                db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?)", state)
+                    if stamp:
+                        stamps.append((sink.root_file, prepared.root, stamp))
+                db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", state)
+                db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamps)
                 written += len(state)
             for file, handle in handles.items():
                 handle.flush()

@@ -96,7 +96,8 @@ class DurableWriter:
             for lane in self.delivery.lanes:
                 if lane.pending and not lane.down:
                     self._catch_up(lane)
-            accepted = [self.journal.last_accepted_us] * len(records)
+            start = self.journal.last_accepted_us
+            accepted = range(start, start + len(records))
             self.delivery.submit(Batch(self.journal.id, first, last, records, accepted))
             self._writes += 1
             if self._writes % COMPACT_EVERY == 0:

@@ -66,26 +66,26 @@ def model_kind(model: str) -> str:
     return f"model:{model}"
 
 
-_STAMP = struct.Struct(">q16sq")
-STAMP_BYTES = _STAMP.size  # 32
+_STAMP = struct.Struct(">q8s")
+STAMP_BYTES = _STAMP.size  # 16
 
 
 @functools.lru_cache(maxsize=1024)
 def _journal_bytes(journal_id: str) -> bytes:
-    """A journal id as 16 bytes: its uuid (journals are named by uuid4 hex), else a digest."""
-    try:
-        raw = bytes.fromhex(journal_id)
-    except ValueError:
-        raw = b""
-    return raw if len(raw) == 16 else hashlib.blake2b(journal_id.encode(), digest_size=16).digest()
+    """A journal id as 8 bytes (a digest): what breaks ties between journals."""
+    return hashlib.blake2b(journal_id.encode(), digest_size=8).digest()
 
 
-def stamp(accepted_us: int, journal_id: str, seq: int) -> bytes:
-    """A record's acceptance stamp: (UTC microseconds, journal id, seq) as 32 bytes whose byte
-    order is the tuple's order, so every store compares stamps as plain bytes (PostgreSQL
-    ``bytea``, SQLite ``BLOB``, Python ``bytes``). Models keep the newest stamp, raw events the
-    oldest; what arrives first never matters (DESIGN.md, invariant 6)."""
-    return _STAMP.pack(accepted_us, _journal_bytes(journal_id), seq)
+def stamp(accepted_us: int, journal_id: str) -> bytes:
+    """A record's acceptance stamp: its time, then its journal, as 16 bytes whose byte order is
+    that order, so every store compares stamps as plain bytes (PostgreSQL ``bytea``, SQLite
+    ``BLOB``, Python ``bytes``). Models keep the newest stamp, raw events the oldest; what arrives
+    first never matters (DESIGN.md, invariant 6).
+
+    The time is UTC microseconds, strictly increasing along one journal (the journal gives each
+    record of a batch the next microsecond, never going back: see ``Journal.append``), so it
+    orders a journal's records as their seqs do and (time, journal id, seq) needs no seq."""
+    return _STAMP.pack(accepted_us, _journal_bytes(journal_id))
 
 
 def stamp_time(value: bytes) -> int:
@@ -102,8 +102,8 @@ class Batch(Generic[R]):
     """Records ``first..last`` of one journal, in journal order (``records[i]`` is ``first + i``).
 
     One journal holds one kind of record (raw events, or one model's entities), so a batch does.
-    ``accepted_us[i]`` is when ``records[i]`` was journaled (its stamp's time); a batch built
-    outside any journal (a one-off write, a retried dead letter) has none and is stamped now.
+    ``accepted_us[i]`` is ``records[i]``'s acceptance time (its stamp's); a batch built outside
+    any journal (a one-off write, a retried dead letter) has none and is stamped now.
     """
 
     journal_id: str
@@ -128,9 +128,13 @@ class Batch(Generic[R]):
 
     def stamps(self) -> list[bytes]:
         """Each record's acceptance stamp, in order."""
-        times = self.accepted_us or [now_us()] * len(self.records)
-        journal, first = self.journal_id, self.first
-        return [stamp(t, journal, first + i) for i, t in enumerate(times)]
+        times = self.accepted_us
+        if not times:
+            start = now_us()
+            times = range(start, start + len(self.records))
+        tail = _journal_bytes(self.journal_id)
+        pack = _STAMP.pack
+        return [pack(t, tail) for t in times]
 
 
 class Sink(Protocol[R]):
@@ -199,7 +203,8 @@ class Journal(Protocol):
 
     @property
     def last_accepted_us(self) -> int:
-        """The stamp time given to the last batch appended."""
+        """The acceptance time of the first record of the last batch appended (the next
+        records of that batch have the next microseconds)."""
 
     def append(self, records: Sequence[Any]) -> tuple[int, int]: ...
 

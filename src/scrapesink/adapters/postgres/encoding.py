@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from scrapesink.application.ports import Batch
 from scrapesink.domain.events import RawEvent
-
-
-def by_time(event: RawEvent) -> datetime:
-    return event.occurred_at
 
 
 class EncodedBatch:
@@ -21,9 +17,11 @@ class EncodedBatch:
     __slots__ = ("days", "events", "first", "journal_id", "last", "params", "stamps", "text")
 
     def __init__(self, batch: Batch[RawEvent]) -> None:
-        pairs = sorted(zip(batch.records, batch.stamps(), strict=True), key=_by_time)
-        self.events = events = [e for e, _ in pairs]
-        self.stamps = stamps = [s for _, s in pairs]
+        records, all_stamps = batch.records, batch.stamps()
+        times = list(map(_TIME, records))
+        order = sorted(range(len(records)), key=times.__getitem__)
+        self.events = events = [records[i] for i in order]
+        self.stamps = stamps = [all_stamps[i] for i in order]
         self.journal_id, self.first, self.last = batch.journal_id, batch.first, batch.last
         self.params: dict[str, Any] = {
             "sources": [e.source for e in events],
@@ -48,8 +46,7 @@ class EncodedBatch:
         return [self.events[i] for i in order], [self.stamps[i] for i in order], repeated
 
 
-def _by_time(pair: tuple[RawEvent, bytes]) -> datetime:
-    return pair[0].occurred_at
+_TIME = operator.attrgetter("occurred_at")
 
 
 def copy_text(events: Sequence[RawEvent], skip: frozenset[tuple[str, str]]) -> bytes:

@@ -48,34 +48,50 @@ _KEYS = """
 # speculative insertion. It runs in a savepoint; one known key makes it fail, and the batch
 # goes through _CLAIM instead.
 _CLAIM_ALL = "INSERT INTO raw_event_keys (source, source_id, occurred_at, stamp)" + _KEYS
-# The general path: claim what is free; the claimed keys come back only if some were not.
+# The general path: claim what is free; the claimed keys come back only if some were not. The
+# same statement counts the keys held, before it, by a copy at least as old as this one (plain
+# duplicates: one probe of the primary key each); when claimed and those do not add up to the
+# batch, some key may be held by a newer copy, and _REPLACE looks.
 _CLAIM = f"""
-WITH claimed AS (
-    INSERT INTO raw_event_keys (source, source_id, occurred_at, stamp) {_KEYS}
+WITH t AS MATERIALIZED ({_KEYS}), claimed AS (
+    INSERT INTO raw_event_keys (source, source_id, occurred_at, stamp) SELECT * FROM t
     ON CONFLICT (source, source_id) DO NOTHING
     RETURNING source, source_id
+), agg AS (
+    SELECT count(*)::int AS n, array_agg(source) AS sources, array_agg(source_id) AS ids
+    FROM claimed
 )
-SELECT count(*)::int,
-       CASE WHEN count(*) < %(n)b THEN array_agg(source) END,
-       CASE WHEN count(*) < %(n)b THEN array_agg(source_id) END
-FROM claimed
+SELECT agg.n,
+       CASE WHEN agg.n < %(n)b THEN agg.sources END,
+       CASE WHEN agg.n < %(n)b THEN agg.ids END,
+       CASE WHEN agg.n < %(n)b THEN (
+           SELECT count(*)::int FROM t CROSS JOIN LATERAL (
+               SELECT 1 FROM raw_event_keys AS k
+               WHERE k.source = t.source AND k.source_id = t.source_id
+                 AND (k.stamp IS NULL OR k.stamp <= t.stamp)
+           ) AS older
+       ) ELSE 0 END
+FROM agg
 """  # noqa: S608 - composed of constants
 # Keys already held by a copy with a *newer* stamp (it arrived first: a catch-up after an
-# outage, another process's journal) are taken over by this older copy. The rows are locked in
-# key order and read after the lock, so the copy replaced is the one committed last; a key
-# claimed before stamps existed (NULL) is never replaced.
+# outage, another process's journal) are taken over by this older copy. Each key is probed
+# through the primary key (LATERAL: a nested loop, not a hash join over the whole registry, so a
+# batch of plain duplicates costs one index probe a key); the rows to replace are locked in key
+# order and read after the lock, so the copy replaced is the one committed last. A key claimed
+# before stamps existed (NULL) is never replaced. A statement of its own after the claim: its
+# snapshot sees the keys concurrent writers committed while the claim waited for them.
 _REPLACE = f"""
-WITH c AS ({_KEYS}), old AS (
-    SELECT k.source, k.source_id, k.occurred_at FROM raw_event_keys AS k
-    JOIN c ON k.source = c.source AND k.source_id = c.source_id
-    WHERE k.stamp > c.stamp
-    ORDER BY k.source, k.source_id
-    FOR UPDATE OF k
+WITH c AS MATERIALIZED ({_KEYS}), old AS (
+    SELECT c.source, c.source_id, c.occurred_at, c.stamp, k.occurred_at AS held_at
+    FROM c CROSS JOIN LATERAL (
+        SELECT k.occurred_at FROM raw_event_keys AS k
+        WHERE k.source = c.source AND k.source_id = c.source_id AND k.stamp > c.stamp
+        FOR UPDATE
+    ) AS k
 )
-UPDATE raw_event_keys AS k SET occurred_at = c.occurred_at, stamp = c.stamp
-FROM old JOIN c ON c.source = old.source AND c.source_id = old.source_id
-WHERE k.source = old.source AND k.source_id = old.source_id AND k.stamp > c.stamp
-RETURNING k.source, k.source_id, old.occurred_at
+UPDATE raw_event_keys AS k SET occurred_at = old.occurred_at, stamp = old.stamp
+FROM old WHERE k.source = old.source AND k.source_id = old.source_id AND k.stamp > old.stamp
+RETURNING k.source, k.source_id, old.held_at
 """  # noqa: S608 - composed of constants
 _REMOVE = """
 DELETE FROM raw_events AS e
@@ -201,22 +217,24 @@ class PostgresEventStore(JournalProgress):
             "n": len(events),
         }
         row = cur.execute(_CLAIM, params).fetchone()
-        count, sources, ids = row or (0, None, None)
+        count, sources, ids, older = row or (0, None, None, 0)
         chosen, duplicates = events, set[tuple[str, str]]()
         if count == len(events):
             self._expect_duplicates = repeated  # new keys again: the fast path next time
         else:
             stored = set(zip(sources or [], ids or [], strict=True))
-            held = [(e, s) for e, s in zip(events, stamps, strict=True) if e.key not in stored]
-            taken = cur.execute(
-                _REPLACE,
-                {
-                    "sources": [e.source for e, _ in held],
-                    "ids": [e.source_id for e, _ in held],
-                    "times": [e.occurred_at for e, _ in held],
-                    "stamps": [s for _, s in held],
-                },
-            ).fetchall()
+            taken = []
+            if count + older < len(events):  # some key may be held by a newer copy
+                held = [(e, s) for e, s in zip(events, stamps, strict=True) if e.key not in stored]
+                taken = cur.execute(
+                    _REPLACE,
+                    {
+                        "sources": [e.source for e, _ in held],
+                        "ids": [e.source_id for e, _ in held],
+                        "times": [e.occurred_at for e, _ in held],
+                        "stamps": [s for _, s in held],
+                    },
+                ).fetchall()
             if taken:
                 cur.execute(_REMOVE, [list(column) for column in zip(*taken, strict=True)])
                 stored.update((source, source_id) for source, source_id, _ in taken)

@@ -80,8 +80,8 @@ def _key_text(key: tuple[str, ...], alias: str) -> str:
     return f"jsonb_build_array({', '.join(f'{alias}.{q(k)}' for k in key)})::text"
 
 
-# The stamp of record ``e.ord``: the one given, else now on the server's clock (journal and seq
-# zero: a write from psql is accepted when it runs).
+# The stamp of record ``e.ord``: the one given, else now on the server's clock (journal zero: a
+# write from psql is accepted when it runs).
 _STAMP = "coalesce(stamps[e.ord], now_stamp)"
 _OLDER = "t.accepted_stamp IS NULL OR t.accepted_stamp < {}"  # the stored row is older
 
@@ -170,7 +170,7 @@ DECLARE
     ids bigint[]; ords bigint[]; stale bigint[] := '{{}}';
     n_records integer := 0; n_inserted integer := 0; n_changed integer := 0;
     now_stamp bytea := int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-                       || decode(repeat('00', 24), 'hex');
+                       || decode(repeat('00', 8), 'hex');
 BEGIN
     IF jsonb_typeof(records) = 'object' THEN records := jsonb_build_array(records); END IF;
     IF jsonb_typeof(records) IS DISTINCT FROM 'array' THEN
@@ -304,7 +304,7 @@ RETURNS integer LANGUAGE plpgsql AS $fn$
 DECLARE
     n integer;
     now_stamp bytea := int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-                       || decode(repeat('00', 24), 'hex');
+                       || decode(repeat('00', 8), 'hex');
 BEGIN
     IF jsonb_typeof(keys) = 'object' THEN keys := jsonb_build_array(keys); END IF;
     DELETE FROM {table} AS t
