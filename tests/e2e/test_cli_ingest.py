@@ -207,7 +207,7 @@ def test_outdated_external_schema_tells_the_user_to_upgrade(cli_env, empty_datab
     assert "run `scrapesink db upgrade`" in result.stderr
     upgraded = run(env, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "upgraded <empty> -> 0005" in upgraded.stdout
+    assert "upgraded <empty> -> 0006" in upgraded.stdout
     assert run(env, "ingest", str(path)).returncode == 0
     current = run(env, "db", "current")
     assert "up to date" in current.stdout
@@ -330,7 +330,7 @@ def test_history_needs_no_database(cli_env):
     env = {**cli_env, "SCRAPESINK_DATABASE_URL": "postgresql://x@127.0.0.1:9/none"}
     result = run(env, "db", "history")
     assert result.returncode == 0
-    assert "0005 (head)" in result.stdout
+    assert "0006 (head)" in result.stdout
 
 
 def test_list_rejects_a_contains_filter_that_is_not_an_object(cli_env):

@@ -120,6 +120,13 @@ def _digest(*parts: Any) -> bytes:
     return hashlib.blake2b(_JSON.encode(parts), digest_size=16).digest()
 
 
+def _event_digest(instant: str, payload: str) -> bytes:
+    try:
+        return _digest(instant, _json_text(payload))
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack: as text
+        return _digest(instant, "text", payload)
+
+
 def _instant(text: str) -> str:
     moment = datetime.fromisoformat(text)
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
@@ -216,6 +223,7 @@ def compare_events(
         try:
             for path in _event_files(sink.root, source):
                 rows: list[tuple[str, bytes | None, str]] = []
+                seen: set[str] = set()  # this file's keys (earlier files': in the side table)
                 with path.open(encoding="utf-8", newline="") as handle:
                     reader = csv.reader(handle)
                     next(reader, None)
@@ -225,12 +233,13 @@ def compare_events(
                             continue
                         key = _event_key(row[0], row[1])
                         label = f"{row[0]}/{row[1]}"
-                        if side.has(key) or any(r[0] == key for r in rows):
+                        if key in seen or side.has(key):
                             report.differ("events", label, "twice in csv")
+                        seen.add(key)
                         try:
-                            digest = _digest(_instant(row[2]), _json_text(row[3]))
+                            digest = _event_digest(_instant(row[2]), row[3])
                         except ValueError:
-                            digest = None  # not a time or not JSON: differs from anything
+                            digest = None  # not a time: differs from anything
                         rows.append((key, digest, label))
                 side.put(rows)
             where = "WHERE source = %s" if source is not None else ""
@@ -246,7 +255,7 @@ def compare_events(
                     label = f"{s}/{i}"
                     if key not in held:
                         report.differ("events", label, "missing in csv")
-                    elif held[key] != _digest(at.astimezone(UTC).isoformat(), _json_text(payload)):
+                    elif held[key] != _event_digest(at.astimezone(UTC).isoformat(), payload):
                         report.differ("events", label, "differs")
             for label in side.rest():
                 compared += 1
