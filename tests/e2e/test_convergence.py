@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -69,8 +70,11 @@ def test_records_caught_up_after_an_outage_never_overwrite_newer_ones(
         try:
             saved = sink.save("movies", [{"url": MOVIE, "title": "older"}])
             written = sink.write_events([event("first")])
+            during = status(url, data_dir)  # from outside, with PostgreSQL down
         finally:
             stoppable.start()
+        assert during["sinks"]["postgres"]["pending"] == 2, during
+        assert during["sinks"]["csv"]["pending"] == 0, during
         assert saved.sinks["postgres"].pending == 1 and saved.sinks["csv"].stored == 1
         assert written.sinks["postgres"].pending == 1 and written.sinks["csv"].stored == 1
         newer = sink.save("movies", [{"url": MOVIE, "title": "newer"}])
@@ -83,6 +87,21 @@ def test_records_caught_up_after_an_outage_never_overwrite_newer_ones(
     result = verify(url, data_dir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "agree" in result.stdout
+    after = status(url, data_dir)
+    assert {name: s["pending"] for name, s in after["sinks"].items()} == {"postgres": 0, "csv": 0}
+
+
+def status(url: str, data_dir: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [*SCRAPESINK, "status", "--json"],
+        env=env_for(url, data_dir, SCRAPESINK_CONNECT_TIMEOUT="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (0, 4), done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
 
 
 def test_the_same_over_http_and_saves_are_acknowledged_while_postgresql_is_down(

@@ -62,7 +62,7 @@ class KeyCache:
         self.refresh_seconds = refresh_seconds
         self._by_hash: dict[str, ApiKey] = self._load_file()
         self._lock = threading.Lock()
-        self._last_refresh = 0.0
+        self._last_demand = -1.0e9  # the last refresh an unknown token asked for
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scrapesink-keys", daemon=True)
 
@@ -78,8 +78,6 @@ class KeyCache:
             self.refresh()
 
     def refresh(self) -> bool:
-        with self._lock:
-            self._last_refresh = time.monotonic()
         try:
             fresh = self.keys.active_hashes()
         except StorageError as exc:
@@ -98,11 +96,13 @@ class KeyCache:
         return key
 
     def _refresh_due(self) -> bool:
-        """At most one refresh a second for unknown tokens, however many arrive at once."""
+        """At most one refresh a second for unknown tokens, however many arrive at once. The
+        periodic refresh does not count: a key created just after it must work at once (it did
+        not, for up to the refresh interval, when both shared one clock)."""
         with self._lock:
-            if time.monotonic() - self._last_refresh <= 1.0:
+            if time.monotonic() - self._last_demand <= 1.0:
                 return False
-            self._last_refresh = time.monotonic()
+            self._last_demand = time.monotonic()
             return True
 
     def _load_file(self) -> dict[str, ApiKey]:
