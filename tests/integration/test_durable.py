@@ -198,3 +198,25 @@ def test_writing_to_a_closed_sink_is_a_clear_error(sink: Sink):
     sink.close()
     with pytest.raises(scrapesink.ScrapesinkError, match="this sink is closed"):
         sink.write_events([ev(1)])
+
+
+def test_a_retried_dead_letter_keeps_its_stamp_and_does_not_undo_a_newer_save(
+    app: App, database_url, data_dir
+):
+    # PostgreSQL refuses v1 (the CSV mirror takes it); v2 is saved once the cause is gone;
+    # retrying v1 afterwards must not make it the newest version in PostgreSQL.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE movies ADD CONSTRAINT no_draft CHECK (title <> 'draft')")
+    sink = Sink(app)
+    first = sink.save("movies", [{"url": "https://m/x", "title": "draft"}])
+    assert first.sinks["postgres"].dead_letters == 1 and first.sinks["csv"].stored == 1
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE movies DROP CONSTRAINT no_draft")
+    sink.save("movies", [{"url": "https://m/x", "title": "final"}])
+    (letter,) = app.dead_letters.list()
+    assert letter.accepted_us is not None
+    retried = sink.retry_dead_letters()
+    assert retried.stored == [letter.id]
+    assert sink.get("movies", "https://m/x")["title"] == "final"
+    with (data_dir / "movies.csv").open(encoding="utf-8", newline="") as handle:
+        assert [row["title"] for row in csv.DictReader(handle)] == ["draft", "final"]

@@ -127,3 +127,42 @@ def test_a_batch_holding_a_key_twice_stores_its_older_copy_once(sink: EventSink)
     outcome = sink.stage(Batch("j", 1, 3, records, [10, 10, 20]))()
     assert outcome.stored == 2
     assert held(sink) == {"k": "first", "other": "x"}
+
+
+def test_csv_a_reversal_never_commits_a_tail_a_crashed_writer_left(tmp_path: Path):
+    sink = CsvEventSink(tmp_path / "data")
+    sink.stage(stamped("a", "b", at_us=2_000, payload="second", journal="j2"))()
+    (day,) = sink.files()
+    with day.open("ab") as handle:  # a writer killed after its append, before its commit
+        handle.write(b's,zz,2025-05-15T10:00:00+00:00,"{""v"": ""torn')
+    big = "x" * 300_000  # beyond the csv module's default field limit
+    sink.stage(stamped("c", at_us=2_500, payload=big, journal="j3"))()
+    sink.stage(stamped("a", at_us=1_000, payload="first", journal="j1"))()
+    assert held(sink) == {"a": "first", "b": "second", "c": big}
+    assert b"torn" not in day.read_bytes()
+
+
+def test_csv_a_reversal_whose_held_file_was_removed_by_hand_just_stores(tmp_path: Path):
+    sink = CsvEventSink(tmp_path / "data")
+    sink.stage(stamped("a", at_us=2_000, payload="second", journal="j2"))()
+    (day,) = sink.files()
+    day.unlink()
+    outcome = sink.stage(stamped("a", at_us=1_000, payload="first", journal="j1"))()
+    assert outcome.stored == 1
+    assert held(sink) == {"a": "first"}
+
+
+def test_csv_files_replaced_whole_even_when_the_process_dies_before_renaming(tmp_path: Path):
+    # `verify --repair csv` commits the new lengths with the renames to make, then renames: a
+    # process killed in between leaves the renames to whoever takes the lock next.
+    sink = CsvEventSink(tmp_path / "data")
+    sink.stage(stamped("a", at_us=1_000, payload="old"))()
+    (day,) = sink.files()
+    rebuilt = day.read_bytes() + b's,b,2025-05-15T10:00:00+00:00,"{""v"": 1}"\r\n'
+    temp = day.with_name(f".{day.name}.repair")
+    temp.write_bytes(rebuilt)
+    with sink._state(write=True) as db:
+        sink.replace_files(db, {day.relative_to(sink.root).as_posix(): temp})
+    # killed here: the state says the new length, the file is the old one
+    CsvEventSink(tmp_path / "data").repair()  # the next start
+    assert day.read_bytes() == rebuilt and not temp.exists()

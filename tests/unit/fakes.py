@@ -133,5 +133,6 @@ class MemoryDeadLetters:
         seq: int,
         event: RawEvent,
         error: ScrapesinkError,
+        accepted_us: int | None = None,
     ) -> None:
         self.letters.append((sink, journal_id, seq, event, error))

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, length INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS progress (journal_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
                                      last_seq INTEGER NOT NULL,
                                      PRIMARY KEY (journal_id, first_seq));
+CREATE TABLE IF NOT EXISTS renames (path TEXT PRIMARY KEY, temp TEXT NOT NULL);
 """
 # Per key: the acceptance stamp of the copy the files hold (NULL: written before stamps
 # existed, older than any) and its day, which names its file.
@@ -168,6 +169,7 @@ class CsvFiles:
         self, db: sqlite3.Connection, batch: Batch[Any], texts: dict[str, str], header: HeaderOf
     ) -> None:
         """Append ``texts`` (file -> rows) and record the new lengths and the journal range."""
+        self.finish_renames(db)
         committed = dict(
             db.execute(
                 "SELECT path, length FROM files WHERE path IN (SELECT value FROM json_each(?))",
@@ -217,9 +219,45 @@ class CsvFiles:
                 os.close(fd)  # closing releases the flock
         return lengths
 
+    def replace_files(self, db: sqlite3.Connection, temps: dict[str, Path]) -> None:
+        """Make whole temporary files (fsynced) the files ``temps`` names, crash-safely: their
+        lengths and the renames are committed first, in the caller's transaction; the renames
+        are made by :meth:`finish_renames` — right after, or by whoever takes the lock next
+        (a writer, start-up repair) if this process dies in between."""
+        for rel, temp in temps.items():
+            size = temp.stat().st_size
+            db.execute(
+                "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE"
+                " SET length = excluded.length",
+                (rel, size),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO renames VALUES (?, ?)",
+                (rel, temp.relative_to(self.root).as_posix()),
+            )
+
+    def finish_renames(self, db: sqlite3.Connection) -> None:
+        """The renames a committed :meth:`replace_files` has not made yet (the caller holds the
+        write lock): without them a file would be cut back to a length it never had."""
+        pending = db.execute("SELECT path, temp FROM renames").fetchall()
+        if not pending:
+            return
+        directories = set()
+        try:
+            for rel, temp in pending:
+                if (self.root / temp).exists():
+                    os.replace(self.root / temp, self.root / rel)
+                directories.add((self.root / rel).parent)
+            for directory in directories:
+                _fsync_dir(directory)
+        except OSError as exc:
+            raise _unavailable(exc, self.root) from exc
+        db.execute("DELETE FROM renames")
+
     def repair(self) -> None:
         """Truncate every file back to its committed length (a torn line, an uncommitted tail)."""
         with self._state(write=True) as db:
+            self.finish_renames(db)
             for rel, length in db.execute("SELECT path, length FROM files").fetchall():
                 path = self.root / rel
                 if not path.exists():
@@ -308,11 +346,26 @@ class CsvEventSink(CsvFiles):
             return WriteOutcome(len(fresh), frozenset(keys) - stored)
 
     def _remove(self, db: sqlite3.Connection, lines: dict[str, set[tuple[str, str]]]) -> None:
-        """Rewrite each file without the lines of the given keys, and forget those keys."""
+        """Rewrite each file without the lines of the given keys, and forget those keys.
+
+        The file is first cut back to its committed length, as an append would: a tail a
+        crashed writer left uncommitted must not become committed by the rewrite. A file that
+        is gone (removed by hand) holds no line to remove."""
         for rel, keys in sorted(lines.items()):
             path = self.root / rel
             temp = path.with_name(f".{path.name}.rewrite")
+            forget = (_KEYS_JSON.encode(sorted(keys)),)
+            if not path.exists():
+                db.execute(_FORGET_KEYS, forget)
+                continue
+            row = db.execute("SELECT length FROM files WHERE path = ?", (rel,)).fetchone()
             try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    _repair(fd, row[0] if row else None)
+                finally:
+                    os.close(fd)
                 with (
                     path.open("r", encoding="utf-8", newline="") as source,
                     temp.open("w", encoding="utf-8", newline="") as target,
@@ -335,14 +388,17 @@ class CsvEventSink(CsvFiles):
                 raise _unavailable(exc, path) from exc
             size = path.stat().st_size
             db.execute("UPDATE files SET length = ? WHERE path = ?", (size, rel))
-            db.execute(
-                "DELETE FROM keys WHERE (source, source_id) IN"
-                " (SELECT value ->> 0, value ->> 1 FROM json_each(?))",
-                (_KEYS_JSON.encode(sorted(keys)),),
-            )
+            db.execute(_FORGET_KEYS, forget)
 
 
 _ABSENT: Any = object()
+_FORGET_KEYS = (
+    "DELETE FROM keys WHERE (source, source_id) IN"
+    " (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+)
+# Payloads may be as large as SCRAPESINK_MAX_PAYLOAD_BYTES (1 MiB by default): the csv module's
+# default field limit (128 KiB) would refuse the files this module writes.
+csv.field_size_limit(2**31 - 1)
 
 
 def _known_keys(

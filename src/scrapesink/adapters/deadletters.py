@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL,
     first_failed_at REAL NOT NULL,
     last_failed_at REAL NOT NULL,
+    accepted_us INTEGER,
     UNIQUE (sink, journal_id, seq)
 )
 """
@@ -55,6 +56,7 @@ class DeadLetter:
     attempts: int
     first_failed_at: datetime
     last_failed_at: datetime
+    accepted_us: int | None = None  # its acceptance time: a retry keeps the record's stamp
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the record as it was refused."""
@@ -102,6 +104,8 @@ class DeadLetterStore:
                 db.execute(
                     "ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'events'"
                 )
+            if "accepted_us" not in columns:  # written before acceptance stamps existed
+                db.execute("ALTER TABLE dead_letters ADD COLUMN accepted_us INTEGER")
             yield db
         except sqlite3.Error as exc:
             raise TransientStorageError(f"dead letters {self.path}: {exc}") from exc
@@ -116,6 +120,7 @@ class DeadLetterStore:
         seq: int,
         record: RawEvent | Entity,
         error: ScrapesinkError,
+        accepted_us: int | None = None,
     ) -> None:
         """Keep one refused record; the same record refused again counts one more attempt."""
         now = datetime.now(UTC).timestamp()
@@ -130,7 +135,7 @@ class DeadLetterStore:
             db.execute(
                 "INSERT INTO dead_letters (sink, kind, journal_id, seq, source, source_id,"
                 " occurred_at, payload, error_type, message, attempts, first_failed_at,"
-                " last_failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                " last_failed_at, accepted_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
                 " ON CONFLICT (sink, journal_id, seq) DO UPDATE SET attempts = attempts + 1,"
                 " last_failed_at = excluded.last_failed_at, message = excluded.message,"
                 " error_type = excluded.error_type",
@@ -147,6 +152,7 @@ class DeadLetterStore:
                     error.message,
                     now,
                     now,
+                    accepted_us,
                 ),
             )
 
@@ -196,7 +202,7 @@ class DeadLetterStore:
 
 _COLUMNS = (
     "id, sink, kind, journal_id, seq, source, source_id, occurred_at, payload, error_type,"
-    " message, attempts, first_failed_at, last_failed_at"
+    " message, attempts, first_failed_at, last_failed_at, accepted_us"
 )
 
 
@@ -204,7 +210,7 @@ def _letter(row: tuple[object, ...]) -> DeadLetter:
     id_, sink, kind, journal_id, seq, source, source_id, at, payload, etype, msg, attempts = row[
         :12
     ]
-    f, last = row[12:]
+    f, last, accepted = row[12:]
     record: RawEvent | Entity
     if kind == EVENTS:
         record = RawEvent(
@@ -224,4 +230,5 @@ def _letter(row: tuple[object, ...]) -> DeadLetter:
         int(attempts),  # type: ignore[call-overload]
         datetime.fromtimestamp(float(f), UTC),  # type: ignore[arg-type]
         datetime.fromtimestamp(float(last), UTC),  # type: ignore[arg-type]
+        None if accepted is None else int(accepted),  # type: ignore[call-overload]
     )

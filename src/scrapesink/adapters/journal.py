@@ -247,8 +247,10 @@ class Journal:
             self._lock_fd = -1
 
 
-# Journals written before stamps existed: their batches' journaling time stands in.
-_ACCEPTED = "coalesce(accepted_us, CAST(journaled_at * 1000000 AS INTEGER))"
+# Journals written before stamps existed: a record's seq stands in for its time, so their
+# records are ordered as journaled and older than any stamped one (times from the journaling
+# time plus one microsecond a record could overlap between close batches).
+_ACCEPTED = "coalesce(accepted_us, first_seq)"
 
 
 class JournalBusy(StorageError):

@@ -29,6 +29,7 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -41,13 +42,13 @@ import psycopg
 
 from scrapesink.adapters.csv_format import HEADER, format_fields, header_line, source_dir_name
 from scrapesink.adapters.csv_models import CsvModelSink
-from scrapesink.adapters.csv_sink import CsvEventSink, CsvFiles, _fsync_dir, _unavailable
+from scrapesink.adapters.csv_sink import CsvEventSink, CsvFiles, _unavailable
 from scrapesink.adapters.postgres.database import Database, translate
 from scrapesink.adapters.postgres.entities import ModelRepository
 from scrapesink.adapters.postgres.model_sql import q
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, FieldDef, ModelDef
 from scrapesink.domain.records import UPSERT, Entity, validate_record
-from scrapesink.errors import RecordError
+from scrapesink.errors import RecordError, StorageError
 
 PAGE = 2000
 _JSON = msgspec.json.Encoder()
@@ -184,11 +185,15 @@ def _stream(database: Database, sql: str, params: Sequence[Any] = ()) -> Iterato
 
 
 # -- files changed behind our back --------------------------------------------------------------
-def check_lengths(files: CsvFiles, report: VerifyReport) -> None:
+def check_lengths(
+    files: CsvFiles, report: VerifyReport, only: Callable[[str], bool] = lambda rel: True
+) -> None:
     """Files whose size is not what scrapesink committed (appended to or cut by hand)."""
     with files._state(write=False) as db:
         committed = db.execute("SELECT path, length FROM files").fetchall()
     for rel, length in committed:
+        if not only(rel):
+            continue
         path = files.root / rel
         size = path.stat().st_size if path.exists() else None
         if size is None:
@@ -212,35 +217,54 @@ def _event_files(root: Path, source: str | None) -> list[Path]:
     return sorted(root.glob("*/*.csv")) if root.is_dir() else []
 
 
+def _event_rows(
+    path: Path, side: _Side, report: VerifyReport
+) -> list[tuple[str, bytes | None, str]]:
+    """One day file's rows as (key, digest, label); keys seen twice are differences."""
+    rows: list[tuple[str, bytes | None, str]] = []
+    seen: set[str] = set()  # this file's keys (earlier files': in the side table)
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            if len(row) != len(HEADER):
+                report.differ("events", f"{path.name}:{reader.line_num}", "not a row")
+                continue
+            key = _event_key(row[0], row[1])
+            label = f"{row[0]}/{row[1]}"
+            if key in seen or side.has(key):
+                report.differ("events", label, "twice in csv")
+            seen.add(key)
+            try:
+                digest = _event_digest(_instant(row[2]), row[3])
+            except ValueError:
+                digest = None  # not a time: differs from anything
+            rows.append((key, digest, label))
+    return rows
+
+
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A CSV file that cannot be read (not UTF-8, not CSV, unreadable) is one clear error."""
+    try:
+        yield
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+
+
 def compare_events(
     database: Database, data_dir: Path, report: VerifyReport, *, source: str | None = None
 ) -> None:
     sink = CsvEventSink(data_dir)
-    check_lengths(sink, report)
+    directory = source_dir_name(source) + "/" if source is not None else ""
+    check_lengths(sink, report, lambda rel: rel.startswith(directory))
     compared = 0
     with tempfile.TemporaryDirectory(prefix="scrapesink-verify-") as work:
         side = _Side(work)
         try:
             for path in _event_files(sink.root, source):
-                rows: list[tuple[str, bytes | None, str]] = []
-                seen: set[str] = set()  # this file's keys (earlier files': in the side table)
-                with path.open(encoding="utf-8", newline="") as handle:
-                    reader = csv.reader(handle)
-                    next(reader, None)
-                    for row in reader:
-                        if len(row) != len(HEADER):
-                            report.differ("events", f"{path.name}:{reader.line_num}", "not a row")
-                            continue
-                        key = _event_key(row[0], row[1])
-                        label = f"{row[0]}/{row[1]}"
-                        if key in seen or side.has(key):
-                            report.differ("events", label, "twice in csv")
-                        seen.add(key)
-                        try:
-                            digest = _event_digest(_instant(row[2]), row[3])
-                        except ValueError:
-                            digest = None  # not a time: differs from anything
-                        rows.append((key, digest, label))
+                with _readable(path):
+                    rows = _event_rows(path, side, report)
                 side.put(rows)
             where = "WHERE source = %s" if source is not None else ""
             sql = (
@@ -266,64 +290,77 @@ def compare_events(
 
 
 def repair_events(database: Database, data_dir: Path, source: str) -> int:
-    """Rebuild one source's day files and its keys from PostgreSQL; returns the rows written."""
+    """Rebuild one source's day files and its keys from PostgreSQL; returns the rows written.
+
+    Under the CSV state's write lock: each day is written to a temporary file (rows come in
+    time order, so one is open at a time) and fsynced; the keys, lengths and renames are
+    committed together, then the renames made (``CsvFiles.replace_files``)."""
     sink = CsvEventSink(data_dir)
     directory = sink.root / source_dir_name(source)
     header = header_line(HEADER)
     written = 0
-    with sink._state(write=True) as db:
-        handles: dict[str, Any] = {}
-        temps: dict[str, Path] = {}
-        try:
+    temps: dict[str, Path] = {}
+    sql = (
+        "SELECT e.source_id, e.occurred_at, e.payload::text, k.stamp FROM raw_events e"
+        " JOIN raw_event_keys k ON k.source = e.source AND k.source_id = e.source_id"
+        " AND k.occurred_at = e.occurred_at WHERE e.source = %s"
+        " ORDER BY e.occurred_at, e.id"
+    )
+    committed = False
+    try:
+        with sink._state(write=True) as db:
             directory.mkdir(parents=True, exist_ok=True)
-            sql = (
-                "SELECT e.source_id, e.occurred_at, e.payload::text, k.stamp FROM raw_events e"
-                " JOIN raw_event_keys k ON k.source = e.source AND k.source_id = e.source_id"
-                " AND k.occurred_at = e.occurred_at WHERE e.source = %s"
-                " ORDER BY e.occurred_at, e.id"
-            )
             db.execute("DELETE FROM keys WHERE source = ?", (source,))
-            for page in _stream(database, sql, [source]):
-                keys = []
-                for source_id, at, payload, stamp in page:
-                    iso = at.astimezone(UTC).isoformat()
-                    day = iso[:10]
-                    handle = handles.get(day)
-                    if handle is None:
-                        temps[day] = directory / f".{day}.csv.repair"
-                        handle = handles[day] = temps[day].open("w", encoding="utf-8", newline="")
-                        handle.write(header)
-                    handle.write(format_fields(source, source_id, iso, payload))
-                    keys.append((source, source_id, stamp, day))
-                db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", keys)
-                written += len(keys)
-            for handle in handles.values():
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-            for old in directory.glob("*.csv"):
-                if old.stem not in temps:  # a day PostgreSQL holds nothing of
-                    old.unlink()
-                    db.execute(
-                        "DELETE FROM files WHERE path = ?", (old.relative_to(sink.root).as_posix(),)
-                    )
-            for day, temp in temps.items():
-                path = directory / f"{day}.csv"
-                os.replace(temp, path)
+            day, handle = "", None
+            try:
+                for page in _stream(database, sql, [source]):
+                    keys = []
+                    for source_id, at, payload, stamp in page:
+                        iso = at.astimezone(UTC).isoformat()
+                        if iso[:10] != day:
+                            _close(handle)
+                            day = iso[:10]
+                            rel = (directory / f"{day}.csv").relative_to(sink.root).as_posix()
+                            temps[rel] = directory / f".{day}.csv.repair"
+                            handle = temps[rel].open("w", encoding="utf-8", newline="")
+                            handle.write(header)
+                        assert handle is not None
+                        handle.write(format_fields(source, source_id, iso, payload))
+                        keys.append((source, source_id, stamp, day))
+                    db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", keys)
+                    written += len(keys)
+            finally:
+                _close(handle)
+            sink.replace_files(db, temps)
+            stale = [
+                p
+                for p in directory.glob("*.csv")
+                if p.relative_to(sink.root).as_posix() not in temps
+            ]  # days PostgreSQL holds nothing of
+            for path in stale:
                 db.execute(
-                    "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE"
-                    " SET length = excluded.length",
-                    (path.relative_to(sink.root).as_posix(), path.stat().st_size),
+                    "DELETE FROM files WHERE path = ?", (path.relative_to(sink.root).as_posix(),)
                 )
-            _fsync_dir(directory)
-        except OSError as exc:
-            raise _unavailable(exc, directory) from exc
-        finally:
-            for handle in handles.values():
-                handle.close()
+        committed = True
+        with sink._state(write=True) as db:
+            sink.finish_renames(db)
+        for path in stale:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise _unavailable(exc, directory) from exc
+    finally:
+        if not committed:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
     return written
+
+
+def _close(handle: Any) -> None:
+    """Flush, fsync and close a temporary file being written (None: nothing open)."""
+    if handle is not None and not handle.closed:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
 
 
 def sources(database: Database, data_dir: Path) -> list[str]:
@@ -401,7 +438,7 @@ class _ModelFiles:
             path = self.sink.root / file
             if not path.exists():
                 continue
-            with path.open(encoding="utf-8", newline="") as handle:
+            with _readable(path), path.open(encoding="utf-8", newline="") as handle:
                 for row in csv.DictReader(handle):
                     cells = tuple(row.get(c) or "" for c in layout.columns)
                     yield file, cells, bool(row.get("deleted_at"))
@@ -482,58 +519,54 @@ def repair_model(
     database: Database, declaration: Declaration, data_dir: Path, model: ModelDef
 ) -> int:
     """Rebuild one model's own files and its records' state from PostgreSQL (latest only);
-    returns how many records were written."""
+    returns how many records were written. Crash-safe like :func:`repair_events`."""
     files = _ModelFiles(data_dir, declaration, model)
     sink = files.sink
     root = sink.root
     written = 0
-    with sink._state(write=True) as db:
-        temps = {file: root / f".{file}.repair" for file in files.layouts}
-        handles: dict[str, Any] = {}
-        try:
-            for file, layout in files.layouts.items():
-                handles[file] = temps[file].open("w", encoding="utf-8", newline="")
-                handles[file].write(header_line(layout.header))
-            writers = {f: csv.writer(h, lineterminator="\r\n") for f, h in handles.items()}
-            db.execute("DELETE FROM records WHERE file = ?", (sink.root_file,))
-            db.execute("DELETE FROM stamps WHERE file = ?", (sink.root_file,))
-            for page in files.pg_records(database, declaration):
-                state, stamps = [], []
-                for entity, stamp, updated in page:
-                    prepared = sink._prepare(entity, stamp)
-                    at = updated.astimezone(UTC).isoformat()
-                    for file, _, cells in prepared.rows:
-                        writers[file].writerow((*cells, at, ""))
-                    rows = [[f, i, list(c)] for f, i, c in prepared.rows]
-                    state.append(
-                        (
-                            sink.root_file,
-                            prepared.root,
-                            prepared.digest,
-                            _JSON.encode(rows).decode(),
+    temps = {file: root / f".{file}.repair" for file in files.layouts}
+    committed = False
+    try:
+        with sink._state(write=True) as db:
+            handles = {file: temps[file].open("w", encoding="utf-8", newline="") for file in temps}
+            try:
+                for file, layout in files.layouts.items():
+                    handles[file].write(header_line(layout.header))
+                writers = {f: csv.writer(h, lineterminator="\r\n") for f, h in handles.items()}
+                db.execute("DELETE FROM records WHERE file = ?", (sink.root_file,))
+                db.execute("DELETE FROM stamps WHERE file = ?", (sink.root_file,))
+                for page in files.pg_records(database, declaration):
+                    state, stamps = [], []
+                    for entity, stamp, updated in page:
+                        prepared = sink._prepare(entity, stamp)
+                        at = updated.astimezone(UTC).isoformat()
+                        for file, _, cells in prepared.rows:
+                            writers[file].writerow((*cells, at, ""))
+                        rows = [[f, i, list(c)] for f, i, c in prepared.rows]
+                        state.append(
+                            (
+                                sink.root_file,
+                                prepared.root,
+                                prepared.digest,
+                                _JSON.encode(rows).decode(),
+                            )
                         )
-                    )
-                    if stamp:
-                        stamps.append((sink.root_file, prepared.root, stamp))
-                db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", state)
-                db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamps)
-                written += len(state)
-            for file, handle in handles.items():
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-                os.replace(temps[file], root / file)
-                db.execute(
-                    "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE"
-                    " SET length = excluded.length",
-                    (file, (root / file).stat().st_size),
-                )
-            _fsync_dir(root)
-        except OSError as exc:
-            raise _unavailable(exc, root) from exc
-        finally:
-            for handle in handles.values():
-                handle.close()
+                        if stamp:
+                            stamps.append((sink.root_file, prepared.root, stamp))
+                    db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", state)
+                    db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamps)
+                    written += len(state)
+            finally:
+                for handle in handles.values():
+                    _close(handle)
+            sink.replace_files(db, temps)
+        committed = True
+        with sink._state(write=True) as db:
+            sink.finish_renames(db)
+    except OSError as exc:
+        raise _unavailable(exc, root) from exc
+    finally:
+        if not committed:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
     return written
@@ -557,5 +590,11 @@ def verify(
         for name in names:
             compare_model(database, declaration, data_dir, declaration.model(name), report)
         if names:  # one state for every model's files
-            check_lengths(CsvModelSink(data_dir, declaration, declaration.model(names[0])), report)
+            owned = {
+                file
+                for name in names
+                for file in _ModelFiles(data_dir, declaration, declaration.model(name)).layouts
+            }
+            sink = CsvModelSink(data_dir, declaration, declaration.model(names[0]))
+            check_lengths(sink, report, owned.__contains__)
     return report

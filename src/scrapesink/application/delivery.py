@@ -345,7 +345,13 @@ class Lane:
             )
             try:
                 self.dead_letters.add(
-                    self.sink.name, self.sink.kind, batch.journal_id, batch.first, record, error
+                    self.sink.name,
+                    self.sink.kind,
+                    batch.journal_id,
+                    batch.first,
+                    record,
+                    error,
+                    batch.accepted_us[0] if batch.accepted_us else None,
                 )
                 if batch.journal_id:
                     self.sink.skip(batch.journal_id, batch.first, batch.last)

@@ -322,6 +322,12 @@ class DeadLetterLike(Protocol):
     @property
     def record(self) -> Any: ...
 
+    @property
+    def journal_id(self) -> str: ...
+
+    @property
+    def accepted_us(self) -> int | None: ...
+
 
 def retry_dead_letters(
     letters: Sequence[DeadLetterLike], sinks_for: SinksFor, store: DeadLetterRecords
@@ -341,8 +347,12 @@ def retry_dead_letters(
                     f"dead letter {letter.id} is for {letter.sink!r} ({letter.kind}),"
                     " which is not enabled or declared here"
                 )
+            # Outside its journal (its range there is settled), but with its own stamp: a retry
+            # is not a newer write than the records accepted after it.
+            times = () if letter.accepted_us is None else (letter.accepted_us,)
+            retried = Batch("", 0, 0, [letter.record], times, letter.journal_id)
             try:
-                sink.stage(Batch("", 0, 0, [letter.record]))()
+                sink.stage(retried)()
             except PermanentStorageError as exc:
                 store.failed_again(letter.id, exc)
                 result.refused[letter.id] = exc.message

@@ -111,6 +111,9 @@ class Batch(Generic[R]):
     last: int
     records: Sequence[R]
     accepted_us: Sequence[int] = ()
+    #: the journal the records were accepted in, when the batch is delivered outside it (a
+    #: retried dead letter): their stamps name it
+    origin: str | None = None
 
     def split(self) -> tuple[Batch[R], Batch[R]]:
         half = len(self.records) // 2
@@ -122,8 +125,16 @@ class Batch(Generic[R]):
                 self.first + half - 1,
                 self.records[:half],
                 times[:half],
+                self.origin,
             ),
-            Batch(self.journal_id, self.first + half, self.last, self.records[half:], times[half:]),
+            Batch(
+                self.journal_id,
+                self.first + half,
+                self.last,
+                self.records[half:],
+                times[half:],
+                self.origin,
+            ),
         )
 
     def stamps(self) -> list[bytes]:
@@ -132,7 +143,7 @@ class Batch(Generic[R]):
         if not times:
             start = now_us()
             times = range(start, start + len(self.records))
-        tail = _journal_bytes(self.journal_id)
+        tail = _journal_bytes(self.journal_id if self.origin is None else self.origin)
         pack = _STAMP.pack
         return [pack(t, tail) for t in times]
 
@@ -178,6 +189,7 @@ class DeadLetters(Protocol):
         seq: int,
         record: Any,
         error: ScrapesinkError,
+        accepted_us: int | None = None,
     ) -> None: ...
 
 
