@@ -446,6 +446,9 @@ class _ModelFiles:
     def pg_records(self, database: Database, declaration: Declaration) -> Iterator[list[Any]]:
         """Each PostgreSQL record as the entity the mirror would be handed, with its stamp and
         updated_at, a page at a time (numbers decoded exactly)."""
+        exists = database.fetch("SELECT to_regclass(%s)", [q(self.model.table_name)])
+        if exists[0][0] is None:  # never used here: PostgreSQL holds none of its records
+            return
         document = ModelRepository(database, declaration)._document(self.model)
         sql = (
             f"SELECT ({document})::text, t.accepted_stamp, t.updated_at"  # noqa: S608
