@@ -192,6 +192,7 @@ class App:
             time_field=time_field,
             default_source=default_source,
             max_payload_bytes=s.max_payload_bytes,
+            max_depth=s.max_depth,
             future_tolerance=s.future_tolerance,
             max_age=s.max_age,
         )

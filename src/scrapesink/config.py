@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # -- raw events -----------------------------------------------------------------------------
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     max_payload_bytes: int = Field(default=1024 * 1024, ge=64)
+    # levels of JSON nesting a payload may have (the encoders on the way recurse: at most 512)
+    max_depth: int = Field(default=256, ge=1, le=512)
     partition_premake_days: int = Field(default=7, ge=0, le=3650)
     future_tolerance: timedelta = Field(
         default=timedelta(days=1), description="Reject occurred_at further than this ahead."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -220,3 +221,32 @@ def test_a_retried_dead_letter_keeps_its_stamp_and_does_not_undo_a_newer_save(
     assert sink.get("movies", "https://m/x")["title"] == "final"
     with (data_dir / "movies.csv").open(encoding="utf-8", newline="") as handle:
         assert [row["title"] for row in csv.DictReader(handle)] == ["draft", "final"]
+
+
+def test_a_journaled_record_whose_csv_path_cannot_exist_goes_to_dead_letters_alone(
+    app: App, database_url, data_dir
+):
+    # Validation now refuses such a source; a journal written by an earlier version may hold
+    # one. Its CSV file cannot exist: that record alone is dead-lettered, the others stored,
+    # and the next start is clean.
+    from scrapesink.adapters.journal import Journal
+    from scrapesink.domain.events import RawEvent
+
+    at = datetime(2025, 5, 15, 10, tzinfo=UTC)
+    journal = Journal.create(data_dir / "journal")
+    records = [RawEvent("s", str(i), at, "{}", at.isoformat()) for i in range(10)]
+    records.insert(5, RawEvent("😀" * 90, "x", at, "{}", at.isoformat()))
+    journal.append(records)
+    journal.close(remove_if_empty=False)
+    result = app.replay()
+    assert result.reports["csv"].stored == 10 and result.reports["csv"].dead_letters == 1
+    assert result.reports["postgres"].stored == 11  # PostgreSQL can hold it
+    (letter,) = app.dead_letters.list()
+    assert letter.sink == "csv" and "cannot exist" in letter.message
+    assert len(csv_rows(data_dir)) == 10
+    again = bootstrap(Settings(database_url=database_url, data_dir=data_dir), schema="check")
+    try:
+        again.start_writing()  # no OSError, no traceback
+        assert Sink(again).write_events([ev("after")]).sinks["csv"].stored == 1
+    finally:
+        again.close()

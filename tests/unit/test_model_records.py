@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from scrapesink.domain.events import has_nul
+from scrapesink.domain.events import scan
 from scrapesink.domain.models import parse_declaration
 from scrapesink.domain.records import validate_record
 from scrapesink.errors import RecordError
@@ -188,5 +188,10 @@ def test_nul_inside_a_value_of_another_type_is_still_found():
         ("clean", False),
     ],
 )
-def test_has_nul(value, expected):
-    assert has_nul(value) is expected
+def test_scan_finds_nul(value, expected):
+    assert scan(value)[0] is expected
+
+
+def test_scan_counts_the_objects_and_arrays_no_value_can_nest_deeper_than():
+    assert scan({"a": [1, {"b": []}], "c": "x"}) == (False, 4)
+    assert scan("text") == (False, 0)

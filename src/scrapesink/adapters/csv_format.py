@@ -5,20 +5,10 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import re
 
-from scrapesink.domain.events import RawEvent
+from scrapesink.domain.events import RawEvent, source_dir_name
 
 HEADER = ("source", "source_id", "occurred_at", "payload")
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def source_dir_name(source: str) -> str:
-    """A source as one safe directory name: unsafe bytes percent-encoded (``a/b`` -> ``a%2Fb``)."""
-    name = _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), source)
-    return name if name not in (".", "..") else name.replace(".", "%2E")
 
 
 @functools.lru_cache(maxsize=4096)

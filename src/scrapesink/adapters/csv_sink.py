@@ -46,7 +46,7 @@ from scrapesink.adapters.csv_format import (
 )
 from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
 from scrapesink.domain.events import RawEvent
-from scrapesink.errors import TransientStorageError
+from scrapesink.errors import ConstraintError, TransientStorageError
 
 log = logging.getLogger(__name__)
 HeaderOf = Callable[[str], str]  # a file (relative path) -> its header line
@@ -79,6 +79,7 @@ class CsvFiles:
         self._schema = _FILES_SCHEMA + schema
         self._initialized = False
         self._known_files: set[str] = set()  # registered in the state already
+        self.unrepaired: list[str] = []  # state entries start-up repair could not check
 
     def files(self) -> list[Path]:
         raise NotImplementedError
@@ -213,6 +214,13 @@ class CsvFiles:
                     _fsync_dir(path.parent)
                 lengths[rel] = size + written
         except OSError as exc:
+            if exc.errno in _NAMED_BY_A_RECORD:
+                # The path is made of a record's value (its source): that record is to blame,
+                # not the disk. Refused as a value is, so delivery isolates it in dead letters
+                # and its neighbours are stored.
+                raise ConstraintError(
+                    f"CSV file {exc.filename or self.root} cannot exist: {exc.strerror}"
+                ) from exc
             raise _unavailable(exc, self.root) from exc
         finally:
             for fd in fds:
@@ -260,9 +268,9 @@ class CsvFiles:
             self.finish_renames(db)
             for rel, length in db.execute("SELECT path, length FROM files").fetchall():
                 path = self.root / rel
-                if not path.exists():
-                    continue
                 try:
+                    if not path.exists():
+                        continue
                     fd = os.open(path, os.O_WRONLY)
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -278,7 +286,10 @@ class CsvFiles:
                             size - length,
                         )
                 except OSError as exc:
-                    raise _unavailable(exc, path) from exc
+                    # One bad entry (a name the filesystem refuses, a file made unreadable)
+                    # never stops a start-up: it is reported, and the other files repaired.
+                    log.warning("%s not repaired: %s", path, exc.strerror or exc)
+                    self.unrepaired.append(f"{rel}: {exc.strerror or exc}")
 
 
 class CsvEventSink(CsvFiles):
@@ -316,7 +327,11 @@ class CsvEventSink(CsvFiles):
 
     def _deliver(self, batch: Batch[RawEvent]) -> WriteOutcome:
         files = [file_of(e) for e in batch.records]
-        self._register(set(files))
+        names = set(files)
+        for rel in names:  # validation refuses such sources; a journal of older versions may not
+            if len(rel.encode()) > _MAX_DIR + 15:  # "<dir>/YYYY-MM-DD.csv"
+                raise ConstraintError(f"CSV file {rel[:40]}... cannot exist: name too long")
+        self._register(names)
         keys = [e.key for e in batch.records]
         stamps = batch.stamps()
         while True:
@@ -392,6 +407,9 @@ class CsvEventSink(CsvFiles):
 
 
 _ABSENT: Any = object()
+# errno values that a path made of a record's value causes (a name the filesystem refuses)
+_NAMED_BY_A_RECORD = {errno.ENAMETOOLONG, errno.EILSEQ}
+_MAX_DIR = 255  # bytes in one directory name (domain.events.MAX_NAME_BYTES)
 _FORGET_KEYS = (
     "DELETE FROM keys WHERE (source, source_id) IN"
     " (SELECT value ->> 0, value ->> 1 FROM json_each(?))"

@@ -42,9 +42,19 @@ _FAST = msgspec.json.Decoder()
 
 
 def loads(data: bytes | str) -> Any:
-    """Strict JSON: NaN and Infinity are refused (PostgreSQL's jsonb has neither)."""
+    """Strict JSON: NaN and Infinity are refused (PostgreSQL's jsonb has neither).
+
+    A value nested past the decoders' recursion limit is built by ijson instead, which needs no
+    recursion, so validation can refuse that one record with its reason (nested too deep) while
+    its neighbours go on."""
     try:
         return _FAST.decode(data)
+    except RecursionError:
+        raw = data if isinstance(data, bytes) else data.encode("utf-8")
+        try:
+            return next(ijson.items(io.BytesIO(raw), "", use_float=True))
+        except (ijson.JSONError, StopIteration) as exc:
+            raise ValueError(f"malformed JSON: {exc}") from None
     except msgspec.DecodeError:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return _DECODER.decode(text)

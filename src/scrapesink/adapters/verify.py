@@ -40,12 +40,13 @@ from urllib.parse import unquote
 import msgspec
 import psycopg
 
-from scrapesink.adapters.csv_format import HEADER, format_fields, header_line, source_dir_name
+from scrapesink.adapters.csv_format import HEADER, format_fields, header_line
 from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.adapters.csv_sink import CsvEventSink, CsvFiles, _unavailable
 from scrapesink.adapters.postgres.database import Database, translate
 from scrapesink.adapters.postgres.entities import ModelRepository
 from scrapesink.adapters.postgres.model_sql import q
+from scrapesink.domain.events import source_dir_name
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, FieldDef, ModelDef
 from scrapesink.domain.records import UPSERT, Entity, validate_record
 from scrapesink.errors import RecordError, StorageError

@@ -11,7 +11,12 @@ Standard library only. The rules, in the order they are checked:
   milliseconds, as JavaScript scrapers write them); a value without a UTC offset is read as UTC
   and counted as *naive*;
 * ``occurred_at`` must lie inside the accepted window (by default: not more than one day ahead);
-* the payload is a JSON object whose UTF-8 serialization is at most ``max_payload_bytes``.
+* the payload is a JSON object whose UTF-8 serialization is at most ``max_payload_bytes``,
+  nested at most ``max_depth`` levels deep (default 256: deep enough for any real document,
+  shallow enough for every encoder and store on the way);
+* ``source`` becomes a directory name in the CSV mirror (:func:`source_dir_name`): unsafe bytes
+  are percent-encoded and the name must fit a file name, 255 bytes; ``source_id`` is at most
+  1000 bytes of UTF-8 (PostgreSQL indexes it, and an index entry has a size limit).
 
 NUL policy: PostgreSQL rejects U+0000 in ``text`` and ``jsonb``, so every NUL character is removed
 from source, source_id and from every key and string in the payload before anything is stored.
@@ -30,7 +35,9 @@ from typing import Any, NamedTuple
 
 from scrapesink.errors import RecordError
 
-MAX_KEY_LENGTH = 1000
+MAX_KEY_BYTES = 1000  # source_id, and model keys: UTF-8 bytes (an index entry must fit a page)
+MAX_NAME_BYTES = 255  # one file or directory name on Linux, macOS and Windows filesystems
+MAX_DEPTH = 256
 EPOCH_MILLIS_THRESHOLD = 10**11
 CANONICAL_FIELDS = ("source", "source_id", "occurred_at", "payload")
 
@@ -86,6 +93,7 @@ class EventRules:
     max_payload_bytes: int = 1024 * 1024
     future_tolerance: timedelta = timedelta(days=1)
     max_age: timedelta | None = None
+    max_depth: int = MAX_DEPTH
 
 
 class Cleaning:
@@ -121,6 +129,21 @@ def validate_event(
     """
     if type(record) is not dict and not isinstance(record, Mapping):  # the ABC check is slow
         raise RecordError(f"not an object: got {_json_type(record)}", location=location)
+    try:
+        return _validate(record, rules, now, location, raw)
+    except RecursionError:  # a value deeper than anything recursive on the way can take
+        raise RecordError(
+            f"nested deeper than {rules.max_depth} levels", location=location, path="payload"
+        ) from None
+
+
+def _validate(
+    record: Mapping[str, Any],
+    rules: EventRules,
+    now: datetime | None,
+    location: str | None,
+    raw: str | None,
+) -> Validated:
     cleaning = Cleaning()
     canonical = "payload" in record and "source_id" in record
     if canonical:
@@ -143,6 +166,8 @@ def validate_event(
         payload = record
 
     source = _key_text(source_value, "source", location, cleaning, hint="(or pass --source)")
+    if not source.isascii() or len(source) > MAX_NAME_BYTES // 3:  # else it always fits
+        check_name(source, "source", location)
     source_id = _key_text(id_value, id_name, location, cleaning, hint="")
     occurred_at = parse_timestamp(time_value, time_name, location, cleaning)
     check_window(occurred_at, rules, now=now, location=location, path=time_name)
@@ -154,7 +179,11 @@ def validate_event(
                 raise _too_large(size, rules.max_payload_bytes, location)
         payload_json = raw
     else:
-        payload_json = _serialize_payload(payload, rules.max_payload_bytes, location, cleaning)
+        payload_json = _serialize_payload(payload, rules, location, cleaning)
+    # Every level of nesting opens a bracket, so text with few brackets is shallow enough;
+    # only the rare text with many is walked (the walk builds nothing and never recurses).
+    if payload_json.count("{") + payload_json.count("[") > rules.max_depth:
+        check_depth(payload, rules.max_depth, location)
     # Text already in the canonical UTC form (what isoformat() would print, as most scrapers
     # and scrapesink's own exports write it) is kept as is: formatting costs more than parsing.
     if (
@@ -251,28 +280,33 @@ def check_window(
         )
 
 
-def has_nul(value: Any) -> bool:
+def scan(value: Any) -> tuple[bool, int]:
     """Whether a JSON value holds U+0000 in any string or key (True also for a value of a type
-    this cannot see into, so that :func:`strip_nul` decides). A scan that builds nothing: four
-    times cheaper than ``strip_nul`` on a clean record, and records are nearly always clean."""
+    this cannot see into, so that :func:`strip_nul` decides), and how many objects and arrays
+    it holds — no value can nest deeper than that. A walk that builds nothing: four times
+    cheaper than ``strip_nul`` on a clean record, and records are nearly always clean. The
+    count stops where a NUL is found."""
     stack = [value]
     pop, push, extend = stack.pop, stack.append, stack.extend
+    containers = 0
     while stack:
         item = pop()
         kind = type(item)
         if kind is str:
             if "\x00" in item:
-                return True
+                return True, containers
         elif kind is dict:
+            containers += 1
             for key, inner in item.items():
                 if type(key) is not str or "\x00" in key:
-                    return True
+                    return True, containers
                 push(inner)
         elif kind is list:
+            containers += 1
             extend(item)
         elif not (item is None or kind is int or kind is float or kind is bool):
-            return True  # tuples, other mappings, datetimes...: let strip_nul look
-    return False
+            return True, containers  # tuples, other mappings, datetimes...: let strip_nul look
+    return False, containers
 
 
 def strip_nul(value: Any) -> tuple[Any, bool]:
@@ -313,9 +347,11 @@ def _key_text(value: Any, name: str, location: str | None, cleaning: Cleaning, *
     text = text.strip()
     if not text:
         raise RecordError(f"empty {name}", location=location, path=name)
-    if len(text) > MAX_KEY_LENGTH:
+    if len(text) > MAX_KEY_BYTES // 4 and len(size := text.encode("utf-8", "replace")) > (
+        MAX_KEY_BYTES
+    ):
         raise RecordError(
-            f"{name} is {len(text)} characters long (limit {MAX_KEY_LENGTH})",
+            f"{name} is {len(size):,} bytes of UTF-8 (at most {MAX_KEY_BYTES:,})",
             location=location,
             path=name,
         )
@@ -330,8 +366,9 @@ def _key_text(value: Any, name: str, location: str | None, cleaning: Cleaning, *
 
 
 def _serialize_payload(
-    payload: Mapping[str, Any], limit: int, location: str | None, cleaning: Cleaning
+    payload: Mapping[str, Any], rules: EventRules, location: str | None, cleaning: Cleaning
 ) -> str:
+    limit = rules.max_payload_bytes
     try:
         text = _dumps(payload)
         # The encoder writes U+0000 as the escape \u0000 even with ensure_ascii=False, so one
@@ -353,6 +390,9 @@ def _serialize_payload(
         raise RecordError(
             f"payload is not JSON: {exc}", location=location, path="payload"
         ) from None
+    except RecursionError:  # deeper than the encoder goes: far deeper than allowed
+        check_depth(payload, rules.max_depth, location)
+        raise
     if size > limit:
         raise _too_large(size, limit, location)
     return text
@@ -367,6 +407,65 @@ def _too_large(size: int, limit: int, location: str | None) -> RecordError:
 # \u escapes that PostgreSQL's jsonb refuses: NUL and the surrogate range (lone or not; a valid
 # pair is re-encoded as the character itself on the slow path).
 _UNSAFE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def source_dir_name(source: str) -> str:
+    """A source as one safe directory name: bytes other than ``A-Za-z0-9._-`` percent-encoded
+    (``a/b`` -> ``a%2Fb``), and ``.``/``..`` too. One-to-one, so the name says the source."""
+    name = _UNSAFE_NAME.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), source)
+    return name if name not in (".", "..") else name.replace(".", "%2E")
+
+
+def check_name(value: str, name: str, location: str | None) -> None:
+    """A value that becomes a directory name must fit one once encoded (255 bytes)."""
+    size = len(source_dir_name(value))
+    if size > MAX_NAME_BYTES:
+        raise RecordError(
+            f"{name} is too long for a file name: {size:,} bytes once unsafe characters are"
+            f" percent-encoded (at most {MAX_NAME_BYTES}; each byte outside A-Z a-z 0-9 . _ -"
+            " takes 3)",
+            location=location,
+            path=name,
+        )
+
+
+def check_depth(value: Any, limit: int, location: str | None, path: str = "payload") -> None:
+    """Refuse a JSON value nested deeper than ``limit`` levels (an object or array is one).
+    Iterative, level by level, visiting only containers: cheap on the shallow values of most
+    records (this runs for every json field of every model record)."""
+    kind = type(value)
+    if kind in _SCALARS or not (kind in _CONTAINERS or _is_container(value)):
+        return
+    level = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise RecordError(f"nested deeper than {limit} levels", location=location, path=path)
+        below = []
+        for item in level:
+            kind = type(item)
+            children = item if kind is list else item.values() if kind is dict else _items(item)
+            for inner in children:
+                kind = type(inner)
+                if kind is dict or kind is list or (kind not in _SCALARS and _is_container(inner)):
+                    below.append(inner)
+        level = below
+
+
+def _items(value: Any) -> Any:
+    return value.values() if isinstance(value, Mapping) else value
+
+
+_CONTAINERS = frozenset({dict, list})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, Mapping | list | tuple)
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _raw_is_safe(raw: str) -> bool:

@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
-from scrapesink.domain.events import has_nul, parse_timestamp, strip_nul
+from scrapesink.domain.events import MAX_DEPTH, check_depth, parse_timestamp, scan, strip_nul
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
 from scrapesink.errors import RecordError
 
@@ -55,9 +55,23 @@ def validate_record(
     declaration: Declaration, model: ModelDef, data: Any, location: str | None = None
 ) -> Checked:
     """Check ``data`` against ``model``; raise :class:`RecordError` naming the first bad path."""
+    try:
+        return _validate(declaration, model, data, location)
+    except RecursionError:  # deeper than anything recursive on the way can take
+        raise RecordError(f"nested deeper than {MAX_DEPTH} levels", location=location) from None
+
+
+def _validate(
+    declaration: Declaration, model: ModelDef, data: Any, location: str | None
+) -> Checked:
     # The record's own dicts and lists are built anew below; json values are kept as given
     # (the sinks encode them when the batch is handed over, see CsvModelSink.stage).
-    cleaned, nul = strip_nul(data) if has_nul(data) else (data, False)
+    nul, containers = scan(data)
+    if (nul or containers > MAX_DEPTH) and isinstance(data, Mapping):
+        # Perhaps nested too deep: say which field, before anything recursive reads it.
+        for name, value in data.items():
+            check_depth(value, MAX_DEPTH - 1, location, str(name))
+    cleaned, nul = strip_nul(data) if nul else (data, False)
     record = _object(model.fields, cleaned, model.strict, "", location, _extra(model))
     for name in model.natural_key:
         if record.get(name) is None:
@@ -279,7 +293,7 @@ def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:
             aware = value if value.tzinfo else value.replace(tzinfo=UTC)
             return aware.astimezone(UTC).isoformat()
         return parse_timestamp(value, path, location).isoformat()
-    return value  # json: any JSON value
+    return value  # json: any JSON value (its depth was checked with the record's)
 
 
 def _kind(value: Any) -> str:

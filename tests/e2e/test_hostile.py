@@ -1,0 +1,106 @@
+"""Hostile records through the CLI and over HTTP: each is refused alone, with its reason, no
+traceback, and the records around it land in both stores; the data directory keeps working."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+from tests.conftest import env_for
+from tests.support import SCRAPESINK, ApiServer
+
+AT = "2026-01-10T10:00:00Z"
+
+
+def deep(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def stored(url: str, data_dir: Path) -> tuple[list[str], list[str]]:
+    with psycopg.connect(url) as conn:
+        pg = sorted(r[0] for r in conn.execute("SELECT source_id FROM raw_events"))
+    rows = []
+    for path in sorted((data_dir / "raw_events").rglob("*.csv")):
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows += [row["source_id"] for row in csv.DictReader(handle)]
+    return pg, sorted(rows)
+
+
+def test_cli_refuses_a_long_source_and_a_deep_payload_alone(database_url, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    lines = [
+        json.dumps({"source": "s", "id": "good-1", "timestamp": AT}),
+        json.dumps({"source": "😀" * 90, "id": "long", "timestamp": AT}),  # 360 bytes
+        '{"source": "s", "id": "deep", "timestamp": "' + AT + '", "doc": ' + deep(10_000) + "}",
+        '{"source": "s", "id": "deep-ish", "timestamp": "' + AT + '", "doc": ' + deep(300) + "}",
+        json.dumps({"source": "s", "id": "good-2", "timestamp": AT}),
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = env_for(database_url, data_dir)
+    result = subprocess.run(
+        [*SCRAPESINK, "ingest", str(path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stderr  # finished, some records rejected
+    assert "Traceback" not in result.stderr
+    assert "line 2" in result.stderr and "too long for a file name" in result.stderr
+    assert "line 3" in result.stderr and "nested deeper than 256 levels" in result.stderr
+    assert "line 4" in result.stderr
+    assert stored(database_url, data_dir) == (["good-1", "good-2"], ["good-1", "good-2"])
+    again = tmp_path / "again.jsonl"
+    again.write_text(json.dumps({"source": "s", "id": "good-3", "timestamp": AT}) + "\n")
+    after = subprocess.run(
+        [*SCRAPESINK, "ingest", str(again)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert after.returncode == 0, after.stderr
+    assert stored(database_url, data_dir)[1] == ["good-1", "good-2", "good-3"]
+
+
+def test_http_refuses_a_deep_record_alone_in_every_write_route(database_url, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = ApiServer(database_url, data_dir, "--no-auth")
+    try:
+        with server.client() as client:
+            good = {"source": "s", "source_id": "h1", "occurred_at": AT, "payload": {}}
+            body = "[" + json.dumps(good) + ',{"source": "s", "source_id": "h2", "occurred_at": '
+            body += f'"{AT}", "payload": {deep(10_000)}}}]'
+            answer = client.post(
+                "/api/v1/events", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 200, answer.text
+            results = answer.json()["results"]
+            assert results[0]["status"] == "stored"
+            assert results[1]["status"] == "rejected" and results[1]["path"] == "payload"
+            assert "nested deeper" in results[1]["reason"]
+
+            lines = json.dumps({**good, "source_id": "h3"}) + "\n"
+            lines += '{"source": "s", "source_id": "h4", "occurred_at": "' + AT + '", "payload": '
+            lines += deep(10_000) + "}\n"
+            stream = client.post(
+                "/api/v1/events/stream",
+                content=lines,
+                headers={"Content-Type": "application/x-ndjson"},
+            )
+            assert stream.status_code == 200, stream.text
+            assert stream.json()["rejected"] == 1 and stream.json()["stored"] == 1
+
+            record = '[{"workflow_id": "ok"}, {"workflow_id": "deep", "structure": '
+            record += '{"workflow_json": ' + deep(10_000) + "}}]"
+            saved = client.post(
+                "/api/v1/models/workflows/records",
+                content=record,
+                headers={"Content-Type": "application/json"},
+            )
+            assert saved.status_code == 200, saved.text
+            outcome = saved.json()["results"]
+            assert outcome[0]["status"] == "stored"
+            assert outcome[1]["status"] == "rejected" and outcome[1]["path"] == "structure"
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log
+    assert stored(database_url, data_dir) == (["h1", "h3"], ["h1", "h3"])

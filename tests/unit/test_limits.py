@@ -1,0 +1,87 @@
+"""Limits every store can honour, checked at validation: names that become paths, key sizes,
+nesting depth. Each refusal names the field and says what the limit is."""
+
+from __future__ import annotations
+
+import pytest
+
+from scrapesink.domain.events import EventRules, source_dir_name, validate_event
+from scrapesink.domain.models import load_models
+from scrapesink.domain.records import validate_record
+from scrapesink.errors import RecordError
+
+RULES = EventRules()
+AT = "2025-05-15T10:00:00Z"
+
+
+def event(**fields: object) -> dict[str, object]:
+    return {"source": "s", "source_id": "1", "occurred_at": AT, "payload": {}, **fields}
+
+
+def nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    inner = value
+    for _ in range(depth - 1):
+        inner["a"] = {}
+        inner = inner["a"]  # type: ignore[assignment]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("source", "ok"),
+    [
+        ("a" * 255, True),
+        ("a" * 256, False),
+        ("😀" * 21, True),  # 4 bytes each, 12 characters once percent-encoded: 252
+        ("😀" * 22, False),  # 264: a directory name cannot hold it
+        ("é" * 42, True),
+        ("é" * 43, False),
+    ],
+)
+def test_a_source_must_fit_a_directory_name_in_bytes_once_encoded(source: str, ok: bool):
+    if ok:
+        assert validate_event(event(source=source), RULES).event.source == source
+        assert len(source_dir_name(source).encode()) <= 255
+    else:
+        with pytest.raises(RecordError, match="too long for a file name") as error:
+            validate_event(event(source=source), RULES)
+        assert error.value.path == "source"
+
+
+def test_a_source_id_is_limited_in_bytes_not_characters():
+    assert validate_event(event(source_id="😀" * 250), RULES).event.source_id  # 1000 bytes
+    with pytest.raises(RecordError, match="1,004 bytes") as error:
+        validate_event(event(source_id="😀" * 251), RULES)
+    assert error.value.path == "source_id"
+
+
+def test_a_payload_nested_deeper_than_the_limit_is_refused_with_its_reason():
+    import json
+
+    assert validate_event(event(payload=nested(256)), RULES)  # the payload is level 1
+    for payload in (nested(257), nested(10_000)):  # 10,000: deeper than Python recurses
+        with pytest.raises(RecordError, match="nested deeper than 256 levels") as error:
+            validate_event(event(payload=payload), RULES)
+        assert error.value.path == "payload"
+    flat = {"source": "s", "id": "1", "timestamp": AT, "doc": nested(300)}  # JSON Lines: text
+    with pytest.raises(RecordError, match="nested deeper than 256 levels"):
+        validate_event(flat, RULES, raw=json.dumps(flat))
+    few = {"source": "s", "id": "1", "timestamp": AT, "text": "[[{{" * 200}  # in a string
+    assert validate_event(few, RULES, raw=json.dumps(few))
+
+
+def test_a_model_records_json_field_nested_too_deep_names_the_field():
+    declaration = load_models()
+    workflows = declaration.model("workflows")
+    record = {"workflow_id": "w", "structure": {"workflow_json": nested(5000)}}
+    with pytest.raises(RecordError, match="nested deeper than") as error:
+        validate_record(declaration, workflows, record)
+    assert error.value.path == "structure"
+    assert (
+        validate_record(
+            declaration,
+            workflows,
+            {"workflow_id": "w", "structure": {"workflow_json": nested(100)}},
+        ).record["workflow_id"]
+        == "w"
+    )
