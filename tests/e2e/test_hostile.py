@@ -104,3 +104,28 @@ def test_http_refuses_a_deep_record_alone_in_every_write_route(database_url, tmp
         log = server.stop()
     assert "Traceback" not in log
     assert stored(database_url, data_dir) == (["h1", "h3"], ["h1", "h3"])
+
+
+def test_files_holding_keys_or_response_bodies_are_readable_by_their_owner_alone(
+    database_url, tmp_path: Path
+):
+    import stat
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    old = data_dir / "idempotency.sqlite"
+    old.touch(mode=0o644)  # as an earlier version left it
+    old.chmod(0o644)
+    server = ApiServer(database_url, data_dir)  # with keys: the key cache is written
+    try:
+        headers = {"Idempotency-Key": "k-1"}
+        with server.client(server.token, headers) as client:
+            good = {"source": "s", "source_id": "p1", "occurred_at": AT, "payload": {}}
+            assert client.post("/api/v1/events", json=[good]).status_code == 200
+    finally:
+        server.stop()
+    for name in ("idempotency.sqlite", "api_keys.cache.json"):
+        mode = stat.S_IMODE((data_dir / name).stat().st_mode)
+        assert mode == 0o600, f"{name}: {oct(mode)}"
+    for extra in data_dir.glob("idempotency.sqlite-*"):
+        assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0, extra

@@ -16,6 +16,7 @@ was made; a running record whose request died with its process is given up after
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -61,6 +62,10 @@ class IdempotencyStore:
         self.stale_after = stale_after
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds response bodies: readable by the server's user alone (SQLite gives its -wal
+        # and -shm files the database file's mode). Earlier versions made it 0644.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
         with self._db() as db:
             db.executescript(_SCHEMA)
 
