@@ -136,12 +136,12 @@ def test_payload_over_the_limit_is_rejected_with_its_size():
     assert "limit 100" in error.message
 
 
-def test_nul_characters_are_removed_everywhere_and_counted():
+def test_nul_characters_are_removed_from_keys_and_values_and_counted():
     record = {
         "source": "s\x00",
         "id": "a\x00b",
         "timestamp": "2025-05-15",
-        "k\x00ey": ["v\x00", {"deep": "x\x00y"}],
+        "key": ["v\x00", {"deep": "x\x00y"}],
     }
     v = check(record)
     assert v.cleaning.nul_removed
@@ -149,6 +149,24 @@ def test_nul_characters_are_removed_everywhere_and_counted():
     assert v.event.source_id == "ab"
     assert "\\u0000" not in v.event.payload_json and "\x00" not in v.event.payload_json
     assert v.event.payload["key"] == ["v", {"deep": "xy"}]
+
+
+def test_a_nul_in_an_object_key_rejects_the_record_instead_of_merging_two_keys():
+    # Without its NUL "a\x00b" would be "ab", and one of the two values would be lost.
+    error = rejected({"source": "s", "id": 1, "timestamp": "2025-05-15", "a\x00b": "x", "ab": "y"})
+    assert error.path == "payload.a\\u0000b" and "NUL in a key" in error.message
+    nested = {"source": "s", "id": 1, "timestamp": "2025-05-15", "v": [{"k\x00": 1}]}
+    assert rejected(nested).path == "payload.v[0].k\\u0000"
+
+
+def test_negative_zero_is_stored_as_zero_so_both_stores_agree():
+    import json
+
+    flat = {"source": "s", "id": 1, "timestamp": "2025-05-15", "v": -0.0, "w": [-0.0, "-0"]}
+    for raw in (None, json.dumps(flat)):
+        event = validate_event(flat, EventRules(), now=NOW, raw=raw).event
+        assert json.loads(event.payload_json)["w"] == [0.0, "-0"]
+        assert "-0.0" not in event.payload_json
 
 
 def test_strip_nul_reports_no_change_for_clean_values():

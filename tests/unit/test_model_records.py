@@ -156,7 +156,7 @@ def test_nul_characters_are_removed_from_fields_children_and_json_values():
         {
             "url": "u\x00rl",
             "body": "a\x00b",
-            "doc": {"k\x00ey": ["v\x00", {"deep": "x\x00y"}]},
+            "doc": {"key": ["v\x00", {"deep": "x\x00y"}]},
             "parts": [{"code": "c\x00"}],
         }
     )
@@ -166,6 +166,17 @@ def test_nul_characters_are_removed_from_fields_children_and_json_values():
     assert checked.record["parts"] == [{"code": "c", "size": None}]
     clean = check({"url": "u", "doc": {"a": "b"}})
     assert not clean.nul_removed
+
+
+def test_a_nul_in_a_json_key_rejects_the_record_with_its_path():
+    with pytest.raises(RecordError, match="NUL in a key") as error:
+        check({"url": "u", "doc": {"a\x00b": 1, "ab": 2}})
+    assert error.value.path == "doc.a\\u0000b"
+
+
+def test_negative_zero_becomes_zero_in_numeric_and_json_values():
+    checked = check({"url": "u", "doc": {"v": [-0.0]}})
+    assert str(checked.record["doc"]["v"][0]) == "0.0"
 
 
 def test_nul_inside_a_value_of_another_type_is_still_found():
@@ -193,5 +204,6 @@ def test_scan_finds_nul(value, expected):
 
 
 def test_scan_counts_the_objects_and_arrays_no_value_can_nest_deeper_than():
-    assert scan({"a": [1, {"b": []}], "c": "x"}) == (False, 4)
-    assert scan("text") == (False, 0)
+    assert scan({"a": [1, {"b": []}], "c": "x"}) == (False, 4, False)
+    assert scan("text") == (False, 0, False)
+    assert scan({"a": [0.0, -0.0]}) == (False, 2, True)

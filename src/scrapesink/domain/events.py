@@ -19,8 +19,10 @@ Standard library only. The rules, in the order they are checked:
   1000 bytes of UTF-8 (PostgreSQL indexes it, and an index entry has a size limit).
 
 NUL policy: PostgreSQL rejects U+0000 in ``text`` and ``jsonb``, so every NUL character is removed
-from source, source_id and from every key and string in the payload before anything is stored.
-The CSV copy holds the same cleaned values. Each record that lost a NUL is counted.
+from source, source_id and from every string in the payload before anything is stored; a NUL in
+an object key rejects the record (removing it could merge two keys). ``-0.0`` is stored as
+``0.0`` (PostgreSQL's numeric has no negative zero). The CSV copy holds the same cleaned values.
+Each record that lost a NUL is counted.
 """
 
 from __future__ import annotations
@@ -131,6 +133,9 @@ def validate_event(
         raise RecordError(f"not an object: got {_json_type(record)}", location=location)
     try:
         return _validate(record, rules, now, location, raw)
+    except RecordError as exc:
+        exc.location = exc.location or location
+        raise
     except RecursionError:  # a value deeper than anything recursive on the way can take
         raise RecordError(
             f"nested deeper than {rules.max_depth} levels", location=location, path="payload"
@@ -171,7 +176,7 @@ def _validate(
     source_id = _key_text(id_value, id_name, location, cleaning, hint="")
     occurred_at = parse_timestamp(time_value, time_name, location, cleaning)
     check_window(occurred_at, rules, now=now, location=location, path=time_name)
-    if raw is not None and payload is record and _raw_is_safe(raw):
+    if raw is not None and payload is record and _raw_is_safe(raw) and not _negative_zero(raw):
         # UTF-8 needs at most 4 bytes a character: only text near the limit is measured exactly.
         if 4 * len(raw) > rules.max_payload_bytes:
             size = len(raw.encode("utf-8"))
@@ -280,50 +285,67 @@ def check_window(
         )
 
 
-def scan(value: Any) -> tuple[bool, int]:
-    """Whether a JSON value holds U+0000 in any string or key (True also for a value of a type
-    this cannot see into, so that :func:`strip_nul` decides), and how many objects and arrays
-    it holds — no value can nest deeper than that. A walk that builds nothing: four times
-    cheaper than ``strip_nul`` on a clean record, and records are nearly always clean. The
-    count stops where a NUL is found."""
+def scan(value: Any) -> tuple[bool, int, bool]:
+    """What a JSON value needs before it is stored, found in one walk that builds nothing:
+
+    * whether it holds U+0000 in any string or key (True also for a value of a type this cannot
+      see into, so that :func:`strip_nul` decides) — records are nearly always clean, and this
+      is four times cheaper than ``strip_nul``;
+    * how many objects and arrays it holds: no value can nest deeper than that;
+    * whether it holds -0.0 (see :func:`positive_zeros`).
+
+    The walk stops where a NUL is found."""
     stack = [value]
     pop, push, extend = stack.pop, stack.append, stack.extend
     containers = 0
+    negative_zero = False
     while stack:
         item = pop()
         kind = type(item)
         if kind is str:
             if "\x00" in item:
-                return True, containers
+                return True, containers, negative_zero
         elif kind is dict:
             containers += 1
             for key, inner in item.items():
                 if type(key) is not str or "\x00" in key:
-                    return True, containers
+                    return True, containers, negative_zero
                 push(inner)
         elif kind is list:
             containers += 1
             extend(item)
-        elif not (item is None or kind is int or kind is float or kind is bool):
-            return True, containers  # tuples, other mappings, datetimes...: let strip_nul look
-    return False, containers
+        elif kind is float:
+            if item == 0 and math.copysign(1.0, item) < 0:
+                negative_zero = True
+        elif not (item is None or kind is int or kind is bool):
+            return True, containers, negative_zero  # tuples, datetimes...: strip_nul looks
+    return False, containers, negative_zero
 
 
-def strip_nul(value: Any) -> tuple[Any, bool]:
-    """Remove U+0000 from every string and key in a JSON value; say whether any was found."""
+def strip_nul(value: Any, path: str = "") -> tuple[Any, bool]:
+    """Remove U+0000 from every string in a JSON value; say whether any was found.
+
+    A key holding NUL is refused instead (:class:`RecordError` at its path): without the NUL it
+    could equal another key of the same object, and one of the two values would be lost."""
     if isinstance(value, str):
         return (value.replace("\x00", ""), True) if "\x00" in value else (value, False)
     if isinstance(value, Mapping):
         changed = False
         cleaned: dict[str, Any] = {}
         for key, item in value.items():
-            new_key, key_changed = strip_nul(key)
-            new_item, item_changed = strip_nul(item)
-            cleaned[new_key] = new_item
-            changed = changed or key_changed or item_changed
+            inner = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                shown = inner.replace("\x00", "\\u0000")
+                raise RecordError(
+                    "NUL in a key (it cannot be stored, and removing it could merge two keys)",
+                    path=shown,
+                )
+            new_item, item_changed = strip_nul(item, inner)
+            cleaned[key] = new_item
+            changed = changed or item_changed
         return cleaned, changed
     if isinstance(value, list | tuple):  # a tuple is a JSON array too (it is stored as one)
-        items = [strip_nul(item) for item in value]
+        items = [strip_nul(item, f"{path}[{i}]") for i, item in enumerate(value)]
         return [item for item, _ in items], any(flag for _, flag in items)
     return value, False
 
@@ -375,10 +397,12 @@ def _serialize_payload(
         # substring test finds every NUL; the slow walk runs only for payloads that need it (or
         # hold a literal backslash-u0000, which the walk then leaves alone).
         if "\\u0000" in text:
-            cleaned, changed = strip_nul(payload)
+            cleaned, changed = strip_nul(payload, "payload")
             if changed:
                 cleaning.nul_removed = True
                 text = _dumps(cleaned)
+        if _negative_zero(text):  # jsonb keeps no sign on zero: neither does the CSV copy
+            text = _dumps(positive_zeros(json.loads(text)))
         size = len(text.encode("utf-8"))
     except ValueError as exc:
         if isinstance(exc, UnicodeEncodeError):
@@ -466,6 +490,27 @@ def _is_container(value: Any) -> bool:
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# A number token -0, -0.0, -0e3 ... in a value position (a match inside a string only sends the
+# record down the slower, exact path).
+_NEGATIVE_ZERO = re.compile(r"[:\[,]\s*-0(?:\.0*)?(?:[eE][+-]?\d+)?\s*[,\]}]")
+
+
+def _negative_zero(text: str) -> bool:
+    return "-0" in text and _NEGATIVE_ZERO.search(text) is not None
+
+
+def positive_zeros(value: Any) -> Any:
+    """The value with every -0.0 as 0.0: PostgreSQL's numeric (hence jsonb) has no negative
+    zero, and both stores must hold the same value."""
+    if type(value) is float:
+        return 0.0 if value == 0 else value
+    if isinstance(value, dict):
+        return {key: positive_zeros(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [positive_zeros(item) for item in value]
+    return value
 
 
 def _raw_is_safe(raw: str) -> bool:

@@ -24,7 +24,14 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
-from scrapesink.domain.events import MAX_DEPTH, check_depth, parse_timestamp, scan, strip_nul
+from scrapesink.domain.events import (
+    MAX_DEPTH,
+    check_depth,
+    parse_timestamp,
+    positive_zeros,
+    scan,
+    strip_nul,
+)
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
 from scrapesink.errors import RecordError
 
@@ -57,6 +64,9 @@ def validate_record(
     """Check ``data`` against ``model``; raise :class:`RecordError` naming the first bad path."""
     try:
         return _validate(declaration, model, data, location)
+    except RecordError as exc:
+        exc.location = exc.location or location
+        raise
     except RecursionError:  # deeper than anything recursive on the way can take
         raise RecordError(f"nested deeper than {MAX_DEPTH} levels", location=location) from None
 
@@ -66,7 +76,9 @@ def _validate(
 ) -> Checked:
     # The record's own dicts and lists are built anew below; json values are kept as given
     # (the sinks encode them when the batch is handed over, see CsvModelSink.stage).
-    nul, containers = scan(data)
+    nul, containers, negative_zero = scan(data)
+    if negative_zero:
+        data = positive_zeros(data)
     if (nul or containers > MAX_DEPTH) and isinstance(data, Mapping):
         # Perhaps nested too deep: say which field, before anything recursive reads it.
         for name, value in data.items():
@@ -262,6 +274,8 @@ def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:
             raise bad("a decimal number") from None
         if not exact.is_finite():
             raise bad("a finite decimal number")
+        if exact.is_zero():
+            exact = abs(exact)  # PostgreSQL's numeric has no -0: "-0.0" is "0.0" in both stores
         return format(exact, "f")
     if kind in ("string", "text"):
         if isinstance(value, str):
@@ -293,7 +307,7 @@ def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:
             aware = value if value.tzinfo else value.replace(tzinfo=UTC)
             return aware.astimezone(UTC).isoformat()
         return parse_timestamp(value, path, location).isoformat()
-    return value  # json: any JSON value (its depth was checked with the record's)
+    return value  # json: any JSON value (depth and -0.0 were seen to with the record's)
 
 
 def _kind(value: Any) -> str:
