@@ -195,8 +195,15 @@ def test_stats_per_source_and_utc_day(sink: Sink):
 
 
 def test_nul_characters_are_stripped_before_postgresql_sees_them(sink: Sink, database_url):
-    result = sink.write_events([ev("n\x00ul", "2025-05-15T10:00Z", text="a\x00b", **{"k\x00": 1})])
-    assert (result.inserted, result.nul_cleaned) == (1, 1)
+    result = sink.write_events(
+        [
+            ev("n\x00ul", "2025-05-15T10:00Z", text="a\x00b", k=1),
+            ev("key", "2025-05-15T10:00Z", **{"k\x00": 1, "k": 2}),  # a NUL key: refused
+        ]
+    )
+    assert (result.inserted, result.nul_cleaned, result.rejected) == (1, 1, 1)
+    assert result.rejections[0].path == "payload.k\\u0000"
+    assert "NUL in a key" in result.rejections[0].message
     assert rows(database_url)[0][1:] == (
         "nul",
         datetime(2025, 5, 15, 10, tzinfo=UTC),
