@@ -129,3 +129,37 @@ def test_files_holding_keys_or_response_bodies_are_readable_by_their_owner_alone
         assert mode == 0o600, f"{name}: {oct(mode)}"
     for extra in data_dir.glob("idempotency.sqlite-*"):
         assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0, extra
+
+
+def test_models_check_refuses_system_tables_and_collisions_in_one_line_each(
+    database_url, tmp_path: Path
+):
+    def declaration(**tables: str) -> Path:
+        path = tmp_path / f"{'-'.join(tables.values())}.json"
+        models = {
+            name: {
+                "table_name": table,
+                "natural_key": ["url"],
+                "fields": [{"name": "url", "type": "string", "nullable": False}],
+            }
+            for name, table in tables.items()
+        }
+        path.write_text(json.dumps({"models": models}))
+        return path
+
+    env = env_for(database_url, tmp_path / "data")
+    for path, expected in (
+        (declaration(keys="raw_event_keys"), "models.keys.table_name: table name 'raw_event_keys'"),
+        (declaration(films="movies"), "models.films: table 'movies' is already the table of"),
+        (declaration(meta="pg_class"), "names starting with 'pg_' are reserved"),
+    ):
+        result = subprocess.run(
+            [*SCRAPESINK, "models", "check", str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stdout
+        assert expected in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr

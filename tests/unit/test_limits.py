@@ -85,3 +85,62 @@ def test_a_model_records_json_field_nested_too_deep_names_the_field():
         ).record["workflow_id"]
         == "w"
     )
+
+
+@pytest.mark.parametrize(
+    ("table", "reason"),
+    [
+        ("raw_event_keys", "one of scrapesink's own tables"),
+        ("alembic_version", "one of scrapesink's own tables"),
+        ("api_keys", "one of scrapesink's own tables"),
+        ("pg_class", "starting with 'pg_' are reserved"),
+        ("upsert_movies", "starting with 'upsert_' are reserved"),
+        ("raw_events_2026_01_10", "starting with 'raw_events_' are reserved"),
+    ],
+)
+def test_a_model_may_not_take_a_system_or_generated_name(table: str, reason: str):
+    from scrapesink.domain.models import DeclarationError, parse_declaration
+
+    spec = {
+        "table_name": "films",
+        "natural_key": ["url"],
+        "fields": [{"name": "url", "type": "string", "nullable": False}],
+        "children": [{"name": "parts", "table_name": table, "fields": [{"name": "x"}]}],
+    }
+    for declaration in (
+        {"models": {"films": {**spec, "table_name": table, "children": []}}},
+        {"models": {"films": spec}},
+    ):
+        with pytest.raises(DeclarationError) as error:
+            parse_declaration(declaration)
+        assert any(
+            reason in problem and "table_name" in problem for problem in error.value.problems
+        )
+
+
+def test_the_reserved_table_names_are_every_table_scrapesink_keeps():
+    from scrapesink.adapters.postgres.tables import metadata
+    from scrapesink.domain.models import SYSTEM_TABLES
+
+    assert set(metadata.tables) | {"alembic_version"} == SYSTEM_TABLES
+
+
+def test_a_user_model_whose_table_collides_with_a_bundled_one_is_one_clear_line():
+    from scrapesink.domain.models import DeclarationError, load_models, parse_declaration
+
+    films = parse_declaration(
+        {
+            "models": {
+                "films": {
+                    "table_name": "movies",
+                    "natural_key": ["url"],
+                    "fields": [{"name": "url", "type": "string", "nullable": False}],
+                }
+            }
+        }
+    )
+    with pytest.raises(DeclarationError) as error:
+        load_models().merged(films)
+    assert error.value.problems == [
+        "models.films: table 'movies' is already the table of model 'movies'"
+    ]

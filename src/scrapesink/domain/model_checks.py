@@ -9,7 +9,9 @@ from typing import Any, cast
 from scrapesink.domain.models import (
     FIELD_TYPES,
     IDENTIFIER,
+    RESERVED_PREFIXES,
     SYSTEM_COLUMNS,
+    SYSTEM_TABLES,
     ChildDef,
     Declaration,
     FieldDef,
@@ -220,6 +222,13 @@ class Checker:
     def table(self, value: Any, path: str) -> str:
         if not self.identifier(value, path, "table name"):
             return "invalid"
+        if value in SYSTEM_TABLES:
+            self.problem(path, f"table name {value!r} is one of scrapesink's own tables")
+        elif value.startswith(RESERVED_PREFIXES):
+            prefix = next(p for p in RESERVED_PREFIXES if value.startswith(p))
+            self.problem(
+                path, f"table name {value!r}: names starting with {prefix!r} are reserved"
+            )
         if value in self.tables:
             self.problem(path, f"table {value!r} is already used by {self.tables[value]}")
         self.tables[value] = path.rsplit(".", 1)[0]

@@ -59,6 +59,23 @@ SYSTEM_COLUMNS = (
     "search_vector",
 )
 BUNDLED = ("movies", "workflows")
+# Tables scrapesink itself keeps (a guard test compares them with its migrations' metadata) and
+# prefixes of names it generates: a model's table may be none of them.
+SYSTEM_TABLES = frozenset(
+    {
+        "alembic_version",
+        "raw_events",
+        "raw_event_keys",
+        "journal_progress",
+        "model_history",
+        "api_keys",
+        "audit_log",
+        "etl_jobs",
+        "etl_components",
+        "etl_runs",
+    }
+)
+RESERVED_PREFIXES = ("pg_", "raw_events_", "upsert_", "delete_")
 
 FieldType = Literal[
     "integer", "bigint", "float", "numeric", "string", "text", "boolean", "date", "datetime", "json"
@@ -145,10 +162,21 @@ class Declaration:
             raise DeclarationError([f"unknown model {name!r} (declared: {known})"]) from None
 
     def merged(self, other: Declaration) -> Declaration:
-        """Both declarations' models; a name declared twice is an error."""
+        """Both declarations' models; a name declared twice, or a table that two models would
+        own, is an error."""
         clash = sorted(set(self.models) & set(other.models))
         if clash:
             raise DeclarationError([f"models.{name}: declared twice" for name in clash])
+        owners = {table: model.name for model in self.models.values() for table in model.tables}
+        taken = [
+            f"models.{model.name}: table {table!r} is already the table of model"
+            f" {owners[table]!r}"
+            for model in other.models.values()
+            for table in model.tables
+            if table in owners
+        ]
+        if taken:
+            raise DeclarationError(taken)
         return Declaration({**self.models, **other.models})
 
 
