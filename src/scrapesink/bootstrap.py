@@ -341,7 +341,8 @@ class App:
     def backups(self) -> Backups:
         s = self.settings
         bin_dir = s.pg_bin_dir or EmbeddedPostgres.binaries()
-        return Backups(s.backups, s.data_dir, self.database.conninfo, bin_dir)
+        key = s.backup_key.get_secret_value().encode() if s.backup_key else None
+        return Backups(s.backups, s.data_dir, self.database.conninfo, bin_dir, key)
 
     def database_is_empty(self) -> bool:
         """No table at all in the current schema (what a restore without --force needs)."""

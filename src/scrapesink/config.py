@@ -56,6 +56,8 @@ class Settings(BaseSettings):
 
     # -- files ----------------------------------------------------------------------------------
     data_dir: Path = Path("data")
+    # signs backup manifests (HMAC-SHA256); set, unsigned or wrongly signed sets are refused
+    backup_key: SecretStr | None = None
     backup_dir: Path | None = Field(
         default=None, description="Where backups go (default: <data dir>/backups)."
     )

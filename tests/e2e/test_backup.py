@@ -157,3 +157,54 @@ def test_retention_keeps_the_newest(cli_env, filled, data_dir):
     kept = run(cli_env, "backup", "--keep", "30d")
     assert kept.returncode == 0 and "removed" not in kept.stdout
     assert len(list((data_dir / "backups").iterdir())) == 2
+
+
+def _tamper(backup: Path, member: str, data: bytes) -> None:
+    """Add a member to files.tar and recompute the manifest, as an attacker could."""
+    import hashlib
+    import io
+    import tarfile
+
+    with tarfile.open(backup / "files.tar", "a") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    manifest = json.loads((backup / "manifest.json").read_text())
+    raw = (backup / "files.tar").read_bytes()
+    manifest["files"]["files.tar"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_tampered_backup_is_refused_whole_and_the_target_stays_as_it_was(
+    cli_env, filled, server_url, database_url, data_dir, tmp_path
+):
+    made = backup_id(run(cli_env, "backup"))
+    _tamper(data_dir / "backups" / made, "../../../outside.txt", b"escaped")
+    verified = run(cli_env, "backup", "verify", made)
+    assert verified.returncode == 1 and "outside the data directory" in verified.stderr
+    wipe(server_url, database_url, data_dir)
+    refused = run(cli_env, "restore", made)
+    assert refused.returncode == 1 and "damaged, nothing was restored" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path.parent / "outside.txt").exists()
+    assert not list(tmp_path.rglob("outside.txt"))
+    with psycopg.connect(database_url) as conn:  # the database was not loaded half-way
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        assert tables.fetchone() == (0,)
+
+
+def test_with_a_backup_key_sets_are_signed_and_unsigned_or_changed_ones_refused(
+    cli_env, filled, data_dir
+):
+    unsigned = backup_id(run(cli_env, "backup"))
+    keyed = {**cli_env, "SCRAPESINK_BACKUP_KEY": "correct horse battery staple"}
+    signed = backup_id(run(keyed, "backup"))
+    assert "hmac" in json.loads((data_dir / "backups" / signed / "manifest.json").read_text())
+    assert run(keyed, "backup", "verify", signed).returncode == 0
+    refused = run(keyed, "backup", "verify", unsigned)
+    assert refused.returncode == 1 and "not signed" in refused.stderr
+    _tamper(data_dir / "backups" / signed, "extra.txt", b"x")  # checksums recomputed
+    changed = run(keyed, "backup", "verify", signed)
+    assert changed.returncode == 1 and "signature does not match" in changed.stderr
+    other = {**cli_env, "SCRAPESINK_BACKUP_KEY": "another key"}
+    assert run(other, "backup", "verify", unsigned).returncode == 1

@@ -4,8 +4,15 @@ database itself and the backups) and ``manifest.json`` (sizes and SHA-256 of bot
 
 A set is written into ``.<id>.partial`` and renamed into place only when whole and fsynced: a
 failure (disk full, a directory that cannot be written, pg_dump refusing) leaves nothing behind
-but the error. ``verify`` checks sizes, checksums, that pg_restore can list the dump and that the
-tar can be read; ``restore`` verifies first and changes nothing when anything is off.
+but the error. ``verify`` checks sizes, checksums, that pg_restore can list the dump and that every
+member of the tar is a plain file or directory inside the data directory; ``restore`` verifies
+first, extracts into a staging directory, loads the database, and only then puts the files in
+place: a failure at any step leaves the target as it was.
+
+Checksums guard against accidents (a truncated copy, a flipped bit), not against someone who can
+write the backup directory: they can recompute them. With ``SCRAPESINK_BACKUP_KEY`` set, the
+manifest carries an HMAC-SHA256 of its content under that key, and sets without one, or with a
+wrong one, are refused.
 
 pg_dump and pg_restore come from the PostgreSQL binaries the ``pgserver`` wheel ships (16), so
 backups need nothing installed, for the embedded database and for servers up to 16.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -85,12 +93,37 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _signature(manifest: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of the manifest's content (everything but the signature itself)."""
+    content = {k: v for k, v in manifest.items() if k != "hmac"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def member_problems(tar: tarfile.TarFile) -> builtins.list[str]:
+    """Members a restore must not write: anything but plain files and directories, absolute
+    paths, ``..``, and the embedded database's or the backups' directories."""
+    problems = []
+    for member in tar.getmembers():
+        parts = Path(member.name).parts
+        if not (member.isfile() or member.isdir()):
+            problems.append(f"{FILES}: {member.name!r} is not a plain file or directory")
+        elif member.name.startswith("/") or ".." in parts or not parts:
+            problems.append(f"{FILES}: {member.name!r} points outside the data directory")
+        elif parts[0] in SKIP:
+            problems.append(f"{FILES}: {member.name!r} is in {parts[0]}/, never restored")
+    return problems
+
+
 class Backups:
-    def __init__(self, root: Path, data_dir: Path, conninfo: str, bin_dir: Path) -> None:
+    def __init__(
+        self, root: Path, data_dir: Path, conninfo: str, bin_dir: Path, key: bytes | None = None
+    ) -> None:
         self.root = root
         self.data_dir = data_dir
         self.conninfo = conninfo
         self.bin_dir = bin_dir
+        self.key = key  # SCRAPESINK_BACKUP_KEY: sign manifests, refuse unsigned sets
 
     def _tool(self, name: str, *args: str, timeout: float = 3600) -> str:
         try:
@@ -139,6 +172,8 @@ class Backups:
                 "schema_revision": revision,
                 "database": database,
             }
+            if self.key is not None:
+                manifest["hmac"] = _signature(manifest, self.key)
             (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
             for name in (DUMP, FILES, MANIFEST):
                 _fsync(partial / name)
@@ -221,6 +256,17 @@ class Backups:
         except BackupError as exc:
             return [exc.message]
         problems = []
+        if self.key is not None:
+            raw = json.loads((manifest.path / MANIFEST).read_text())
+            if "hmac" not in raw:
+                problems.append(f"{MANIFEST}: not signed, and SCRAPESINK_BACKUP_KEY is set")
+            elif not hmac.compare_digest(str(raw["hmac"]), _signature(raw, self.key)):
+                problems.append(
+                    f"{MANIFEST}: the signature does not match (changed, or signed"
+                    " with another SCRAPESINK_BACKUP_KEY)"
+                )
+            if problems:
+                return problems
         for name in (DUMP, FILES):
             expected = manifest.files.get(name)
             path = manifest.path / name
@@ -240,7 +286,7 @@ class Backups:
             problems.append(exc.message)
         try:
             with tarfile.open(manifest.path / FILES) as tar:
-                tar.getmembers()
+                problems += member_problems(tar)
         except (tarfile.TarError, OSError) as exc:
             problems.append(f"{FILES}: {exc}")
         return problems
@@ -259,26 +305,45 @@ class Backups:
         if not force and (not database_empty or present):
             what = "the database" if not database_empty else "the data directory"
             raise Conflict(f"{what} is not empty: restore into an empty one, or --force")
-        parked = None if database_empty else self._park_schema()
+        # The files first, into a staging directory beside their place (same filesystem: the
+        # moves below are renames); only then the database; only then the files in place.
+        staging = self.data_dir / f".restore-{backup_id}"
         try:
-            self._tool(
-                "pg_restore",
-                "--no-owner",
-                "--exit-on-error",
-                "--single-transaction",
-                f"--dbname={self.conninfo}",
-                str(manifest.path / DUMP),
-            )
-        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            with tarfile.open(manifest.path / FILES) as tar:
+                tar.extractall(staging, filter="data")
+        except (OSError, tarfile.TarError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BackupError(
+                f"backup {backup_id}: files not extracted ({exc}), nothing was restored"
+            ) from exc
+        try:
+            parked = None if database_empty else self._park_schema()
+            try:
+                self._tool(
+                    "pg_restore",
+                    "--no-owner",
+                    "--exit-on-error",
+                    "--single-transaction",
+                    f"--dbname={self.conninfo}",
+                    str(manifest.path / DUMP),
+                )
+            except BaseException:
+                if parked is not None:
+                    self._unpark_schema(parked, restore=True)
+                raise
             if parked is not None:
-                self._unpark_schema(parked, restore=True)
-            raise
-        if parked is not None:
-            self._unpark_schema(parked, restore=False)
-        for path in present:
-            path.unlink()
-        with tarfile.open(manifest.path / FILES) as tar:
-            tar.extractall(self.data_dir, filter="data")
+                self._unpark_schema(parked, restore=False)
+            for path in present:
+                path.unlink()
+            for path in sorted(staging.rglob("*")):
+                if path.is_file():
+                    target = self.data_dir / path.relative_to(staging)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return manifest
 
     def _park_schema(self) -> tuple[str, str]:

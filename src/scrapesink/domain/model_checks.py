@@ -226,9 +226,7 @@ class Checker:
             self.problem(path, f"table name {value!r} is one of scrapesink's own tables")
         elif value.startswith(RESERVED_PREFIXES):
             prefix = next(p for p in RESERVED_PREFIXES if value.startswith(p))
-            self.problem(
-                path, f"table name {value!r}: names starting with {prefix!r} are reserved"
-            )
+            self.problem(path, f"table name {value!r}: names starting with {prefix!r} are reserved")
         if value in self.tables:
             self.problem(path, f"table {value!r} is already used by {self.tables[value]}")
         self.tables[value] = path.rsplit(".", 1)[0]

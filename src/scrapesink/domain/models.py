@@ -169,8 +169,7 @@ class Declaration:
             raise DeclarationError([f"models.{name}: declared twice" for name in clash])
         owners = {table: model.name for model in self.models.values() for table in model.tables}
         taken = [
-            f"models.{model.name}: table {table!r} is already the table of model"
-            f" {owners[table]!r}"
+            f"models.{model.name}: table {table!r} is already the table of model {owners[table]!r}"
             for model in other.models.values()
             for table in model.tables
             if table in owners
