@@ -336,6 +336,21 @@ class App:
                 f"{usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB in the data dir",
             )
         )
+        if s.csv_enabled:
+            problems = [
+                *self.csv.unreadable(),
+                *ModelCsvFiles(s.data_dir).unreadable(),
+            ]
+            checks.append(
+                Check(
+                    "csv files",
+                    not problems,
+                    "; ".join(problems[:3])
+                    + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+                    if problems
+                    else "every file the CSV state names can be checked",
+                )
+            )
         return Health(checks)
 
     def backups(self) -> Backups:

@@ -34,6 +34,7 @@ def test_maintain_premakes_prunes_vacuums_and_health_follows(cli_env, database_u
         "pending postgres": True,
         "pending csv": True,
         "disk": True,
+        "csv files": True,
     }
     env = {**cli_env, "SCRAPESINK_RETENTION": "3650d"}
     maintained = run(env, "maintain")

@@ -250,3 +250,25 @@ def test_a_journaled_record_whose_csv_path_cannot_exist_goes_to_dead_letters_alo
         assert Sink(again).write_events([ev("after")]).sinks["csv"].stored == 1
     finally:
         again.close()
+
+
+def test_a_bad_state_entry_never_stops_a_start_and_health_names_it(settings, data_dir):
+    # What an earlier version left: the state names a file whose name the filesystem refuses.
+    import sqlite3
+
+    app = bootstrap(settings, schema="check")
+    try:
+        Sink(app).write_events([ev("before")])
+    finally:
+        app.close()
+    bad = "%F0%9F%98%80" * 90 + "/2025-05-15.csv"
+    with sqlite3.connect(data_dir / "csv_state.sqlite") as db:
+        db.execute("INSERT INTO files VALUES (?, 120)", (bad,))
+    again = bootstrap(settings, schema="check")
+    try:
+        again.start_writing()  # logs and skips it: no OSError, no traceback
+        assert Sink(again).write_events([ev("after")]).sinks["csv"].stored == 1
+        checks = {check.name: check for check in again.health().checks}
+        assert not checks["csv files"].ok and "File name too long" in checks["csv files"].detail
+    finally:
+        again.close()

@@ -262,6 +262,24 @@ class CsvFiles:
             raise _unavailable(exc, self.root) from exc
         db.execute("DELETE FROM renames")
 
+    def unreadable(self) -> list[str]:
+        """State entries whose file cannot even be looked at (a name the filesystem refuses, a
+        directory made unreadable): start-up repair skips them; ``health`` names them."""
+        try:
+            with self._state(write=False) as db:
+                paths = [rel for (rel,) in db.execute("SELECT path FROM files")]
+        except TransientStorageError as exc:
+            return [exc.message]
+        problems = []
+        for rel in paths:
+            try:
+                (self.root / rel).stat()
+            except FileNotFoundError:
+                continue  # registered, not written yet: nothing wrong
+            except OSError as exc:
+                problems.append(f"{rel[:60]}: {exc.strerror or exc}")
+        return problems
+
     def repair(self) -> None:
         """Truncate every file back to its committed length (a torn line, an uncommitted tail)."""
         with self._state(write=True) as db:
