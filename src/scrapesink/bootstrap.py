@@ -64,6 +64,7 @@ class PipelineStatus:
     journals: int
     journals_in_use: int
     journal_bytes: int
+    csv_problems: list[str] = field(default_factory=list)  # state entries repair skipped
 
     @property
     def pending(self) -> int:
@@ -85,6 +86,7 @@ class PipelineStatus:
             "journals": self.journals,
             "journals_in_use": self.journals_in_use,
             "journal_bytes": self.journal_bytes,
+            "csv_problems": self.csv_problems,
         }
 
 
@@ -108,12 +110,19 @@ def pipeline_status(settings: Settings, sinks: list[EventSink], database: str) -
                 current = oldest[name]
                 oldest[name] = first if current is None else min(current, first)
     dead = DeadLetterStore(settings.data_dir / "deadletters.sqlite").counts()
+    problems = []
+    if settings.csv_enabled:
+        problems = [
+            *CsvEventSink(settings.data_dir).unreadable(),
+            *ModelCsvFiles(settings.data_dir).unreadable(),
+        ]
     return PipelineStatus(
         database,
         {name: SinkStatus(pending[name], oldest[name], dead.get(name, 0)) for name in names},
         len(infos),
         sum(info.in_use for info in infos),
         sum(info.size_bytes for info in infos),
+        problems,
     )
 
 

@@ -270,5 +270,9 @@ def test_a_bad_state_entry_never_stops_a_start_and_health_names_it(settings, dat
         assert Sink(again).write_events([ev("after")]).sinks["csv"].stored == 1
         checks = {check.name: check for check in again.health().checks}
         assert not checks["csv files"].ok and "File name too long" in checks["csv files"].detail
+        from scrapesink.bootstrap import pipeline_status
+
+        status = pipeline_status(settings, again.sinks, "db")
+        assert status.csv_problems and "File name too long" in status.csv_problems[0]
     finally:
         again.close()

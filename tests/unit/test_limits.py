@@ -144,3 +144,17 @@ def test_a_user_model_whose_table_collides_with_a_bundled_one_is_one_clear_line(
     assert error.value.problems == [
         "models.films: table 'movies' is already the table of model 'movies'"
     ]
+
+
+def test_model_keys_are_limited_in_bytes_like_source_ids():
+    declaration = load_models()
+    movies = declaration.model("movies")
+    assert validate_record(declaration, movies, {"url": "é" * 500, "title": "t"})  # 1000 bytes
+    with pytest.raises(RecordError, match="1,002 bytes") as error:
+        validate_record(declaration, movies, {"url": "é" * 501, "title": "t"})
+    assert error.value.path == "url"
+    with pytest.raises(RecordError, match="bytes of UTF-8") as error:
+        validate_record(
+            declaration, movies, {"url": "u", "title": "t", "actors": [{"name": "😀" * 300}]}
+        )
+    assert error.value.path == "actors[0].name"

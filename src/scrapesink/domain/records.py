@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from scrapesink.domain.events import (
     MAX_DEPTH,
+    MAX_KEY_BYTES,
     check_depth,
     parse_timestamp,
     positive_zeros,
@@ -88,6 +89,7 @@ def _validate(
     for name in model.natural_key:
         if record.get(name) is None:
             raise RecordError(f"missing natural key field {name}", location=location, path=name)
+        _key_size(record[name], name, location)
     for child in model.children:
         value = cleaned.get(child.name)
         if child.relation == "one":
@@ -221,8 +223,21 @@ def _items(
                     location=location,
                     path=prefix + field_name,
                 )
+            _key_size(row[field_name], prefix + field_name, location)
         rows.append(row)
     return rows
+
+
+def _key_size(value: Any, path: str, location: str | None) -> None:
+    """A key PostgreSQL indexes, as raw events' source_id: at most 1000 bytes of UTF-8."""
+    if type(value) is str and len(value) > MAX_KEY_BYTES // 4:
+        size = len(value.encode("utf-8", "replace"))
+        if size > MAX_KEY_BYTES:
+            raise RecordError(
+                f"key is {size:,} bytes of UTF-8 (at most {MAX_KEY_BYTES:,})",
+                location=location,
+                path=path,
+            )
 
 
 def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:

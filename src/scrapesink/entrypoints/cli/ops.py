@@ -79,6 +79,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
             f"journals: {report.journals} ({report.journals_in_use} in use),"
             f" {report.journal_bytes / 1e6:.1f} MB"
         )
+        for problem in report.csv_problems:
+            out.print(f"[yellow]CSV file not checked at start-up:[/] {escape(problem)}")
     raise typer.Exit(EXIT_PENDING if report.pending else EXIT_OK)
 
 
