@@ -100,6 +100,15 @@ def test_http_refuses_a_deep_record_alone_in_every_write_route(database_url, tmp
             outcome = saved.json()["results"]
             assert outcome[0]["status"] == "stored"
             assert outcome[1]["status"] == "rejected" and outcome[1]["path"] == "structure"
+
+            patch = '{"structure": {"workflow_json": ' + deep(10_000) + "}}"
+            patched = client.patch(
+                "/api/v1/models/workflows/records/ok",
+                content=patch,
+                headers={"Content-Type": "application/json"},
+            )
+            assert patched.status_code == 422, patched.text  # one record: the request fails
+            assert patched.json()["errors"][0]["path"].endswith("structure")
     finally:
         log = server.stop()
     assert "Traceback" not in log
