@@ -307,53 +307,65 @@ def repair_events(database: Database, data_dir: Path, source: str) -> int:
         " AND k.occurred_at = e.occurred_at WHERE e.source = %s"
         " ORDER BY e.occurred_at, e.id"
     )
+    with _rebuilding(sink, temps, directory) as db:
+        directory.mkdir(parents=True, exist_ok=True)
+        db.execute("DELETE FROM keys WHERE source = ?", (source,))
+        day, handle = "", None
+        try:
+            for page in _stream(database, sql, [source]):
+                keys = []
+                for source_id, at, payload, stamp in page:
+                    iso = at.astimezone(UTC).isoformat()
+                    if iso[:10] != day:
+                        _close(handle)
+                        day = iso[:10]
+                        rel = (directory / f"{day}.csv").relative_to(sink.root).as_posix()
+                        temps[rel] = directory / f".{day}.csv.repair"
+                        handle = temps[rel].open("w", encoding="utf-8", newline="")
+                        handle.write(header)
+                    assert handle is not None
+                    handle.write(format_fields(source, source_id, iso, payload))
+                    keys.append((source, source_id, stamp, day))
+                db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", keys)
+                written += len(keys)
+        finally:
+            _close(handle)
+        stale = [  # days PostgreSQL holds nothing of
+            path
+            for path in directory.glob("*.csv")
+            if path.relative_to(sink.root).as_posix() not in temps
+        ]
+        for path in stale:
+            db.execute(
+                "DELETE FROM files WHERE path = ?", (path.relative_to(sink.root).as_posix(),)
+            )
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return written
+
+
+@contextmanager
+def _rebuilding(
+    files: CsvFiles, temps: dict[str, Path], where: Path
+) -> Iterator[sqlite3.Connection]:
+    """Rebuild files crash-safely: under the CSV state's write lock the caller writes the
+    temporary files named in ``temps`` (filled as it goes) and the state; their lengths and
+    renames are committed with that state (``CsvFiles.replace_files``), then the renames made.
+    Temporary files are removed when anything failed before the commit."""
     committed = False
     try:
-        with sink._state(write=True) as db:
-            directory.mkdir(parents=True, exist_ok=True)
-            db.execute("DELETE FROM keys WHERE source = ?", (source,))
-            day, handle = "", None
-            try:
-                for page in _stream(database, sql, [source]):
-                    keys = []
-                    for source_id, at, payload, stamp in page:
-                        iso = at.astimezone(UTC).isoformat()
-                        if iso[:10] != day:
-                            _close(handle)
-                            day = iso[:10]
-                            rel = (directory / f"{day}.csv").relative_to(sink.root).as_posix()
-                            temps[rel] = directory / f".{day}.csv.repair"
-                            handle = temps[rel].open("w", encoding="utf-8", newline="")
-                            handle.write(header)
-                        assert handle is not None
-                        handle.write(format_fields(source, source_id, iso, payload))
-                        keys.append((source, source_id, stamp, day))
-                    db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", keys)
-                    written += len(keys)
-            finally:
-                _close(handle)
-            sink.replace_files(db, temps)
-            stale = [
-                p
-                for p in directory.glob("*.csv")
-                if p.relative_to(sink.root).as_posix() not in temps
-            ]  # days PostgreSQL holds nothing of
-            for path in stale:
-                db.execute(
-                    "DELETE FROM files WHERE path = ?", (path.relative_to(sink.root).as_posix(),)
-                )
+        with files._state(write=True) as db:
+            yield db
+            files.replace_files(db, temps)
         committed = True
-        with sink._state(write=True) as db:
-            sink.finish_renames(db)
-        for path in stale:
-            path.unlink(missing_ok=True)
+        with files._state(write=True) as db:
+            files.finish_renames(db)
     except OSError as exc:
-        raise _unavailable(exc, directory) from exc
+        raise _unavailable(exc, where) from exc
     finally:
         if not committed:
             for temp in temps.values():
                 temp.unlink(missing_ok=True)
-    return written
 
 
 def _close(handle: Any) -> None:
@@ -529,50 +541,38 @@ def repair_model(
     root = sink.root
     written = 0
     temps = {file: root / f".{file}.repair" for file in files.layouts}
-    committed = False
-    try:
-        with sink._state(write=True) as db:
-            handles = {file: temps[file].open("w", encoding="utf-8", newline="") for file in temps}
-            try:
-                for file, layout in files.layouts.items():
-                    handles[file].write(header_line(layout.header))
-                writers = {f: csv.writer(h, lineterminator="\r\n") for f, h in handles.items()}
-                db.execute("DELETE FROM records WHERE file = ?", (sink.root_file,))
-                db.execute("DELETE FROM stamps WHERE file = ?", (sink.root_file,))
-                for page in files.pg_records(database, declaration):
-                    state, stamps = [], []
-                    for entity, stamp, updated in page:
-                        prepared = sink._prepare(entity, stamp)
-                        at = updated.astimezone(UTC).isoformat()
-                        for file, _, cells in prepared.rows:
-                            writers[file].writerow((*cells, at, ""))
-                        rows = [[f, i, list(c)] for f, i, c in prepared.rows]
-                        state.append(
-                            (
-                                sink.root_file,
-                                prepared.root,
-                                prepared.digest,
-                                _JSON.encode(rows).decode(),
-                            )
+    with _rebuilding(sink, temps, root) as db:
+        handles = {file: temps[file].open("w", encoding="utf-8", newline="") for file in temps}
+        try:
+            for file, layout in files.layouts.items():
+                handles[file].write(header_line(layout.header))
+            writers = {f: csv.writer(h, lineterminator="\r\n") for f, h in handles.items()}
+            db.execute("DELETE FROM records WHERE file = ?", (sink.root_file,))
+            db.execute("DELETE FROM stamps WHERE file = ?", (sink.root_file,))
+            for page in files.pg_records(database, declaration):
+                state, stamps = [], []
+                for entity, stamp, updated in page:
+                    prepared = sink._prepare(entity, stamp)
+                    at = updated.astimezone(UTC).isoformat()
+                    for file, _, cells in prepared.rows:
+                        writers[file].writerow((*cells, at, ""))
+                    rows = [[f, i, list(c)] for f, i, c in prepared.rows]
+                    state.append(
+                        (
+                            sink.root_file,
+                            prepared.root,
+                            prepared.digest,
+                            _JSON.encode(rows).decode(),
                         )
-                        if stamp:
-                            stamps.append((sink.root_file, prepared.root, stamp))
-                    db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", state)
-                    db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamps)
-                    written += len(state)
-            finally:
-                for handle in handles.values():
-                    _close(handle)
-            sink.replace_files(db, temps)
-        committed = True
-        with sink._state(write=True) as db:
-            sink.finish_renames(db)
-    except OSError as exc:
-        raise _unavailable(exc, root) from exc
-    finally:
-        if not committed:
-            for temp in temps.values():
-                temp.unlink(missing_ok=True)
+                    )
+                    if stamp:
+                        stamps.append((sink.root_file, prepared.root, stamp))
+                db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)", state)
+                db.executemany("INSERT OR REPLACE INTO stamps VALUES (?, ?, ?)", stamps)
+                written += len(state)
+        finally:
+            for handle in handles.values():
+                _close(handle)
     return written
 
 

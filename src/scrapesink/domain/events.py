@@ -187,7 +187,10 @@ def _validate(
         payload_json = _serialize_payload(payload, rules, location, cleaning)
     # Every level of nesting opens a bracket, so text with few brackets is shallow enough;
     # only the rare text with many is walked (the walk builds nothing and never recurses).
-    if payload_json.count("{") + payload_json.count("[") > rules.max_depth:
+    if (
+        len(payload_json) > 2 * rules.max_depth  # each level takes two characters at least
+        and payload_json.count("{") + payload_json.count("[") > rules.max_depth
+    ):
         check_depth(payload, rules.max_depth, location)
     # Text already in the canonical UTC form (what isoformat() would print, as most scrapers
     # and scrapesink's own exports write it) is kept as is: formatting costs more than parsing.
@@ -492,13 +495,29 @@ def _is_container(value: Any) -> bool:
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-# A number token -0, -0.0, -0e3 ... in a value position (a match inside a string only sends the
+# A number token -0, -0.0, -0e3 ... ends at a delimiter (a match inside a string only sends the
 # record down the slower, exact path).
-_NEGATIVE_ZERO = re.compile(r"[:\[,]\s*-0(?:\.0*)?(?:[eE][+-]?\d+)?\s*[,\]}]")
+_ZERO_TOKEN = re.compile(r"-0(?:\.0*)?(?:[eE][+-]?\d+)?\s*[,\]}]")
 
 
 def _negative_zero(text: str) -> bool:
-    return "-0" in text and _NEGATIVE_ZERO.search(text) is not None
+    """Whether JSON text may hold a negative zero: "-0" in a value position. Hand-rolled
+    around ``str.find``: "-0" is common inside strings (ids, dates), and a regex scanning
+    for the value position cost more than the rest of validating a record."""
+    at = text.find("-0")
+    while at != -1:
+        # "-0" then a digit is never a zero (JSON has no leading zeros): ids, dates, offsets.
+        if text[at + 2 : at + 3] not in _DIGITS:
+            before = at - 1
+            while before >= 0 and text[before] in " \t\r\n":
+                before -= 1
+            if before >= 0 and text[before] in ":[," and _ZERO_TOKEN.match(text, at):
+                return True
+        at = text.find("-0", at + 2)
+    return False
+
+
+_DIGITS = frozenset("0123456789")
 
 
 def positive_zeros(value: Any) -> Any:
