@@ -37,7 +37,8 @@ def test_cli_refuses_a_long_source_and_a_deep_payload_alone(database_url, tmp_pa
         json.dumps({"source": "😀" * 90, "id": "long", "timestamp": AT}),  # 360 bytes
         '{"source": "s", "id": "deep", "timestamp": "' + AT + '", "doc": ' + deep(10_000) + "}",
         '{"source": "s", "id": "deep-ish", "timestamp": "' + AT + '", "doc": ' + deep(300) + "}",
-        json.dumps({"source": "s", "id": "good-2", "timestamp": AT}),
+        json.dumps({"source": "s", "id": "nul-key", "timestamp": AT, "a\x00b": 1, "ab": 2}),
+        json.dumps({"source": "s", "id": "good-2", "timestamp": AT, "zero": -0.0}),
     ]
     path = tmp_path / "hostile.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -50,7 +51,17 @@ def test_cli_refuses_a_long_source_and_a_deep_payload_alone(database_url, tmp_pa
     assert "line 2" in result.stderr and "too long for a file name" in result.stderr
     assert "line 3" in result.stderr and "nested deeper than 256 levels" in result.stderr
     assert "line 4" in result.stderr
+    assert "line 5" in result.stderr and "NUL in a key" in result.stderr
     assert stored(database_url, data_dir) == (["good-1", "good-2"], ["good-1", "good-2"])
+    with psycopg.connect(database_url) as conn:  # -0.0: the same zero in both stores
+        zero = conn.execute("SELECT payload->>'zero' FROM raw_events WHERE source_id = 'good-2'")
+        assert zero.fetchone() == ("0.0",)
+    (day,) = (data_dir / "raw_events" / "s").glob("*.csv")
+    assert '""zero"":0.0' in day.read_text(encoding="utf-8")
+    agree = subprocess.run(
+        [*SCRAPESINK, "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert agree.returncode == 0, agree.stdout + agree.stderr
     again = tmp_path / "again.jsonl"
     again.write_text(json.dumps({"source": "s", "id": "good-3", "timestamp": AT}) + "\n")
     after = subprocess.run(
