@@ -140,3 +140,18 @@ def test_a_statement_the_store_refuses_blames_no_record_and_keeps_the_batch():
     assert reports["postgres"].pending == 5
     assert "permission denied" in reports["postgres"].error
     assert len(journal.entries) == 5
+
+
+def test_a_sink_that_is_back_gets_its_pending_records_before_newer_ones():
+    pg, csv, _, writer = postgres_down("connection refused")
+    writer = DurableWriter(writer.journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 0))
+    writer.write(events(3))  # seqs 1-3: pending for postgres
+    writer.delivery.drain()
+    pg.fail_with = None
+    writer.write(events(2, start=3))  # 4-5: the first batch after the outage finds it back
+    writer.delivery.drain()
+    writer.write(events(2, start=5))  # 6-7: pending 1-3 go first
+    writer.delivery.drain()
+    assert pg.ranges["j1"] == [(4, 5), (1, 3), (6, 7)]
+    assert writer.reports()["postgres"].pending == 0
+    writer.close()

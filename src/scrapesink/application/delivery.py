@@ -229,10 +229,18 @@ class Lane:
         )
         self._futures: set[Future[None]] = set()
         self._down_until = 0.0
+        self._failed_at = 0.0  # the last delivery that failed, and the last that succeeded
+        self._stored_at = 0.0
 
     @property
     def down(self) -> bool:
         return time.monotonic() < self._down_until
+
+    @property
+    def back(self) -> bool:
+        """A delivery succeeded since the last one failed: the store answers again (without
+        this, a writer would wait on retries to find out while the store is still down)."""
+        return self._stored_at > self._failed_at
 
     def submit(self, batch: Batch[Any]) -> None:
         if self.down:
@@ -304,6 +312,7 @@ class Lane:
             self._left_pending(batch, exc)
             return
         seconds = time.perf_counter() - started
+        self._stored_at = time.monotonic()
         for observer in _observers:
             observer.delivered(self.sink, batch, outcome, seconds)
         with self._lock:
@@ -314,6 +323,7 @@ class Lane:
         self._note(batch, outcome)
 
     def _failed(self, error: BaseException) -> None:
+        self._failed_at = time.monotonic()
         for observer in _observers:
             observer.failed(self.sink, error)
 

@@ -93,8 +93,10 @@ class DurableWriter:
         if records:
             # A sink that is back gets what it missed first: what users expect, and cheaper
             # than a reversal (the stores decide by stamp anyway, so this is not for safety).
+            # "Back" means a delivery succeeded since the last failure: the first batch after
+            # an outage finds that out itself rather than make the writer wait on retries.
             for lane in self.delivery.lanes:
-                if lane.pending and not lane.down:
+                if lane.pending and not lane.down and lane.back:
                     self._catch_up(lane)
             start = self.journal.last_accepted_us
             accepted = range(start, start + len(records))
