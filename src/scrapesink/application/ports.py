@@ -66,8 +66,7 @@ def model_kind(model: str) -> str:
     return f"model:{model}"
 
 
-_STAMP = struct.Struct(">q8s")
-STAMP_BYTES = _STAMP.size  # 16
+_STAMP = struct.Struct(">q8s")  # 16 bytes
 
 
 @functools.lru_cache(maxsize=1024)
@@ -86,11 +85,6 @@ def stamp(accepted_us: int, journal_id: str) -> bytes:
     record of a batch the next microsecond, never going back: see ``Journal.append``), so it
     orders a journal's records as their seqs do and (time, journal id, seq) needs no seq."""
     return _STAMP.pack(accepted_us, _journal_bytes(journal_id))
-
-
-def stamp_time(value: bytes) -> int:
-    """The UTC microseconds a stamp was given at."""
-    return int(_STAMP.unpack(value)[0])
 
 
 def now_us() -> int:
