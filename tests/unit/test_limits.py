@@ -158,3 +158,61 @@ def test_model_keys_are_limited_in_bytes_like_source_ids():
             declaration, movies, {"url": "u", "title": "t", "actors": [{"name": "😀" * 300}]}
         )
     assert error.value.path == "actors[0].name"
+
+
+def test_text_no_store_can_write_is_refused_with_a_printable_path():
+    declaration = load_models()
+    movies = declaration.model("movies")
+    for record, path in (
+        ({"url": "\ud800", "title": "t"}, "url"),
+        ({"url": "u", "title": "t", "actors": [{"name": "x\udfff"}]}, "actors[0].name"),
+        ({"url": "u", "title": "t", "k\ud800": 1}, "k\\ud800"),
+    ):
+        with pytest.raises(RecordError, match="lone surrogate") as error:
+            validate_record(declaration, movies, record)
+        assert error.value.path == path
+        error.value.path.encode("utf-8")  # the path itself can be written anywhere
+
+
+def test_every_negative_zero_becomes_zero_also_beside_a_nul_or_given_as_text():
+    declaration = load_models()
+    workflows = declaration.model("workflows")
+    record = {
+        "workflow_id": "w\x00",
+        "quality_score": "-0.0",
+        "structure": {"workflow_json": {"a": -0.0, "b": [-1e-400]}},
+    }
+    checked = validate_record(declaration, workflows, record).record
+    assert str(checked["quality_score"]) == "0.0"
+    assert str(checked["structure"]["workflow_json"]) == "{'a': 0.0, 'b': [0.0]}"
+
+
+def test_a_manifest_whose_signature_is_not_ascii_is_refused_not_a_crash(tmp_path):
+    import json
+
+    from scrapesink.adapters.backup import Backups
+
+    backup = tmp_path / "backups" / "20261201T000000000000Z"
+    backup.mkdir(parents=True)
+    (backup / "manifest.json").write_text(
+        json.dumps(
+            {
+                "id": backup.name,
+                "created_at": "2026-12-01T00:00:00+00:00",
+                "files": {},
+                "scrapesink_version": "x",
+                "hmac": "é" * 64,
+            }
+        )
+    )
+    backups = Backups(tmp_path / "backups", tmp_path, "", tmp_path, b"key")
+    assert any("signature does not match" in p for p in backups.verify(backup.name))
+
+
+def test_a_value_too_deep_for_the_decoders_must_still_be_whole_json():
+    from scrapesink.adapters.readers import loads
+
+    deep = '{"a":' * 5000 + "1" + "}" * 5000
+    assert loads(deep)["a"]["a"]  # built without recursion
+    with pytest.raises(ValueError, match="malformed JSON"):
+        loads(deep + " trailing garbage")

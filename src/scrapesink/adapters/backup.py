@@ -213,6 +213,8 @@ class Backups:
             relative = path.relative_to(self.data_dir)
             if relative.parts[0] in SKIP or path.resolve().is_relative_to(backups):
                 continue
+            if relative.parts[0].startswith(".restore-"):  # a restore's staging, not data
+                continue
             if path.is_file() and not path.name.endswith(("-wal", "-shm", "-journal")):
                 yield path
 
@@ -260,7 +262,9 @@ class Backups:
             raw = json.loads((manifest.path / MANIFEST).read_text())
             if "hmac" not in raw:
                 problems.append(f"{MANIFEST}: not signed, and SCRAPESINK_BACKUP_KEY is set")
-            elif not hmac.compare_digest(str(raw["hmac"]), _signature(raw, self.key)):
+            elif not hmac.compare_digest(
+                str(raw["hmac"]).encode("utf-8", "replace"), _signature(raw, self.key).encode()
+            ):
                 problems.append(
                     f"{MANIFEST}: the signature does not match (changed, or signed"
                     " with another SCRAPESINK_BACKUP_KEY)"

@@ -51,10 +51,13 @@ def loads(data: bytes | str) -> Any:
         return _FAST.decode(data)
     except RecursionError:
         raw = data if isinstance(data, bytes) else data.encode("utf-8")
+        values = ijson.items(io.BytesIO(raw), "", use_float=True)
         try:
-            return next(ijson.items(io.BytesIO(raw), "", use_float=True))
+            value = next(values)
+            next(values, None)  # nothing may follow the value: ijson says "trailing garbage"
         except (ijson.JSONError, StopIteration) as exc:
             raise ValueError(f"malformed JSON: {exc}") from None
+        return value
     except msgspec.DecodeError:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return _DECODER.decode(text)

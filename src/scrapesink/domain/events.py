@@ -306,12 +306,12 @@ def scan(value: Any) -> tuple[bool, int, bool]:
         item = pop()
         kind = type(item)
         if kind is str:
-            if "\x00" in item:
-                return True, containers, negative_zero
+            if "\x00" in item or (not item.isascii() and _unencodable(item)):
+                return True, containers, negative_zero  # strip_nul cleans or refuses it
         elif kind is dict:
             containers += 1
             for key, inner in item.items():
-                if type(key) is not str or "\x00" in key:
+                if type(key) is not str or "\x00" in key or not key.isascii():
                     return True, containers, negative_zero
                 push(inner)
         elif kind is list:
@@ -328,27 +328,74 @@ def scan(value: Any) -> tuple[bool, int, bool]:
 def strip_nul(value: Any, path: str = "") -> tuple[Any, bool]:
     """Remove U+0000 from every string in a JSON value; say whether any was found.
 
-    A key holding NUL is refused instead (:class:`RecordError` at its path): without the NUL it
-    could equal another key of the same object, and one of the two values would be lost."""
+    A key holding NUL is refused instead (:class:`RecordError` at its path, under ``path``):
+    without the NUL it could equal another key of the same object, and one of the two values
+    would be lost. So is text no store can write (a lone surrogate). The path is put together
+    only then, on the way out, so a clean value costs nothing for it."""
+    try:
+        return _strip_nul(value)
+    except _Refused as found:
+        shown = path
+        for part in reversed(found.parts):
+            if part:
+                shown += part if part.startswith("[") or not shown else f".{part}"
+        shown = shown.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode()
+        raise RecordError(found.reason, path=shown) from None
+
+
+class _Refused(Exception):
+    """A key or text no store can take, at the path ``parts`` names (innermost first; an
+    empty part stands for the value itself)."""
+
+    def __init__(self, reason: str, part: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.parts = [part]
+
+
+_NUL_KEY = "NUL in a key (it cannot be stored, and removing it could merge two keys)"
+_SURROGATE = "holds invalid Unicode (a lone surrogate such as \\ud800)"
+
+
+def _unencodable(text: str) -> bool:
+    """Text that is not valid UTF-8 once encoded (a lone surrogate): no store can write it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _strip_nul(value: Any) -> tuple[Any, bool]:
     if isinstance(value, str):
+        if not value.isascii() and _unencodable(value):
+            raise _Refused(_SURROGATE, "")
         return (value.replace("\x00", ""), True) if "\x00" in value else (value, False)
     if isinstance(value, Mapping):
         changed = False
         cleaned: dict[str, Any] = {}
         for key, item in value.items():
-            inner = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and "\x00" in key:
-                shown = inner.replace("\x00", "\\u0000")
-                raise RecordError(
-                    "NUL in a key (it cannot be stored, and removing it could merge two keys)",
-                    path=shown,
-                )
-            new_item, item_changed = strip_nul(item, inner)
+            if isinstance(key, str):
+                if "\x00" in key:
+                    raise _Refused(_NUL_KEY, key)
+                if not key.isascii() and _unencodable(key):
+                    raise _Refused(_SURROGATE, key)
+            try:
+                new_item, item_changed = _strip_nul(item)
+            except _Refused as found:
+                found.parts.append(str(key))
+                raise
             cleaned[key] = new_item
             changed = changed or item_changed
         return cleaned, changed
     if isinstance(value, list | tuple):  # a tuple is a JSON array too (it is stored as one)
-        items = [strip_nul(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        items = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_strip_nul(item))
+            except _Refused as found:
+                found.parts.append(f"[{i}]")
+                raise
         return [item for item, _ in items], any(flag for _, flag in items)
     return value, False
 

@@ -78,7 +78,7 @@ def _validate(
     # The record's own dicts and lists are built anew below; json values are kept as given
     # (the sinks encode them when the batch is handed over, see CsvModelSink.stage).
     nul, containers, negative_zero = scan(data)
-    if negative_zero:
+    if negative_zero or nul:  # the scan stops at a NUL: it may not have seen every zero
         data = positive_zeros(data)
     if (nul or containers > MAX_DEPTH) and isinstance(data, Mapping):
         # Perhaps nested too deep: say which field, before anything recursive reads it.
@@ -279,7 +279,7 @@ def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:
             number = None
         if number is None or not math.isfinite(number):
             raise bad("a finite number")
-        return number
+        return number if number else 0.0  # "-0.0" and -1e-400 too: PostgreSQL's is unsigned
     if kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
             raise bad("a decimal number")
