@@ -45,7 +45,9 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or join) the server and return a libpq URL for it."""
         try:
-            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            # The directory itself too: pgserver creates it outside its lock with
+            # exist_ok=False, so two processes starting in a new data dir at once raced there.
+            self.pgdata.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create data directory {self.pgdata.parent}: {exc}") from exc
         pgserver = _import_pgserver()
