@@ -236,11 +236,6 @@ class Lane:
     def down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def wake(self) -> None:
-        """Forget the cool-down: the next batch tries the store again (a closing writer's last
-        chance to deliver before it leaves the rest to replay)."""
-        self._down_until = 0.0
-
     @property
     def back(self) -> bool:
         """A delivery succeeded since the last one failed: the store answers again (without

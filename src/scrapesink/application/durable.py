@@ -143,15 +143,10 @@ class DurableWriter:
             self._closed = True
             # Shutting down (SIGTERM, the end of a run): a store that still fails is not waited
             # for long; what it lacks stays in the journal for replay.
-            # It is tried once more even when cooling down after a failure: a store that
-            # failed a moment ago may well answer now.
             for lane in self.delivery.lanes:
                 lane.policy = replace(
                     lane.policy, retry_seconds=min(lane.policy.retry_seconds, CLOSE_RETRY_SECONDS)
                 )
-            self.delivery.drain()
-            for lane in self.delivery.lanes:
-                lane.wake()
             reports = self._settle()
             self.delivery.close()
             if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
