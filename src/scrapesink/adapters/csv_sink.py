@@ -45,7 +45,7 @@ from scrapesink.adapters.csv_format import (
     header_line,
 )
 from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
-from scrapesink.domain.events import RawEvent
+from scrapesink.domain.events import MAX_NAME_BYTES, RawEvent
 from scrapesink.errors import ConstraintError, TransientStorageError
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ class CsvEventSink(CsvFiles):
         files = [file_of(e) for e in batch.records]
         names = set(files)
         for rel in names:  # validation refuses such sources; a journal of older versions may not
-            if len(rel.encode()) > _MAX_DIR + 15:  # "<dir>/YYYY-MM-DD.csv"
+            if len(rel.encode()) > MAX_NAME_BYTES + 15:  # "<dir>/YYYY-MM-DD.csv"
                 raise ConstraintError(f"CSV file {rel[:40]}... cannot exist: name too long")
         self._register(names)
         keys = [e.key for e in batch.records]
@@ -427,7 +427,6 @@ class CsvEventSink(CsvFiles):
 _ABSENT: Any = object()
 # errno values that a path made of a record's value causes (a name the filesystem refuses)
 _NAMED_BY_A_RECORD = {errno.ENAMETOOLONG, errno.EILSEQ}
-_MAX_DIR = 255  # bytes in one directory name (domain.events.MAX_NAME_BYTES)
 _FORGET_KEYS = (
     "DELETE FROM keys WHERE (source, source_id) IN"
     " (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
