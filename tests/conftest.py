@@ -25,7 +25,7 @@ from scrapesink.adapters.postgres.migrate import Migrator
 from scrapesink.adapters.postgres.model_schema import ModelSchema
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import Settings
-from scrapesink.domain.models import load_models
+from scrapesink.domain.declarations import load_models
 from scrapesink.entrypoints.python import Sink
 
 # Settings read the environment; a developer's own configuration must not leak into tests.

@@ -7,10 +7,8 @@ with scrapesink.open() as sink:
                                 source="shop")
 """
 
-from scrapesink.adapters.postgres.entities import Filter, ModelPage, SearchHit
-from scrapesink.application.ingest import IngestSummary
-from scrapesink.application.models import ModelSummary
-from scrapesink.application.ports import DayStats, EventPage
+from scrapesink.application.ports import DayStats, EventPage, Filter, ModelPage, SearchHit
+from scrapesink.application.summary import IngestSummary, ModelSummary, WriteSummary
 from scrapesink.config import Settings, get_settings
 from scrapesink.domain.events import RawEvent, StoredEvent
 from scrapesink.entrypoints.python import Sink, open
@@ -57,6 +55,7 @@ __all__ = [
     "StorageError",
     "StoredEvent",
     "TransientStorageError",
+    "WriteSummary",
     "__version__",
     "get_settings",
     "open",

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from scrapesink.errors import ConfigError
+from scrapesink.layout import DataDir
 
 ENV_PREFIX = "SCRAPESINK_"
 
@@ -188,12 +189,17 @@ class Settings(BaseSettings):
         return f"postgresql://{auth}@{self.pg_host}:{self.pg_port}/{quote(self.pg_db, safe='')}"
 
     @property
+    def paths(self) -> DataDir:
+        """Where each file of the data directory is."""
+        return DataDir(self.data_dir)
+
+    @property
     def backups(self) -> Path:
-        return self.backup_dir or self.data_dir / "backups"
+        return self.backup_dir or self.paths.backups
 
     @property
     def pgdata_dir(self) -> Path:
-        return self.data_dir.resolve() / "pgdata"
+        return self.paths.pgdata
 
 
 def parse_duration(text: str) -> timedelta:

@@ -14,7 +14,8 @@ import msgspec
 
 from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.application.ports import Batch
-from scrapesink.domain.models import Declaration, load_models, parse_declaration
+from scrapesink.domain.declarations import load_models, parse_declaration
+from scrapesink.domain.models import Declaration
 from scrapesink.domain.records import DELETE, UPSERT, Entity, validate_record
 
 TWINS = parse_declaration(

@@ -268,11 +268,9 @@ def test_a_bad_state_entry_never_stops_a_start_and_health_names_it(settings, dat
     try:
         again.start_writing()  # logs and skips it: no OSError, no traceback
         assert Sink(again).write_events([ev("after")]).sinks["csv"].stored == 1
-        checks = {check.name: check for check in again.health().checks}
+        checks = {check.name: check for check in again.operations.health().checks}
         assert not checks["csv files"].ok and "File name too long" in checks["csv files"].detail
-        from scrapesink.bootstrap import pipeline_status
-
-        status = pipeline_status(settings, again.sinks, "db")
+        status = again.status()
         assert status.csv_problems and "File name too long" in status.csv_problems[0]
     finally:
         again.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from scrapesink.domain.jobs import RunCounts, check_job
-from scrapesink.domain.models import load_models
+from scrapesink.application.job_specs import check_job
+from scrapesink.domain.declarations import load_models
+from scrapesink.domain.jobs import RunCounts
 from scrapesink.entrypoints.python import Sink
 from scrapesink.errors import Conflict, NotFound, RecordError
 

@@ -14,7 +14,8 @@ from scrapesink.adapters.postgres.entities import PostgresModelSink
 from scrapesink.application.ports import Batch
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import Settings
-from scrapesink.domain.models import Declaration, load_models, parse_declaration
+from scrapesink.domain.declarations import load_models, parse_declaration
+from scrapesink.domain.models import Declaration
 from scrapesink.domain.records import UPSERT, Entity
 from scrapesink.errors import SchemaError
 

@@ -13,7 +13,7 @@ from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.application.ports import Batch, Sink
 from scrapesink.bootstrap import App
-from scrapesink.domain.models import load_models
+from scrapesink.domain.declarations import load_models
 from scrapesink.domain.records import DELETE, UPSERT, Entity, validate_record
 
 DECLARATION = load_models()

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from scrapesink.bootstrap import App
-from scrapesink.domain.models import load_models
+from scrapesink.domain.declarations import load_models
 
 
 def events(prefix: str, n: int) -> list[tuple[str, dict[str, Any]]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from scrapesink.domain.declarations import load_models
 from scrapesink.domain.events import EventRules, source_dir_name, validate_event
-from scrapesink.domain.models import load_models
 from scrapesink.domain.records import validate_record
 from scrapesink.errors import RecordError
 
@@ -99,7 +99,8 @@ def test_a_model_records_json_field_nested_too_deep_names_the_field():
     ],
 )
 def test_a_model_may_not_take_a_system_or_generated_name(table: str, reason: str):
-    from scrapesink.domain.models import DeclarationError, parse_declaration
+    from scrapesink.domain.declarations import parse_declaration
+    from scrapesink.domain.models import DeclarationError
 
     spec = {
         "table_name": "films",
@@ -126,7 +127,8 @@ def test_the_reserved_table_names_are_every_table_scrapesink_keeps():
 
 
 def test_a_user_model_whose_table_collides_with_a_bundled_one_is_one_clear_line():
-    from scrapesink.domain.models import DeclarationError, load_models, parse_declaration
+    from scrapesink.domain.declarations import load_models, parse_declaration
+    from scrapesink.domain.models import DeclarationError
 
     films = parse_declaration(
         {

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scrapesink.domain.models import bundled, load_declaration, parse_declaration
+from scrapesink.domain.declarations import bundled, load_declaration, parse_declaration
 from scrapesink.errors import ConfigError, DeclarationError
 
 

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
+from scrapesink.domain.declarations import parse_declaration
 from scrapesink.domain.events import scan
-from scrapesink.domain.models import parse_declaration
 from scrapesink.domain.records import validate_record
 from scrapesink.errors import RecordError
 

@@ -38,9 +38,11 @@ from scrapesink.adapters.csv_model_state import (
     adopt_versions,
 )
 from scrapesink.adapters.csv_sink import CsvFiles, _fsync_dir, _unavailable
-from scrapesink.application.ports import Batch, WriteOutcome, model_kind
+from scrapesink.application.kinds import model_kind
+from scrapesink.application.ports import Batch, WriteOutcome
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
 from scrapesink.domain.records import DELETE, UPSERT, Entity
+from scrapesink.layout import DataDir
 
 log = logging.getLogger(__name__)
 SYSTEM = ("updated_at", "deleted_at")
@@ -119,7 +121,8 @@ class ModelCsvFiles(CsvFiles):
     """The model CSV files and their state, without a model (what `status` needs)."""
 
     def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir, data_dir / "csv_models.sqlite", SCHEMA)
+        paths = DataDir(data_dir)
+        super().__init__(paths.model_csv, paths.model_csv_state, SCHEMA)
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.root.glob("*.csv") if p.is_file())

@@ -44,9 +44,11 @@ from scrapesink.adapters.csv_format import (
     format_rows,
     header_line,
 )
-from scrapesink.application.ports import EVENTS, Batch, WriteOutcome
+from scrapesink.application.kinds import EVENTS
+from scrapesink.application.ports import Batch, WriteOutcome
 from scrapesink.domain.events import MAX_NAME_BYTES, RawEvent
 from scrapesink.errors import ConstraintError, TransientStorageError
+from scrapesink.layout import DataDir
 
 log = logging.getLogger(__name__)
 HeaderOf = Callable[[str], str]  # a file (relative path) -> its header line
@@ -327,7 +329,8 @@ class CsvEventSink(CsvFiles):
     parallelism = 1  # appends happen in journal order
 
     def __init__(self, data_dir: Path) -> None:
-        super().__init__(data_dir / "raw_events", data_dir / "csv_state.sqlite", _KEYS_SCHEMA)
+        paths = DataDir(data_dir)
+        super().__init__(paths.event_csv, paths.event_csv_state, _KEYS_SCHEMA)
         self._header = header_line(HEADER)
 
     def files(self) -> list[Path]:
@@ -354,17 +357,26 @@ class CsvEventSink(CsvFiles):
         stamps = batch.stamps()
         while True:
             with self._state(write=True) as db:
-                if self._seen(db, batch):
-                    return WriteOutcome(0, frozenset(keys))  # delivered before
+                if self._seen(db, batch):  # delivered before
+                    return WriteOutcome(0, frozenset(range(batch.first, batch.last + 1)))
                 known = _known_keys(db, keys)
                 by_file: dict[str, list[RawEvent]] = {}
                 fresh: list[tuple[str, str, bytes, str]] = []
+                old: list[int] = []  # seqs whose key is held already
                 newer: dict[str, set[tuple[str, str]]] = {}  # file -> keys held by newer copies
-                for event, key, rel, stamp in zip(batch.records, keys, files, stamps, strict=True):
+                for seq, event, key, rel, stamp in zip(
+                    range(batch.first, batch.last + 1),
+                    batch.records,
+                    keys,
+                    files,
+                    stamps,
+                    strict=True,
+                ):
                     held = known.get(key, _ABSENT)
                     if held is not _ABSENT:
                         if held is not None and stamp < held[0]:
                             newer.setdefault(held[1], set()).add(key)
+                        old.append(seq)
                         continue
                     known[key] = None  # the same key twice in one batch: the first (older) wins
                     fresh.append((*key, stamp, rel))
@@ -375,8 +387,7 @@ class CsvEventSink(CsvFiles):
                 texts = {rel: format_rows(events) for rel, events in by_file.items()}
                 self._commit(db, batch, texts, lambda rel: self._header)
                 _add_keys(db, fresh)
-            stored = {(source, source_id) for source, source_id, _, _ in fresh}
-            return WriteOutcome(len(fresh), frozenset(keys) - stored)
+            return WriteOutcome(len(fresh), frozenset(old))
 
     def _remove(self, db: sqlite3.Connection, lines: dict[str, set[tuple[str, str]]]) -> None:
         """Rewrite each file without the lines of the given keys, and forget those keys.

@@ -7,7 +7,6 @@ sink that refuses, or is down. A raw event keeps its columns; a model record (``
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from scrapesink.application.ports import EVENTS
+from scrapesink.application.kinds import Letter, kind_named
 from scrapesink.domain.events import RawEvent
 from scrapesink.domain.records import Entity
 from scrapesink.errors import NotFound, ScrapesinkError, TransientStorageError
@@ -60,17 +59,7 @@ class DeadLetter:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, with the record as it was refused."""
-        event = self.record
-        record: dict[str, Any]
-        if isinstance(event, RawEvent):
-            record = {
-                "source": event.source,
-                "source_id": event.source_id,
-                "occurred_at": event.iso(),
-                "payload": event.payload,
-            }
-        else:
-            record = {"op": event.op, "record": event.record}
+        record = kind_named(self.kind).document(self.record)
         return {
             "id": self.id,
             "sink": self.sink,
@@ -124,13 +113,7 @@ class DeadLetterStore:
     ) -> None:
         """Keep one refused record; the same record refused again counts one more attempt."""
         now = datetime.now(UTC).timestamp()
-        if isinstance(record, RawEvent):
-            source, source_id = record.source, record.source_id
-            at, payload = record.occurred_at.isoformat(), record.payload_json
-        else:
-            source, source_id = kind, record.op
-            at = datetime.now(UTC).isoformat()
-            payload = json.dumps(record.record, ensure_ascii=False)
+        source, source_id, at, payload = kind_named(kind).letter(record)
         with self._db() as db:
             db.execute(
                 "INSERT INTO dead_letters (sink, kind, journal_id, seq, source, source_id,"
@@ -211,13 +194,9 @@ def _letter(row: tuple[object, ...]) -> DeadLetter:
         :12
     ]
     f, last, accepted = row[12:]
-    record: RawEvent | Entity
-    if kind == EVENTS:
-        record = RawEvent(
-            str(source), str(source_id), datetime.fromisoformat(str(at)), str(payload)
-        )
-    else:
-        record = Entity(str(source_id), json.loads(str(payload)))
+    record = kind_named(str(kind)).from_letter(
+        Letter(str(source), str(source_id), str(at), str(payload))
+    )
     return DeadLetter(
         int(id_),  # type: ignore[call-overload]
         str(sink),

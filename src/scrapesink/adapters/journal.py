@@ -13,6 +13,7 @@ data (see ``ports.EventSink``); the journal only keeps the records.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import sqlite3
 import uuid
@@ -25,9 +26,9 @@ from typing import Any
 
 import msgspec
 
-from scrapesink.application.ports import EVENTS, now_us
-from scrapesink.domain.events import RawEvent
-from scrapesink.domain.records import Entity
+from scrapesink.application.delivery import missing
+from scrapesink.application.kinds import EVENTS, kind_named
+from scrapesink.application.ports import now_us
 from scrapesink.errors import StorageError, TransientStorageError
 
 # One row per appended batch: its records packed with msgpack. A row per record cost more than
@@ -43,9 +44,14 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _PACK = msgspec.msgpack.Encoder()
-# RawEvent and Entity are NamedTuples: msgspec packs and unpacks them in C, datetime included.
-_UNPACK_EVENTS = msgspec.msgpack.Decoder(list[RawEvent])
-_UNPACK_ENTITIES = msgspec.msgpack.Decoder(list[Entity])
+
+
+@functools.lru_cache(maxsize=256)
+def _decoder(kind: str) -> msgspec.msgpack.Decoder[list[Any]]:
+    """Unpacks a batch of one kind's records (RawEvent and Entity are NamedTuples: msgspec
+    unpacks them in C, datetime included)."""
+    record_type = kind_named(kind).record_type
+    return msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ class Journal:
                 self.id = row[0]
             row = self._db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
             self.kind: str = row[0] if row else EVENTS
-            self._unpack = _UNPACK_EVENTS if self.kind == EVENTS else _UNPACK_ENTITIES
+            self._unpack = _decoder(self.kind)
             high = self._db.execute("SELECT coalesce(max(last_seq), 0) FROM batches").fetchone()
             self._last_seq: int = max(int(high[0]), self._meta_int("last_seq"))
             self._compacted = self._meta_int("compacted_upto")
@@ -274,8 +280,6 @@ class JournalInfo:
         """How many entries ``delivered`` lacks, and when the oldest of them was journaled."""
         if self.first_seq is None or self.last_seq is None:
             return 0, None
-        from scrapesink.application.delivery import missing
-
         gaps = missing(self.first_seq, self.last_seq, delivered)
         if not gaps:
             return 0, None

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
+from scrapesink.application.kinds import RecordKind
 from scrapesink.application.ports import Batch, DeadLetters, Sink, WriteOutcome
-from scrapesink.domain.events import RawEvent
 from scrapesink.errors import (
     ConstraintError,
     PermanentStorageError,
@@ -89,34 +89,44 @@ class SinkReport:
 
 
 class DeliveryObserver(Protocol):
-    """Told what every lane did (metrics): installed once by the composition root."""
+    """Told what every lane did (the metrics adapter): passed in by the composition root."""
 
     def delivered(
-        self, sink: Sink[Any], batch: Batch[Any], outcome: WriteOutcome, seconds: float
+        self, sink: str, kind: RecordKind, batch: Batch[Any], outcome: WriteOutcome, seconds: float
     ) -> None: ...
 
-    def refused(self, sink: Sink[Any], record: Any) -> None: ...
+    def refused(self, sink: str, kind: RecordKind, record: Any) -> None: ...
 
-    def left_pending(self, sink: Sink[Any], records: int) -> None: ...
+    def left_pending(self, sink: str, kind: RecordKind, records: int) -> None: ...
 
-    def failed(self, sink: Sink[Any], error: BaseException) -> None: ...
+    def failed(self, sink: str, error: BaseException) -> None: ...
 
-    def rejected(self, kind: str, name: str | None) -> None: ...
-
-
-_observers: list[DeliveryObserver] = []
+    def rejected(self, kind: RecordKind, name: str | None) -> None:
+        """A record failed validation before the journal (``name``: its source or model)."""
 
 
-def rejected(kind: str, name: str | None) -> None:
-    """A record failed validation before the journal (``kind`` events or model)."""
-    for observer in _observers:
-        observer.rejected(kind, name)
+class Unobserved:
+    """The observer of a process that counts nothing (tests, tools)."""
+
+    def delivered(
+        self, sink: str, kind: RecordKind, batch: Batch[Any], outcome: WriteOutcome, seconds: float
+    ) -> None:
+        pass
+
+    def refused(self, sink: str, kind: RecordKind, record: Any) -> None:
+        pass
+
+    def left_pending(self, sink: str, kind: RecordKind, records: int) -> None:
+        pass
+
+    def failed(self, sink: str, error: BaseException) -> None:
+        pass
+
+    def rejected(self, kind: RecordKind, name: str | None) -> None:
+        pass
 
 
-def observe(observer: DeliveryObserver) -> None:
-    """Add ``observer`` to every lane of the process (once)."""
-    if observer not in _observers:
-        _observers.append(observer)
+UNOBSERVED = Unobserved()
 
 
 STORED, DUPLICATE, UNCHANGED, DEAD_LETTER, PENDING = (
@@ -167,10 +177,9 @@ class Receipt:
             if not wanted or batch.last < min(wanted) or batch.first > max(wanted):
                 return
             noted = self._status.setdefault(sink, {})
-            for i, record in enumerate(batch.records):
-                seq = batch.first + i
+            for seq in range(batch.first, batch.last + 1):
                 if seq in wanted:
-                    noted[seq] = _status_of(record, seq, outcome, status)
+                    noted[seq] = _status_of(seq, outcome, status)
             self._lock.notify_all()
 
     def status(self, sink: str, seq: int) -> str:
@@ -195,27 +204,25 @@ class Receipt:
             )
 
 
-def _status_of(record: Any, seq: int, outcome: WriteOutcome | None, status: str) -> str:
+def _status_of(seq: int, outcome: WriteOutcome | None, status: str) -> str:
     if outcome is None:
         return status
     if seq in outcome.unchanged_seqs:
         return UNCHANGED
-    if (
-        outcome.duplicates
-        and isinstance(record, RawEvent)
-        and (record.source, record.source_id) in outcome.duplicates
-    ):
+    if seq in outcome.duplicate_seqs:
         return DUPLICATE
     return STORED
 
 
 @dataclass
 class Lane:
-    """Delivers batches to one sink."""
+    """Delivers batches of one kind of record to one sink."""
 
+    kind: RecordKind
     sink: Sink[Any]
     dead_letters: DeadLetters
     policy: RetryPolicy
+    observer: DeliveryObserver = UNOBSERVED
     report: SinkReport = field(default_factory=SinkReport)
     handled: list[tuple[int, int]] = field(default_factory=list)  # ranges stored or dead
     pending: list[tuple[int, int]] = field(default_factory=list)
@@ -313,19 +320,17 @@ class Lane:
             return
         seconds = time.perf_counter() - started
         self._stored_at = time.monotonic()
-        for observer in _observers:
-            observer.delivered(self.sink, batch, outcome, seconds)
+        self.observer.delivered(self.sink.name, self.kind, batch, outcome, seconds)
         with self._lock:
             self.report.stored += outcome.stored
-            self.report.duplicates += len(outcome.duplicates)
+            self.report.duplicates += len(outcome.duplicate_seqs)
             self.report.unchanged += outcome.unchanged
             self.handled.append((batch.first, batch.last))
         self._note(batch, outcome)
 
     def _failed(self, error: BaseException) -> None:
         self._failed_at = time.monotonic()
-        for observer in _observers:
-            observer.failed(self.sink, error)
+        self.observer.failed(self.sink.name, error)
 
     def _note(self, batch: Batch[Any], outcome: WriteOutcome | None, status: str = STORED) -> None:
         for receipt in list(self.receipts):
@@ -348,15 +353,15 @@ class Lane:
             slog.warning(
                 "record refused",
                 sink=self.sink.name,
-                kind=self.sink.kind,
-                **_identity(record),
+                kind=self.kind.name,
+                **self.kind.identity(record),
                 error_type=error.error_type,
                 error=error.message,
             )
             try:
                 self.dead_letters.add(
                     self.sink.name,
-                    self.sink.kind,
+                    self.kind.name,
                     batch.journal_id,
                     batch.first,
                     record,
@@ -371,8 +376,7 @@ class Lane:
             with self._lock:
                 self.report.dead_letters += 1
                 self.handled.append((batch.first, batch.last))
-            for observer in _observers:
-                observer.refused(self.sink, record)
+            self.observer.refused(self.sink.name, self.kind, record)
             self._note(batch, None, DEAD_LETTER)
             return
         for half in batch.split():
@@ -411,8 +415,7 @@ class Lane:
             self.pending.append((batch.first, batch.last))
             if error is not None:
                 self.report.error = getattr(error, "message", None) or str(error)
-        for observer in _observers:
-            observer.left_pending(self.sink, len(batch.records))
+        self.observer.left_pending(self.sink.name, self.kind, len(batch.records))
         self._note(batch, None, PENDING)
 
 
@@ -420,10 +423,18 @@ class Delivery:
     """All lanes of one journal, plus what is needed to compact it."""
 
     def __init__(
-        self, sinks: Sequence[Sink[Any]], dead_letters: DeadLetters, policy: RetryPolicy
+        self,
+        kind: RecordKind,
+        sinks: Sequence[Sink[Any]],
+        dead_letters: DeadLetters,
+        policy: RetryPolicy,
+        observer: DeliveryObserver = UNOBSERVED,
     ) -> None:
         self.receipts: list[Receipt] = []
-        self.lanes = [Lane(sink, dead_letters, policy, receipts=self.receipts) for sink in sinks]
+        self.lanes = [
+            Lane(kind, sink, dead_letters, policy, observer, receipts=self.receipts)
+            for sink in sinks
+        ]
 
     def submit(self, batch: Batch[Any]) -> None:
         for lane in self.lanes:
@@ -467,10 +478,3 @@ def missing(first: int, last: int, ranges: Sequence[tuple[int, int]]) -> list[tu
     if cursor <= last:
         gaps.append((cursor, last))
     return gaps
-
-
-def _identity(record: Any) -> dict[str, str]:
-    """What names a record in a log line (never its payload): an event's key, an entity's op."""
-    if isinstance(record, RawEvent):
-        return {"source": record.source, "source_id": record.source_id}
-    return {"op": str(record[0])}

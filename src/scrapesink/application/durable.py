@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scrapesink.application.delivery import (
+    UNOBSERVED,
     Delivery,
+    DeliveryObserver,
     Lane,
     Receipt,
     RetryPolicy,
@@ -23,6 +25,7 @@ from scrapesink.application.delivery import (
     contiguous_end,
     missing,
 )
+from scrapesink.application.kinds import RecordKind, kind_named
 from scrapesink.application.ports import Batch, DeadLetters, Journal, JournalEntry, Sink
 from scrapesink.errors import (
     ConfigError,
@@ -48,10 +51,14 @@ class DurableWriter:
         policy: RetryPolicy,
         *,
         batch_size: int = 5000,
+        kind: RecordKind | None = None,
+        observer: DeliveryObserver = UNOBSERVED,
     ) -> None:
         self.journal = journal
+        self.kind = kind or kind_named(journal.kind)
         self.sinks = list(sinks)
-        self.delivery = Delivery(sinks, dead_letters, policy)
+        self.observer = observer
+        self.delivery = Delivery(self.kind, sinks, dead_letters, policy, observer)
         self.batch_size = batch_size
         self._start = journal.last_seq + 1
         self._closed = False
@@ -193,6 +200,7 @@ def replay(
     policy: RetryPolicy,
     *,
     batch_size: int = 5000,
+    observer: DeliveryObserver = UNOBSERVED,
 ) -> ReplayResult:
     """Deliver everything the given journals hold that a sink lacks; remove drained journals.
 
@@ -219,7 +227,8 @@ def replay(
             continue
         result.journals += 1
         try:
-            _replay_one(journal, sinks, dead_letters, policy, batch_size, result)
+            delivery = Delivery(kind_named(journal.kind), sinks, dead_letters, policy, observer)
+            _replay_one(journal, delivery, batch_size, result)
         finally:
             removed = journal.close()  # True when drained: the file is gone
         if removed:
@@ -229,17 +238,12 @@ def replay(
 
 
 def _replay_one(
-    journal: Journal,
-    sinks: Sequence[Sink[Any]],
-    dead_letters: DeadLetters,
-    policy: RetryPolicy,
-    batch_size: int,
-    result: ReplayResult,
+    journal: Journal, delivery: Delivery, batch_size: int, result: ReplayResult
 ) -> bool:
     start = journal.first_seq()
     if start is None:
+        delivery.close()
         return True
-    delivery = Delivery(sinks, dead_letters, policy)
     ends = []
     try:
         for lane in delivery.lanes:

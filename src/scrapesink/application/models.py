@@ -8,59 +8,16 @@ version; a delete is journaled too, so the CSV history gets its tombstone.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scrapesink.application import delivery
-from scrapesink.application.delivery import PENDING, Receipt
 from scrapesink.application.durable import DurableWriter
-from scrapesink.application.ingest import Record, RejectHook, Tracker, WriteSummary
+from scrapesink.application.kinds import ModelKind
+from scrapesink.application.summary import RejectHook, WriteSummary
+from scrapesink.application.writer import Record, RecordWriter
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, ModelDef
-from scrapesink.domain.records import (
-    DELETE,
-    UPSERT,
-    Entity,
-    key_of,
-    validate_key,
-    validate_record,
-)
-from scrapesink.errors import InputError, NotFound, RecordError
-from scrapesink.logs import get_logger
-
-log = logging.getLogger(__name__)
-slog = get_logger(__name__)
-
-
-@dataclass(kw_only=True)
-class ModelSummary(WriteSummary):
-    """What one save did: per sink, ``stored`` counts new or changed records, ``unchanged``
-    those identical to what the sink held (nothing written)."""
-
-    model: str
-
-    @property
-    def stored(self) -> int:
-        return self.primary_report.stored
-
-    @property
-    def unchanged(self) -> int:
-        return self.primary_report.unchanged
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "read": self.read,
-            "stored": self.stored,
-            "unchanged": self.unchanged,
-            "input_duplicates": self.input_duplicates,
-            "rejected": self.rejected,
-            "pending": self.pending,
-            "dead_letters": self.dead_letters,
-            "nul_cleaned": self.nul_cleaned,
-            "sinks": {name: report.as_dict() for name, report in self.sinks.items()},
-        }
+from scrapesink.domain.records import validate_key
+from scrapesink.errors import NotFound, RecordError
 
 
 class Repository(Protocol):
@@ -73,7 +30,7 @@ class ModelService:
     def __init__(
         self,
         declaration: Declaration,
-        writer_for: Callable[[ModelDef], DurableWriter],
+        writer_for: Callable[[ModelKind], DurableWriter],
         repository: Repository,
         *,
         batch_size: int = 1000,
@@ -94,77 +51,15 @@ class ModelService:
         on_reject: RejectHook | None = None,
         settle: bool = True,
         track: bool = False,
-    ) -> ModelSummary:
-        """Validate, journal and deliver ``records`` (``(location, value)`` pairs or errors).
+    ) -> WriteSummary:
+        """Validate, journal and deliver ``records`` (``(location, value)`` pairs or errors);
+        the last copy of a key in one batch wins (see ``RecordWriter.write``)."""
+        kind = self.kind(name)
+        writer = RecordWriter(self.writer_for(kind), kind, batch_size=self.batch_size)
+        return writer.write(records, on_reject=on_reject, settle=settle, track=track)
 
-        ``track``: one result per record (``summary.results``), waiting for these records only
-        (see ``IngestService.ingest``)."""
-        model = self.model(name)
-        writer = self.writer_for(model)
-        if not track:
-            return self._save(model, writer, records, on_reject, settle, None)
-        with writer.receipt() as receipt:
-            return self._save(model, writer, records, on_reject, settle, receipt)
-
-    def _save(
-        self,
-        model: ModelDef,
-        writer: DurableWriter,
-        records: Iterable[Record],
-        on_reject: RejectHook | None,
-        settle: bool,
-        receipt: Receipt | None,
-    ) -> ModelSummary:
-        summary = ModelSummary(model=model.name)
-        tracker = Tracker() if receipt is not None else None
-        before = writer.reports()
-        batch: dict[tuple[Any, ...], Entity] = {}
-        slots: dict[tuple[Any, ...], int] = {}  # key -> the tracker's result index
-
-        journaled: list[tuple[int, int]] = []
-
-        def flush() -> None:
-            if batch:
-                first, last = writer.write(list(batch.values()), receipt)
-                journaled.append((first, last))
-                if tracker is not None:
-                    tracker.journaled([slots[key] for key in batch], first)
-                summary.accepted += len(batch)
-                batch.clear()
-                slots.clear()
-
-        try:
-            for item in records:
-                summary.read += 1
-                if isinstance(item, RecordError):
-                    summary.reject(item, on_reject, tracker)
-                    continue
-                try:
-                    checked = validate_record(self.declaration, model, item[1], item[0])
-                except RecordError as error:
-                    summary.reject(error, on_reject, tracker)
-                    delivery.rejected("model", model.name)
-                    continue
-                summary.nul_cleaned += checked.nul_removed
-                key = key_of(model, checked.record)
-                if batch.pop(key, None) is not None:
-                    summary.input_duplicates += 1  # last one wins, at the end of the batch
-                    if tracker is not None:
-                        tracker.superseded(slots.pop(key))
-                batch[key] = Entity(UPSERT, checked.record)
-                if tracker is not None:
-                    slots[key] = tracker.add(PENDING, item[0])
-                if len(batch) >= self.batch_size:
-                    flush()
-        except InputError:
-            flush()
-            if settle:
-                writer.settle()
-            raise
-        flush()
-        summary.finish(writer, before, settle, receipt, tracker, journaled)
-        slog.info("save done", **{k: v for k, v in summary.as_dict().items() if k != "sinks"})
-        return summary
+    def kind(self, name: str) -> ModelKind:
+        return ModelKind(self.model(name), self.declaration)
 
     def get(self, name: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:
         model = self.model(name)
@@ -196,12 +91,12 @@ class ModelService:
         found = self.repository.get(model, checked_key)
         return found if found is not None else merged
 
-    def delete(self, name: str, keys: Sequence[Mapping[str, Any] | Any]) -> ModelSummary:
+    def delete(self, name: str, keys: Sequence[Mapping[str, Any] | Any]) -> WriteSummary:
         """Delete records (with their children and links) by natural key, through the journal."""
-        model = self.model(name)
-        writer = self.writer_for(model)
-        entities = [Entity(DELETE, validate_key(model, key)) for key in keys]
-        summary = ModelSummary(model=model.name, read=len(entities), accepted=len(entities))
+        kind = self.kind(name)
+        writer = self.writer_for(kind)
+        entities = kind.deletions(keys)
+        summary = WriteSummary(kind=kind, read=len(entities), accepted=len(entities))
         with writer.receipt() as receipt:  # wait for these deletes, not for everything
             if entities:
                 writer.write(entities, receipt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import hashlib
 import struct
@@ -12,19 +13,23 @@ from datetime import date, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from scrapesink.domain.events import RawEvent, StoredEvent
+from scrapesink.domain.models import ModelDef
 from scrapesink.errors import ScrapesinkError
 
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
-    """What a store did with one batch: how many it newly stored, and which keys it already had.
+    """What a store did with one batch: how many records it newly stored, and which journal
+    seqs it already held (``duplicate_seqs``) or found identical (``unchanged_seqs``).
 
-    Duplicates are listed rather than stored keys because they are the rare case: a batch of
-    new events is reported without touching its keys one by one.
+    Seqs, not keys, so a receipt answers for each record whatever its kind, and the rare cases
+    are listed rather than the stored records: a batch of new records is reported without
+    touching them one by one.
     """
 
     stored: int = 0
-    duplicates: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    #: records whose key the store already held (another copy won, by stamp)
+    duplicate_seqs: frozenset[int] = field(default_factory=frozenset)
     #: model records found identical to what the store holds (nothing written)
     unchanged: int = 0
     #: which journal seqs those were (for per-record answers; may be empty when not known)
@@ -58,14 +63,75 @@ class DayStats:
     processed: int
 
 
+FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "~")  # ~ : JSON containment
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One condition on a model's field (``price>=10``, ``tags~["ai"]``)."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPage:
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    rank: float
+    record: dict[str, Any]
+
+
+class EventReader(Protocol):
+    """The read side of raw events (PostgreSQL's ``PostgresEventStore``; a fake in tests)."""
+
+    def get(self, source: str, source_id: str) -> StoredEvent | None: ...
+
+    def query(self, query: EventQuery) -> EventPage: ...
+
+    def stats(
+        self,
+        *,
+        source: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[DayStats]: ...
+
+    def mark_processed(self, keys: Sequence[tuple[str, str]], processed: bool = True) -> int:
+        """Flag events as handled by a downstream consumer; how many changed."""
+
+
+class ModelReader(Protocol):
+    """The read side of declared models (PostgreSQL's ``ModelRepository``; a fake in tests)."""
+
+    def get(self, model: ModelDef, key: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    def list(
+        self,
+        model: ModelDef,
+        *,
+        filters: Sequence[Filter] = (),
+        sort: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        children: bool = False,
+    ) -> ModelPage: ...
+
+    def count(self, model: ModelDef, filters: Sequence[Filter] = ()) -> int: ...
+
+    def search(
+        self, model: ModelDef, text: str, *, limit: int = 20
+    ) -> builtins.list[SearchHit]: ...
+
+    def stats(self, model: ModelDef) -> dict[str, Any]: ...
+
+
 R = TypeVar("R")
-EVENTS = "events"  # the journal kind of raw events; a model's kind is "model:<name>"
-
-
-def model_kind(model: str) -> str:
-    return f"model:{model}"
-
-
 _STAMP = struct.Struct(">q8s")  # 16 bytes
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from scrapesink.application.ingest import IngestSummary, WriteSummary
+from scrapesink.application.summary import WriteSummary
 from scrapesink.domain.jobs import Job, Run, RunCounts
 from scrapesink.errors import Conflict, NotFound, RecordError, StorageError
 from scrapesink.logs import get_logger
@@ -82,7 +82,7 @@ class JobRun:
             self._counts["rejected"] += summary.rejected
             self._pending += primary.pending
             self._dead += summary.dead_letters
-        if isinstance(summary, IngestSummary) and self.source is None and summary.sources:
+        if self.source is None and summary.sources:  # raw events name their sources
             self.source = sorted(summary.sources)[0]
 
     def __enter__(self) -> JobRun:

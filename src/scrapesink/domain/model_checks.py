@@ -1,4 +1,4 @@
-"""The checks behind :func:`scrapesink.domain.models.parse_declaration`, one method per part."""
+"""The checks behind :func:`scrapesink.domain.declarations.parse_declaration`, one per part."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from scrapesink.adapters.postgres.entities import FILTER_OPS, Filter
+from scrapesink.application.ports import FILTER_OPS, Filter
 from scrapesink.errors import InputError
 
 

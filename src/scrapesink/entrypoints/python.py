@@ -11,13 +11,20 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from scrapesink.adapters.postgres.entities import Filter, ModelPage, ModelRepository, SearchHit
 from scrapesink.application.delivery import SinkReport
 from scrapesink.application.durable import ReplayResult, RetryResult, retry_dead_letters
-from scrapesink.application.ingest import IngestSummary, WriteSummary
-from scrapesink.application.models import ModelService, ModelSummary
-from scrapesink.application.ports import DayStats, EventPage, EventQuery
+from scrapesink.application.models import ModelService
+from scrapesink.application.ports import (
+    DayStats,
+    EventPage,
+    EventQuery,
+    Filter,
+    ModelPage,
+    ModelReader,
+    SearchHit,
+)
 from scrapesink.application.runs import JobRun
+from scrapesink.application.summary import IngestSummary, ModelSummary, WriteSummary
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import get_settings
 from scrapesink.domain.events import StoredEvent
@@ -192,12 +199,11 @@ class Sink:
         """Rewrite model CSV files latest-only, atomically (deleted records dropped); returns
         per file the rows before and after. Pending deliveries are flushed first."""
         self.flush()
-        return self._app.compact(model)
+        return self._app.operations.compact(model)
 
-    def _repository(self) -> ModelRepository:
-        self._models()
-        assert self._app.repository is not None  # set by App.models()
-        return self._app.repository
+    def _repository(self) -> ModelReader:
+        self._models()  # the declaration is applied before the first read
+        return self._app.model_reader
 
     def flush(self) -> dict[str, SinkReport]:
         """Wait until every journaled record is delivered (or pending); totals per sink."""
@@ -220,7 +226,7 @@ class Sink:
 
     def get_event(self, source: str, source_id: str) -> StoredEvent | None:
         """The stored event for a key, or None."""
-        return self._app.events.get(source, source_id)
+        return self._app.event_reader.get(source, source_id)
 
     def list_events(
         self,
@@ -237,7 +243,7 @@ class Sink:
         if not 1 <= limit <= 10_000:
             raise RecordError(f"limit must be between 1 and 10000, got {limit}", path="limit")
         query = EventQuery(source, since, until, processed, contains, limit, after)
-        return self._app.events.query(query)
+        return self._app.event_reader.query(query)
 
     def event_stats(
         self,
@@ -247,11 +253,11 @@ class Sink:
         until: datetime | None = None,
     ) -> builtins.list[DayStats]:
         """Event counts per source and UTC day."""
-        return self._app.events.stats(source=source, since=since, until=until)
+        return self._app.event_reader.stats(source=source, since=since, until=until)
 
     def mark_processed(self, keys: Sequence[tuple[str, str]], processed: bool = True) -> int:
         """Set (or clear) the processed flag of events; returns how many changed."""
-        return self._app.events.mark_processed(keys, processed)
+        return self._app.event_reader.mark_processed(keys, processed)
 
     def close(self) -> dict[str, SinkReport]:
         """Deliver what can be, then release; returns the totals per sink for this sink's life.

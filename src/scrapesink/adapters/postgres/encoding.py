@@ -14,12 +14,23 @@ class EncodedBatch:
     """A batch encoded for the database: sorted by time, key arrays with each record's
     acceptance stamp, the COPY text."""
 
-    __slots__ = ("days", "events", "first", "journal_id", "last", "params", "stamps", "text")
+    __slots__ = (
+        "days",
+        "events",
+        "first",
+        "journal_id",
+        "last",
+        "order",
+        "params",
+        "stamps",
+        "text",
+    )
 
     def __init__(self, batch: Batch[RawEvent]) -> None:
         records, all_stamps = batch.records, batch.stamps()
         times = list(map(_TIME, records))
         order = sorted(range(len(records)), key=times.__getitem__)
+        self.order = order  # events[i] is records[order[i]]
         self.events = events = [records[i] for i in order]
         self.stamps = stamps = [all_stamps[i] for i in order]
         self.journal_id, self.first, self.last = batch.journal_id, batch.first, batch.last
@@ -33,17 +44,22 @@ class EncodedBatch:
         self.days = {e.occurred_at.date() for e in events}
         self.text = copy_text(events, frozenset())
 
-    def oldest_copies(self) -> tuple[list[RawEvent], list[bytes], bool]:
-        """One copy per key, the oldest stamp's (a catch-up batch may carry a key twice), and
-        whether some key had more than one."""
+    def oldest_copies(self) -> tuple[list[RawEvent], list[bytes], list[int]]:
+        """One copy per key, the oldest stamp's (a catch-up batch may carry a key twice): the
+        events, their stamps, and their positions in ``events``."""
         chosen: dict[tuple[str, str], int] = {}
         for i, (event, stamp) in enumerate(zip(self.events, self.stamps, strict=True)):
             j = chosen.setdefault(event.key, i)
             if stamp < self.stamps[j]:
                 chosen[event.key] = i
-        order = sorted(chosen.values())
-        repeated = len(order) < len(self.events)
-        return [self.events[i] for i in order], [self.stamps[i] for i in order], repeated
+        picked = sorted(chosen.values())
+        return [self.events[i] for i in picked], [self.stamps[i] for i in picked], picked
+
+    def seqs_but(self, positions: Sequence[int]) -> frozenset[int]:
+        """The journal seqs of every event but those at ``positions`` (of ``events``)."""
+        order, first = self.order, self.first
+        kept = {order[i] for i in positions}
+        return frozenset(first + i for i in range(len(order)) if i not in kept)
 
 
 _TIME = operator.attrgetter("occurred_at")

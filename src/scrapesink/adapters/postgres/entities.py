@@ -13,7 +13,6 @@ import binascii
 import builtins
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -23,14 +22,20 @@ from scrapesink.adapters.postgres.database import Database
 from scrapesink.adapters.postgres.model_sql import delete_name, q, upsert_name
 from scrapesink.adapters.postgres.model_tables import SEARCH_CONFIG, SQL_TYPES, ref_column
 from scrapesink.adapters.postgres.progress import RECORD_PROGRESS, JournalProgress
-from scrapesink.application.ports import Batch, WriteOutcome, model_kind
+from scrapesink.application.kinds import model_kind
+from scrapesink.application.ports import (
+    Batch,
+    Filter,
+    ModelPage,
+    SearchHit,
+    WriteOutcome,
+)
 from scrapesink.domain.models import Declaration, ModelDef
 from scrapesink.domain.records import DELETE, Entity, convert
 from scrapesink.errors import InputError, RecordError
 
 _JSON = msgspec.json.Encoder()
 _TIMES = ("first_seen_at", "last_seen_at", "updated_at")
-FILTER_OPS = ("=", "!=", "<", "<=", ">", ">=", "~")  # ~ : JSON containment (@>)
 _SQL_OPS = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "~": "@>"}
 
 
@@ -93,25 +98,6 @@ class PostgresModelSink(JournalProgress):
         if self._prepare is not None:
             self._prepare()  # ModelSchema.ensure: once per process, then a set lookup
             self._prepare = None
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    field: str
-    op: str
-    value: Any
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPage:
-    records: list[dict[str, Any]]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SearchHit:
-    rank: float
-    record: dict[str, Any]
 
 
 class ModelRepository:

@@ -21,8 +21,8 @@ from scrapesink.adapters.postgres.database import Database, translate
 from scrapesink.adapters.postgres.encoding import EncodedBatch, copy_text
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.adapters.postgres.progress import RECORD_PROGRESS, JournalProgress
+from scrapesink.application.kinds import EVENTS
 from scrapesink.application.ports import (
-    EVENTS,
     Batch,
     DayStats,
     EventPage,
@@ -208,7 +208,7 @@ class PostgresEventStore(JournalProgress):
 
     def _claim(self, cur: psycopg.Cursor[Any], batch: EncodedBatch) -> WriteOutcome:
         """Some keys are known: claim the free ones, take over those held by a newer copy."""
-        events, stamps, repeated = batch.oldest_copies()
+        events, stamps, picked = batch.oldest_copies()
         params = {
             "sources": [e.source for e in events],
             "ids": [e.source_id for e in events],
@@ -218,9 +218,10 @@ class PostgresEventStore(JournalProgress):
         }
         row = cur.execute(_CLAIM, params).fetchone()
         count, sources, ids, older = row or (0, None, None, 0)
-        chosen, duplicates = events, set[tuple[str, str]]()
+        repeated = len(events) < len(batch.events)
         if count == len(events):
             self._expect_duplicates = repeated  # new keys again: the fast path next time
+            chosen = events
         else:
             stored = set(zip(sources or [], ids or [], strict=True))
             taken = []
@@ -238,12 +239,14 @@ class PostgresEventStore(JournalProgress):
             if taken:
                 cur.execute(_REMOVE, [list(column) for column in zip(*taken, strict=True)])
                 stored.update((source, source_id) for source, source_id, _ in taken)
-            chosen = [e for e in events if e.key in stored]
-            duplicates.update(e.key for e in events if e.key not in stored)
+            kept = [i for i, e in zip(picked, events, strict=True) if e.key in stored]
+            picked, chosen = kept, [batch.events[i] for i in kept]
         if chosen:
             with cur.copy(_COPY) as copy:
                 copy.write(copy_text(chosen, frozenset()))
-        return WriteOutcome(len(chosen), frozenset(duplicates))
+        if len(chosen) == len(batch.events):
+            return WriteOutcome(len(chosen))
+        return WriteOutcome(len(chosen), batch.seqs_but(picked))
 
     # -- queries ------------------------------------------------------------------------------
     def get(self, source: str, source_id: str) -> StoredEvent | None:

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from scrapesink.adapters.postgres.database import Database
+from scrapesink.application.job_specs import JobSpec
 from scrapesink.domain.jobs import (
     FINISHED,
     Component,
     Job,
-    JobSpec,
     Run,
     RunCounts,
     check_name,

@@ -23,6 +23,14 @@ class Maintenance:
         self.database = database
         self.partitions = partitions
 
+    def is_empty(self) -> bool:
+        """No table at all in the current schema (what a restore without --force needs)."""
+        with self.database.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
+            ).fetchone()
+        return row is not None and row[0] == 0
+
     def analyze(self) -> None:
         with self.database.direct(autocommit=True) as conn:
             conn.execute("ANALYZE")

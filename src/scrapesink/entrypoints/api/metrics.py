@@ -1,25 +1,21 @@
 """The HTTP service's own metrics (requests, latency) beside scrapesink's process metrics
-(``scrapesink.metrics``: records per sink/source/outcome, failures, batch times, and the
+(``adapters.metrics``: records per sink/source/outcome, failures, batch times, and the
 pipeline gauges read at each scrape)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.registry import Collector
 
-from scrapesink import metrics
-from scrapesink.bootstrap import PipelineStatus
-from scrapesink.errors import TransientStorageError
-
-if TYPE_CHECKING:
-    from scrapesink.entrypoints.api.services import Services
+from scrapesink.adapters import metrics
 
 CONTENT_TYPE = metrics.CONTENT_TYPE
 
 
 class Metrics:
-    def __init__(self, services: Services) -> None:
+    """The server's registry: its request counters and the pipeline's ``gauges``."""
+
+    def __init__(self, gauges: Collector) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "scrapesink_http_requests",
@@ -33,14 +29,7 @@ class Metrics:
             ["method", "route"],
             registry=self.registry,
         )
-
-        def status() -> PipelineStatus:
-            try:
-                return services.status()
-            except TransientStorageError:  # PostgreSQL down: the other sinks still answer
-                return services.status(database_up=False)
-
-        self.registry.register(metrics.Gauges(services.app, status))
+        self.registry.register(gauges)
 
     def render(self) -> bytes:
         return metrics.render(self.registry)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from scrapesink.application.delivery import SinkReport
-from scrapesink.application.ingest import WriteSummary
+from scrapesink.application.summary import WriteSummary
 from scrapesink.domain.events import StoredEvent
 
 Status = Literal["stored", "duplicate", "unchanged", "pending", "dead_letter", "rejected"]

@@ -19,14 +19,16 @@ from scrapesink.adapters.idempotency import IdempotencyStore
 from scrapesink.adapters.postgres.api_access import SCOPES, ApiKey, ApiKeys, AuditLog, hash_key
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.models import ModelService
+from scrapesink.application.operations import PipelineStatus
+from scrapesink.application.ports import ModelReader
 from scrapesink.application.runs import JobRun, NoRun
-from scrapesink.bootstrap import App, PipelineStatus, bootstrap, pipeline_status
+from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import Settings
 from scrapesink.domain.events import EventRules
 from scrapesink.domain.models import ModelDef
 from scrapesink.entrypoints.api.metrics import Metrics
 from scrapesink.entrypoints.python import Sink
-from scrapesink.errors import NotFound, ScrapesinkError, StorageError
+from scrapesink.errors import NotFound, ScrapesinkError, StorageError, TransientStorageError
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +156,16 @@ class Services:
             self.audit = AuditLog(self.app.database)
             self.key_cache = KeyCache(
                 ApiKeys(self.app.database),
-                settings.data_dir / "api_keys.cache.json",
+                settings.paths.api_keys_cache,
                 settings.api_key_refresh_seconds,
             )
             if auth:
                 self.key_cache.start()
             self.idempotency = IdempotencyStore(
-                settings.data_dir / "idempotency.sqlite",
+                settings.paths.idempotency,
                 ttl=settings.api_idempotency_ttl.total_seconds(),
             )
-            self.metrics = Metrics(self)
+            self.metrics = Metrics(self.app.gauges(self._status_for_metrics))
             self._model_service: ModelService | None = None
             self._model_lock = threading.Lock()
             self._stop = threading.Event()
@@ -204,6 +206,11 @@ class Services:
                 self._model_service = self.app.models()
             return self._model_service
 
+    def model_reader(self) -> ModelReader:
+        """The model read port, once the declaration is applied."""
+        self.models()
+        return self.app.model_reader
+
     def model(self, name: str) -> ModelDef:
         model = self.app.declaration.models.get(name)
         if model is None:
@@ -224,10 +231,13 @@ class Services:
     def status(self, *, database_up: bool = True) -> PipelineStatus:
         """Pending per sink; with the database down, every journaled record counts as pending
         for PostgreSQL (its progress table cannot be read) and the other sinks still answer."""
-        sinks = self.app.sinks
-        if not database_up:
-            sinks = [sink for sink in sinks if sink.name != "postgres"]
-        return pipeline_status(self.settings, sinks, self.app.database_label)
+        return self.app.operations.status(database_up=database_up)
+
+    def _status_for_metrics(self) -> PipelineStatus:
+        try:
+            return self.status()
+        except TransientStorageError:  # PostgreSQL down: the other sinks still answer
+            return self.status(database_up=False)
 
     def record_audit(
         self,

@@ -122,7 +122,7 @@ def demo() -> None:
         finally:
             infile.close()
         days = application.partitions.existing()
-        stats = application.events.stats()
+        stats = application.event_reader.stats()
         data_dir = application.settings.data_dir
     out.print(
         f"[bold]sample ingested:[/] read {summary.read:,}, inserted {summary.inserted:,}, "

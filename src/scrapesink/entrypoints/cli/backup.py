@@ -134,7 +134,7 @@ def restore(
     with open_app(announce=False, schema="skip") as application:
         backups = application.backups()
         manifest = backups.restore(
-            backup_id, database_empty=application.database_is_empty(), force=force
+            backup_id, database_empty=application.upkeep.is_empty(), force=force
         )
     out.print(f"restored {manifest.id} (schema {manifest.schema_revision})")
     raise typer.Exit(EXIT_OK)

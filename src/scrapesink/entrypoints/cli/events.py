@@ -45,7 +45,7 @@ def event_json(event: StoredEvent) -> dict[str, Any]:
 def get(source: str, source_id: str) -> None:
     """Print one event as JSON (exit 1 if there is none)."""
     with open_app(announce=False) as application:
-        event = application.events.get(source, source_id)
+        event = application.event_reader.get(source, source_id)
     if event is None:
         fail(f"no event with source {source!r} and source_id {source_id!r}", EXIT_FATAL)
     out.print_json(json.dumps(event_json(event), ensure_ascii=False))
@@ -79,7 +79,7 @@ def list_(
         source, _when(since, "--since"), _when(until, "--until"), processed, filter_, limit, after
     )
     with open_app(announce=False) as application:
-        page = application.events.query(query)
+        page = application.event_reader.query(query)
     for event in page.events:
         print(json.dumps(event_json(event), ensure_ascii=False))
     if page.next_cursor:
@@ -96,7 +96,7 @@ def stats(
 ) -> None:
     """Events per source and UTC day, with how many are processed."""
     with open_app(announce=False) as application:
-        rows = application.events.stats(
+        rows = application.event_reader.stats(
             source=source, since=_when(since, "--since"), until=_when(until, "--until")
         )
     if as_json:

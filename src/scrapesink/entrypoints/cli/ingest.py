@@ -26,12 +26,11 @@ from scrapesink.adapters.readers import (
     read_records,
 )
 from scrapesink.application.delivery import SinkReport
-from scrapesink.application.ingest import IngestSummary
-from scrapesink.application.models import ModelSummary
 from scrapesink.application.runs import JobRun, NoRun
+from scrapesink.application.summary import IngestSummary, ModelSummary
 from scrapesink.bootstrap import App
+from scrapesink.domain.declarations import load_models
 from scrapesink.domain.events import EventRules
-from scrapesink.domain.models import load_models
 from scrapesink.entrypoints.cli.common import (
     EXIT_OK,
     EXIT_PENDING,

@@ -9,7 +9,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from scrapesink.domain.jobs import Run, check_job
+from scrapesink.application.job_specs import check_job
+from scrapesink.domain.jobs import Run
 from scrapesink.entrypoints.cli.common import escape, handle_errors, open_app, out
 from scrapesink.errors import InputError
 

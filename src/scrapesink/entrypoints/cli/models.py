@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from scrapesink.domain.models import Declaration, load_declaration, load_models
+from scrapesink.domain.declarations import load_declaration, load_models
+from scrapesink.domain.models import Declaration
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     err,

@@ -10,13 +10,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from scrapesink.adapters.csv_sink import CsvEventSink
-from scrapesink.adapters.deadletters import DeadLetter, DeadLetterStore
+from scrapesink.adapters.deadletters import DeadLetter
 from scrapesink.adapters.export import export_excel
 from scrapesink.application.durable import retry_dead_letters
-from scrapesink.application.ports import EventSink
-from scrapesink.bootstrap import App, bootstrap, pipeline_status
-from scrapesink.domain.events import RawEvent
+from scrapesink.application.kinds import kind_named
+from scrapesink.bootstrap import bootstrap, dead_letter_store, offline_status
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -53,18 +51,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
     Exit code 4 when anything is pending.
     """
     config = settings()
-    app: App | None = None
     try:
         app = bootstrap(config)
-        sinks: list[EventSink] = app.sinks
-        database = app.database_label
     except TransientStorageError as exc:
-        sinks = [CsvEventSink(config.data_dir)] if config.csv_enabled else []
         database = f"unreachable ({exc.message})"
-    try:
-        report = pipeline_status(config, sinks, database)
-    finally:
-        if app is not None:
+        report = offline_status(config, database)
+    else:
+        database = app.database_label
+        try:
+            report = app.status()
+        finally:
             app.close()
     if as_json:
         print(json.dumps(report.as_dict()))
@@ -120,7 +116,7 @@ def dl_list(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
 ) -> None:
     """Dead letters, oldest first."""
-    store = DeadLetterStore(settings().data_dir / "deadletters.sqlite")
+    store = dead_letter_store(settings())
     letters = store.list(sink=sink, limit=limit)
     if as_json:
         for letter in letters:
@@ -146,15 +142,14 @@ def dl_list(
 @handle_errors
 def dl_show(letter_id: int) -> None:
     """One dead letter with its record, as JSON."""
-    letter = DeadLetterStore(settings().data_dir / "deadletters.sqlite").get(letter_id)
+    letter = dead_letter_store(settings()).get(letter_id)
     out.print_json(json.dumps(letter.as_dict(), ensure_ascii=False))
 
 
 def _letter_names(letter: DeadLetter) -> tuple[str, str]:
     """Source and id columns: an event's key, or a model record's kind and operation."""
-    if isinstance(letter.record, RawEvent):
-        return letter.record.source, letter.record.source_id
-    return letter.kind, letter.record.op
+    kept = kind_named(letter.kind).letter(letter.record)
+    return kept.source, kept.source_id
 
 
 @deadletters_app.command("retry")
@@ -181,7 +176,7 @@ def dl_purge(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
     """Delete dead letters for good."""
-    store = DeadLetterStore(settings().data_dir / "deadletters.sqlite")
+    store = dead_letter_store(settings())
     if not yes and not typer.confirm(f"delete every dead letter{f' of {sink}' if sink else ''}?"):
         raise typer.Exit(EXIT_FATAL)
     out.print(f"{store.purge(sink=sink)} dead letter(s) deleted")
@@ -203,8 +198,8 @@ def export(
     if not excel:
         raise typer.BadParameter("choose a format: --excel", param_hint="--excel")
     config = settings()
-    target = out_dir or config.data_dir / "export" / "excel"
-    written = export_excel(CsvEventSink(config.data_dir).root, target)
+    target = out_dir or config.paths.excel_export
+    written = export_excel(config.paths.event_csv, target)
     out.print(f"{len(written)} file(s) written to {target}")
 
 
@@ -220,15 +215,11 @@ def metrics(
     letters, partitions, pool (the REST API serves the same at /metrics, with its counters)."""
     from prometheus_client import CollectorRegistry
 
-    from scrapesink import metrics as prometheus
+    from scrapesink.adapters import metrics as prometheus
 
-    config = settings()
     registry = CollectorRegistry()
     with open_app(announce=False, offline_ok=True) as app:
-        sinks = app.sinks if not app.offline else [s for s in app.sinks if s.name != "postgres"]
-        registry.register(
-            prometheus.Gauges(app, lambda: pipeline_status(config, sinks, app.database_label))
-        )
+        registry.register(app.gauges())
         if textfile is not None:
             prometheus.write_textfile(textfile, registry)
             err.print(f"metrics written to {textfile}")
@@ -242,7 +233,7 @@ def maintain() -> None:
     drop those past SCRAPESINK_RETENTION (when set), VACUUM (ANALYZE) partitions whose day
     ended more than SCRAPESINK_WRITE_WINDOW ago and were not vacuumed since, ANALYZE."""
     with open_app(announce=False) as app:
-        result = app.maintain()
+        result = app.operations.maintain()
     out.print(f"partitions created: {len(result.created)} {' '.join(result.created)}".rstrip())
     if result.retention is None:
         out.print("retention: not set (SCRAPESINK_RETENTION), nothing dropped")
@@ -258,7 +249,7 @@ def health(as_json: bool = typer.Option(False, "--json", help="One JSON object."
     premade, nothing pending longer than SCRAPESINK_HEALTH_MAX_PENDING_AGE, at least
     SCRAPESINK_HEALTH_MIN_FREE_BYTES free in the data directory. Exit code 1 when not."""
     with open_app(announce=False, offline_ok=True, schema="skip") as app:
-        report = app.health()
+        report = app.operations.health()
     if as_json:
         print(json.dumps(report.as_dict()))
     else:
@@ -274,8 +265,8 @@ def health(as_json: bool = typer.Option(False, "--json", help="One JSON object."
 def installation_stats(as_json: bool) -> None:
     """`scrapesink stats` without a model."""
     with open_app(announce=False) as app:
-        sizes = app.table_sizes()
-        days = app.events.stats()
+        sizes = app.upkeep.table_sizes()
+        days = app.event_reader.stats()
         runs = app.jobs.run_stats()
         pool = app.database.stats()
     if as_json:

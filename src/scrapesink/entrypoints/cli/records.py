@@ -13,7 +13,8 @@ from rich.table import Table
 
 from scrapesink.application.models import ModelService
 from scrapesink.bootstrap import App
-from scrapesink.domain.models import ModelDef, load_models
+from scrapesink.domain.declarations import load_models
+from scrapesink.domain.models import ModelDef
 from scrapesink.entrypoints.cli.common import (
     EXIT_PENDING,
     escape,
@@ -79,8 +80,7 @@ def list_(
     --after; ties in the sorted field are ordered by id, in the same direction)."""
     with _service(models) as (app, service):
         declared = service.model(model)
-        assert app.repository is not None
-        page = app.repository.list(
+        page = app.model_reader.list(
             declared,
             filters=parse_filters(where),
             sort=sort,
@@ -128,8 +128,7 @@ def search(
     """Full-text search over the model's search fields, best match first."""
     with _service(models) as (app, service):
         declared = service.model(model)
-        assert app.repository is not None
-        hits = app.repository.search(declared, query, limit=limit)
+        hits = app.model_reader.search(declared, query, limit=limit)
     table = Table("rank", *declared.natural_key, "match")
     for hit in hits:
         record = hit.record
@@ -191,8 +190,7 @@ def stats(
         installation_stats(as_json)
         return
     with _service(models) as (app, service):
-        assert app.repository is not None
-        result = app.repository.stats(service.model(model))
+        result = app.model_reader.stats(service.model(model))
     if as_json:
         print(json.dumps(result, default=str))
         return
@@ -216,7 +214,7 @@ def compact(
     with open_app(announce=False, offline_ok=True) as app:
         app.use_declaration(declaration)
         app.start_writing()  # pending deliveries first: compaction sees every version
-        result = app.compact(model)
+        result = app.operations.compact(model)
     table = Table("file", "rows before", "rows after")
     for file, (before, after) in result.items():
         table.add_row(file, f"{before:,}", f"{after:,}")

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from scrapesink.adapters.readers import loads
-from scrapesink.application.ingest import WriteSummary
+from scrapesink.application.summary import WriteSummary
 from scrapesink.entrypoints.api.errors import ErrorBody
 from scrapesink.entrypoints.api.schemas import write_response
 

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from scrapesink.adapters.readers import read_jsonl
 from scrapesink.application.ports import EventQuery
-from scrapesink.entrypoints.api.auth import require, services_of
+from scrapesink.entrypoints.api.deps import Events, Reader, ServicesDep, Writer
 from scrapesink.entrypoints.api.routes.common import (
     MAX_PAGE,
     NDJSON,
@@ -34,7 +34,7 @@ from scrapesink.entrypoints.api.schemas import (
     MarkProcessed,
     WriteResponse,
 )
-from scrapesink.entrypoints.api.services import Principal, Services
+from scrapesink.entrypoints.api.services import Services
 from scrapesink.errors import NotFound
 
 router = APIRouter(prefix="/api/v1/events", tags=["raw events"])
@@ -76,7 +76,8 @@ def _ingest(
 )
 async def ingest_events(
     request: Request,
-    _: Annotated[Principal, Depends(require("ingest"))],
+    services: ServicesDep,
+    _: Writer,
     source: Source = None,
     id_field: IdField = "id",
     time_field: TimeField = "timestamp",
@@ -87,7 +88,6 @@ async def ingest_events(
     ``duplicate``; an invalid one is ``rejected`` with its path and the others are stored.
     200 when PostgreSQL answered for every record, 202 when some are ``pending`` (journaled,
     delivered when PostgreSQL is back)."""
-    services = services_of(request)
     body = records_of(await json_body(request), services.settings.api_max_batch)
     records = [(f"[{i}]", record) for i, record in enumerate(body)]
     return await run_in_threadpool(_ingest, services, records, source, id_field, time_field, job)
@@ -102,7 +102,8 @@ async def ingest_events(
 )
 async def ingest_stream(
     request: Request,
-    _: Annotated[Principal, Depends(require("ingest"))],
+    services: ServicesDep,
+    _: Writer,
     source: Source = None,
     id_field: IdField = "id",
     time_field: TimeField = "timestamp",
@@ -112,7 +113,6 @@ async def ingest_stream(
     ingested line by line once complete, so a body over the size limit (413) stores nothing.
     A line that is not JSON is ``rejected`` (``line N``); the others are stored."""
     require_media(request, NDJSON, "application/jsonl", "application/json-seq")
-    services = services_of(request)
     with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spool:
         async for chunk in request.stream():
             spool.write(chunk)
@@ -130,8 +130,8 @@ async def ingest_stream(
     responses=errors(400, 401, 403, 422),
 )
 def list_events(
-    request: Request,
-    _: Annotated[Principal, Depends(require("read"))],
+    events: Events,
+    _: Reader,
     source: str | None = None,
     since: Annotated[datetime | None, Query(description="occurred_at from (inclusive)")] = None,
     until: Annotated[datetime | None, Query(description="occurred_at until (exclusive)")] = None,
@@ -142,7 +142,6 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> EventPageOut:
-    services = services_of(request)
     wanted = None
     if contains is not None:
         try:
@@ -151,9 +150,7 @@ def list_events(
             raise HTTPException(422, f"contains: not valid JSON ({exc.msg})") from None
         if not isinstance(wanted, dict):
             raise HTTPException(422, "contains: must be a JSON object")
-    page = services.app.events.query(
-        EventQuery(source, since, until, processed, wanted, limit, after)
-    )
+    page = events.query(EventQuery(source, since, until, processed, wanted, limit, after))
     return EventPageOut(events=[EventOut.of(e) for e in page.events], next_cursor=page.next_cursor)
 
 
@@ -164,13 +161,13 @@ def list_events(
     responses=errors(401, 403, 422),
 )
 def event_stats(
-    request: Request,
-    _: Annotated[Principal, Depends(require("read"))],
+    events: Events,
+    _: Reader,
     source: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[DayStatsOut]:
-    rows = services_of(request).app.events.stats(source=source, since=since, until=until)
+    rows = events.stats(source=source, since=since, until=until)
     return [
         DayStatsOut(source=r.source, day=r.day, events=r.events, processed=r.processed)
         for r in rows
@@ -184,11 +181,9 @@ def event_stats(
     responses=errors(400, 401, 403, 413, 415, 422),
     dependencies=[Depends(json_only)],
 )
-def mark_processed(
-    request: Request, body: MarkProcessed, _: Annotated[Principal, Depends(require("ingest"))]
-) -> Changed:
+def mark_processed(events: Events, body: MarkProcessed, _: Writer) -> Changed:
     keys = [(k.source, k.source_id) for k in body.keys]
-    return Changed(changed=services_of(request).app.events.mark_processed(keys, body.processed))
+    return Changed(changed=events.mark_processed(keys, body.processed))
 
 
 @router.get(
@@ -198,12 +193,12 @@ def mark_processed(
     responses=errors(401, 403, 404),
 )
 def get_event(
-    request: Request,
+    events: Events,
     source: str,
     source_id: str,
-    _: Annotated[Principal, Depends(require("read"))],
+    _: Reader,
 ) -> EventOut:
-    event = services_of(request).app.events.get(source, source_id)
+    event = events.get(source, source_id)
     if event is None:
         raise NotFound(f"no event {source}/{source_id}")
     return EventOut.of(event)

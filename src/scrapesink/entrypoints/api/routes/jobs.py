@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from scrapesink.domain.jobs import check_job
-from scrapesink.entrypoints.api.auth import require, services_of
+from scrapesink.application.job_specs import check_job
+from scrapesink.entrypoints.api.deps import Admin, Reader, ServicesDep
 from scrapesink.entrypoints.api.routes.common import errors, json_body, json_request
 from scrapesink.entrypoints.api.schemas import JobOut, RunOut
-from scrapesink.entrypoints.api.services import Principal
+from scrapesink.entrypoints.api.services import Principal, Services
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-Reader = Annotated[Principal, Depends(require("read"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
 _JOB_BODY = {
     "type": "object",
     "required": ["name"],
@@ -32,8 +30,8 @@ _JOB_BODY = {
 
 
 @router.get("", summary="Every job", response_model=list[JobOut], responses=errors(401, 403))
-def list_jobs(request: Request, _: Reader) -> list[JobOut]:
-    return [JobOut.model_validate(j.as_dict()) for j in services_of(request).app.jobs.list()]
+def list_jobs(services: ServicesDep, _: Reader) -> list[JobOut]:
+    return [JobOut.model_validate(j.as_dict()) for j in services.app.jobs.list()]
 
 
 @router.post(
@@ -46,11 +44,11 @@ def list_jobs(request: Request, _: Reader) -> list[JobOut]:
 )
 async def create_job(
     request: Request,
+    services: ServicesDep,
     principal: Admin,
     replace: Annotated[bool, Query(description="Redefine an existing job.")] = False,
 ) -> JSONResponse:
     spec = check_job(await json_body(request))
-    services = services_of(request)
     job = await run_in_threadpool(services.app.jobs.create, spec, replace=replace)
     services.record_audit(principal, "jobs create", job.name, "replaced" if replace else "created")
     return JSONResponse(JobOut.model_validate(job.as_dict()).model_dump(mode="json"), 201)
@@ -60,8 +58,8 @@ async def create_job(
     "/{name}", summary="One job with its components", response_model=JobOut,
     responses=errors(401, 403, 404),
 )  # fmt: skip
-def show_job(request: Request, name: str, _: Reader) -> JobOut:
-    return JobOut.model_validate(services_of(request).app.jobs.get(name).as_dict())
+def show_job(services: ServicesDep, name: str, _: Reader) -> JobOut:
+    return JobOut.model_validate(services.app.jobs.get(name).as_dict())
 
 
 @router.get(
@@ -69,14 +67,13 @@ def show_job(request: Request, name: str, _: Reader) -> JobOut:
     responses=errors(401, 403, 404, 422),
 )  # fmt: skip
 def job_runs(
-    request: Request, name: str, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    services: ServicesDep, name: str, _: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> list[RunOut]:
-    runs = services_of(request).app.jobs.runs(name, limit=limit)
+    runs = services.app.jobs.runs(name, limit=limit)
     return [RunOut.model_validate(run.as_dict()) for run in runs]
 
 
-def _set_enabled(request: Request, principal: Principal, name: str, enabled: bool) -> Any:
-    services = services_of(request)
+def _set_enabled(services: Services, principal: Principal, name: str, enabled: bool) -> Any:
     job = services.app.jobs.set_enabled(name, enabled)
     services.record_audit(principal, "jobs enable" if enabled else "jobs disable", name, "ok")
     return JobOut.model_validate(job.as_dict())
@@ -86,8 +83,8 @@ def _set_enabled(request: Request, principal: Principal, name: str, enabled: boo
     "/{name}/disable", summary="Disable a job (its runs are refused)", response_model=JobOut,
     responses=errors(401, 403, 404),
 )  # fmt: skip
-def disable_job(request: Request, name: str, principal: Admin) -> JobOut:
-    result: JobOut = _set_enabled(request, principal, name, False)
+def disable_job(services: ServicesDep, name: str, principal: Admin) -> JobOut:
+    result: JobOut = _set_enabled(services, principal, name, False)
     return result
 
 
@@ -95,6 +92,6 @@ def disable_job(request: Request, name: str, principal: Admin) -> JobOut:
     "/{name}/enable", summary="Enable a job again", response_model=JobOut,
     responses=errors(401, 403, 404),
 )  # fmt: skip
-def enable_job(request: Request, name: str, principal: Admin) -> JobOut:
-    result: JobOut = _set_enabled(request, principal, name, True)
+def enable_job(services: ServicesDep, name: str, principal: Admin) -> JobOut:
+    result: JobOut = _set_enabled(services, principal, name, True)
     return result

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from scrapesink.domain.models import ModelDef
-from scrapesink.entrypoints.api.auth import require, services_of
+from scrapesink.entrypoints.api.deps import Models, Reader, ServicesDep, Writer
 from scrapesink.entrypoints.api.routes.common import (
     MAX_PAGE,
     errors,
@@ -27,7 +27,7 @@ from scrapesink.entrypoints.api.schemas import (
     SearchHitOut,
     WriteResponse,
 )
-from scrapesink.entrypoints.api.services import Principal, Services
+from scrapesink.entrypoints.api.services import Services
 from scrapesink.entrypoints.parsing import parse_filters, parse_key
 from scrapesink.errors import NotFound
 
@@ -49,20 +49,16 @@ def _describe(model: ModelDef) -> ModelOut:
 
 
 @router.get("", summary="The declared models", response_model=list[ModelOut])
-def list_models(
-    request: Request, _: Annotated[Principal, Depends(require("read"))]
-) -> list[ModelOut]:
-    declaration = services_of(request).app.declaration
+def list_models(services: ServicesDep, _: Reader) -> list[ModelOut]:
+    declaration = services.app.declaration
     return [_describe(model) for model in declaration.models.values()]
 
 
 @router.get(
     "/{model}", summary="One model's declaration", response_model=ModelOut, responses=errors(404)
 )
-def show_model(
-    request: Request, model: str, _: Annotated[Principal, Depends(require("read"))]
-) -> ModelOut:
-    return _describe(services_of(request).model(model))
+def show_model(services: ServicesDep, model: str, _: Reader) -> ModelOut:
+    return _describe(services.model(model))
 
 
 def _save(services: Services, model: str, body: list[Any], job: str | None) -> JSONResponse:
@@ -84,8 +80,9 @@ def _save(services: Services, model: str, body: list[Any], job: str | None) -> J
 )
 async def save_records(
     request: Request,
+    services: ServicesDep,
     model: str,
-    _: Annotated[Principal, Depends(require("ingest"))],
+    _: Writer,
     job: Annotated[
         str | None, Query(description="Record this request as a run of the job.")
     ] = None,
@@ -93,7 +90,6 @@ async def save_records(
     """A new or changed record is ``stored``; one identical to what PostgreSQL holds is
     ``unchanged``; in one request the last record of a key wins (the earlier are
     ``duplicate``). Children and links are replaced to match the record."""
-    services = services_of(request)
     services.model(model)
     body = records_of(await json_body(request), services.settings.api_max_batch, single=True)
     return await run_in_threadpool(_save, services, model, body, job)
@@ -107,9 +103,10 @@ async def save_records(
     responses=errors(400, 401, 403, 404, 422),
 )
 def list_records(
-    request: Request,
+    services: ServicesDep,
+    models: Models,
     model: str,
-    _: Annotated[Principal, Depends(require("read"))],
+    _: Reader,
     where: Annotated[
         list[str] | None,
         Query(description="FIELD OP VALUE, OP one of = != < <= > >= ~; e.g. quality_score>=0.8"),
@@ -121,11 +118,8 @@ def list_records(
         bool, Query(description="whole records, with their children and links")
     ] = False,
 ) -> ModelPageOut:
-    services = services_of(request)
     declared = services.model(model)
-    services.models()
-    assert services.app.repository is not None
-    page = services.app.repository.list(
+    page = models.list(
         declared,
         filters=parse_filters(where or []),
         sort=sort,
@@ -142,10 +136,7 @@ def list_records(
     response_model=dict[str, Any],
     responses=errors(400, 401, 403, 404, 422),
 )
-def get_record(
-    request: Request, model: str, key: str, _: Annotated[Principal, Depends(require("read"))]
-) -> dict[str, Any]:
-    services = services_of(request)
+def get_record(services: ServicesDep, model: str, key: str, _: Reader) -> dict[str, Any]:
     services.model(model)
     record = services.models().get(model, parse_key(key))
     if record is None:
@@ -162,13 +153,13 @@ def get_record(
 )
 async def update_record(
     request: Request,
+    services: ServicesDep,
     model: str,
     key: str,
-    _: Annotated[Principal, Depends(require("ingest"))],
+    _: Writer,
 ) -> dict[str, Any]:
     """The fields given replace the stored ones; a child or link list given replaces the old
     list. Answers the record as stored."""
-    services = services_of(request)
     services.model(model)
     changes = await json_body(request)
     if not isinstance(changes, dict):
@@ -183,14 +174,13 @@ async def update_record(
     responses=errors(400, 401, 403, 404, 422),
 )
 def delete_record(
-    request: Request,
+    services: ServicesDep,
     model: str,
     key: str,
-    principal: Annotated[Principal, Depends(require("ingest"))],
+    principal: Writer,
 ) -> DeleteResponse:
     """Removed from PostgreSQL (and from every answer); the CSV history keeps it, marked
     deleted, until ``compact``. Audited."""
-    services = services_of(request)
     services.model(model)
     target = f"{model}/{key}"
     service = services.models()
@@ -210,17 +200,15 @@ def delete_record(
     responses=errors(401, 403, 404, 422),
 )
 def search_records(
-    request: Request,
+    services: ServicesDep,
+    models: Models,
     model: str,
     q: Annotated[str, Query(min_length=1, max_length=1000)],
-    _: Annotated[Principal, Depends(require("read"))],
+    _: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> list[SearchHitOut]:
-    services = services_of(request)
     declared = services.model(model)
-    services.models()
-    assert services.app.repository is not None
-    hits = services.app.repository.search(declared, q, limit=limit)
+    hits = models.search(declared, q, limit=limit)
     return [SearchHitOut(rank=h.rank, record=h.record) for h in hits]
 
 
@@ -230,11 +218,6 @@ def search_records(
     response_model=dict[str, Any],
     responses=errors(401, 403, 404),
 )
-def model_stats(
-    request: Request, model: str, _: Annotated[Principal, Depends(require("read"))]
-) -> dict[str, Any]:
-    services = services_of(request)
+def model_stats(services: ServicesDep, models: Models, model: str, _: Reader) -> dict[str, Any]:
     declared = services.model(model)
-    services.models()
-    assert services.app.repository is not None
-    return services.app.repository.stats(declared)
+    return models.stats(declared)

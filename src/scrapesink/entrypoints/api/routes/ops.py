@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from scrapesink.application.durable import retry_dead_letters
 from scrapesink.config import parse_duration
-from scrapesink.entrypoints.api.auth import require, services_of
+from scrapesink.entrypoints.api.deps import Admin, ServicesDep
 from scrapesink.entrypoints.api.metrics import CONTENT_TYPE
 from scrapesink.entrypoints.api.routes.common import errors, json_only
 from scrapesink.entrypoints.api.schemas import (
@@ -28,11 +28,9 @@ from scrapesink.entrypoints.api.schemas import (
     SinkCounts,
     StatusOut,
 )
-from scrapesink.entrypoints.api.services import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["operations"])
 probes = APIRouter(tags=["probes"])
-Admin = Annotated[Principal, Depends(require("admin"))]
 _ADMIN_ERRORS = errors(401, 403, 503)
 
 
@@ -42,8 +40,8 @@ _ADMIN_ERRORS = errors(401, 403, 503)
     response_model=StatusOut,
     responses=_ADMIN_ERRORS,
 )
-def status(request: Request, _: Admin) -> StatusOut:
-    return StatusOut.model_validate(services_of(request).status().as_dict())
+def status(services: ServicesDep, _: Admin) -> StatusOut:
+    return StatusOut.model_validate(services.status().as_dict())
 
 
 @router.get(
@@ -53,12 +51,12 @@ def status(request: Request, _: Admin) -> StatusOut:
     responses=_ADMIN_ERRORS,
 )
 def dead_letters(
-    request: Request,
+    services: ServicesDep,
     _: Admin,
     sink: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[DeadLetterOut]:
-    letters = services_of(request).app.dead_letters.list(sink=sink, limit=limit)
+    letters = services.app.dead_letters.list(sink=sink, limit=limit)
     return [DeadLetterOut.model_validate(letter.as_dict()) for letter in letters]
 
 
@@ -69,8 +67,7 @@ def dead_letters(
     responses=errors(400, 401, 403, 404, 415, 422, 503),
     dependencies=[Depends(json_only)],
 )
-def retry(request: Request, body: RetryRequest, principal: Admin) -> RetryOut:
-    services = services_of(request)
+def retry(services: ServicesDep, body: RetryRequest, principal: Admin) -> RetryOut:
     store = services.app.dead_letters
     if body.ids:
         letters = [store.get(i) for i in body.ids]
@@ -93,10 +90,10 @@ def retry(request: Request, body: RetryRequest, principal: Admin) -> RetryOut:
     response_model=list[PartitionOut],
     responses=_ADMIN_ERRORS,
 )
-def partitions(request: Request, _: Admin) -> list[PartitionOut]:
+def partitions(services: ServicesDep, _: Admin) -> list[PartitionOut]:
     return [
         PartitionOut(name=p.name, start=p.start, end=p.end, rows=p.rows, size_bytes=p.size_bytes)
-        for p in services_of(request).app.partitions.details()
+        for p in services.app.partitions.details()
     ]
 
 
@@ -107,8 +104,7 @@ def partitions(request: Request, _: Admin) -> list[PartitionOut]:
     responses=errors(400, 401, 403, 415, 422, 503),
     dependencies=[Depends(json_only)],
 )
-def ensure_partitions(request: Request, body: EnsureRequest, principal: Admin) -> NamesOut:
-    services = services_of(request)
+def ensure_partitions(services: ServicesDep, body: EnsureRequest, principal: Admin) -> NamesOut:
     ahead = services.settings.partition_premake_days if body.days is None else body.days
     created = services.app.partitions.premake(ahead)
     names = [part.name for part in created]
@@ -123,14 +119,15 @@ def ensure_partitions(request: Request, body: EnsureRequest, principal: Admin) -
     responses=errors(400, 401, 403, 415, 422, 503),
     dependencies=[Depends(json_only)],
 )
-def prune_partitions(request: Request, body: PruneRequest, principal: Admin) -> list[PartitionOut]:
+def prune_partitions(
+    services: ServicesDep, body: PruneRequest, principal: Admin
+) -> list[PartitionOut]:
     try:
         age = parse_duration(body.older_than)
     except ValueError as exc:
         raise HTTPException(422, f"older_than: {exc}") from None
     if age < timedelta(days=1):
         raise HTTPException(422, "older_than: must be at least 1d")
-    services = services_of(request)
     dropped = services.app.partitions.prune(age, dry_run=body.dry_run)
     services.record_audit(
         principal,
@@ -151,8 +148,7 @@ def prune_partitions(request: Request, body: PruneRequest, principal: Admin) -> 
     response_model=ReplayOut,
     responses=_ADMIN_ERRORS,
 )
-def replay(request: Request, principal: Admin) -> ReplayOut:
-    services = services_of(request)
+def replay(services: ServicesDep, principal: Admin) -> ReplayOut:
     services.app.catch_up()  # this server's own journal first
     result = services.app.replay()
     pending = sum(r.pending for r in result.reports.values())
@@ -173,12 +169,11 @@ def replay(request: Request, principal: Admin) -> ReplayOut:
     response_model=HealthOut,
     responses={503: {"model": HealthOut}},
 )
-def health(request: Request) -> JSONResponse:
+def health(services: ServicesDep) -> JSONResponse:
     """The checks of `scrapesink health` (database, migrations, partitions, pending age, disk):
     ``status`` is ``degraded`` when any fails; the answer is 503 only when PostgreSQL does not
     answer (ingest goes on into the journal meanwhile)."""
-    services = services_of(request)
-    checks = services.app.health()
+    checks = services.app.operations.health()
     database = next(c for c in checks.checks if c.name == "database")
     report = services.status(database_up=database.ok)
     now = datetime.now(UTC)
@@ -199,5 +194,5 @@ def health(request: Request) -> JSONResponse:
 
 
 @probes.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
-def metrics(request: Request) -> Response:
-    return Response(services_of(request).metrics.render(), media_type=CONTENT_TYPE)
+def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)

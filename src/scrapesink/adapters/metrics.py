@@ -2,9 +2,10 @@
 
 One registry per process (``REGISTRY``, not prometheus-client's global default, so an
 application embedding scrapesink keeps its own). Counters are updated by the delivery lanes
-through an observer the composition root installs; gauges of the pipeline (pending records and
-their age, dead letters, pool connections, partitions) are read when the registry is collected,
-from the :class:`Gauges` collector an entrypoint registers for its App.
+through :class:`PrometheusObserver`, which the composition root passes to every writer; gauges
+of the pipeline (pending records and their age, dead letters, pool connections, partitions) are
+read when the registry is collected, from the :class:`Gauges` collector an entrypoint registers
+with the readings it has.
 
     scrapesink_records_total{sink, kind, name, outcome}   kind events|model, name source|model,
                                                           outcome stored|duplicate|unchanged|
@@ -20,13 +21,10 @@ from the :class:`Gauges` collector an entrypoint registers for its App.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,13 +36,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scrapesink.application import delivery
-from scrapesink.application.ports import Batch, Sink, WriteOutcome
-from scrapesink.domain.events import RawEvent
+from scrapesink.application.kinds import RecordKind
+from scrapesink.application.operations import PipelineStatus
+from scrapesink.application.ports import Batch, WriteOutcome
 from scrapesink.errors import ScrapesinkError
-
-if TYPE_CHECKING:
-    from scrapesink.bootstrap import App, PipelineStatus
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,72 +72,43 @@ BATCH_SECONDS = Histogram(
 )
 
 
-_source = attrgetter("source")
-
-
-def _kind_name(sink: Sink[Any]) -> tuple[str, str]:
-    kind = sink.kind
-    return ("model", kind.removeprefix("model:")) if kind.startswith("model:") else ("events", "")
-
-
 class PrometheusObserver:
     """Counts what every delivery lane did (``delivery.DeliveryObserver``)."""
 
     def delivered(
-        self, sink: Sink[Any], batch: Batch[Any], outcome: WriteOutcome, seconds: float
+        self, sink: str, kind: RecordKind, batch: Batch[Any], outcome: WriteOutcome, seconds: float
     ) -> None:
-        BATCH_SECONDS.labels(sink.name).observe(seconds)
-        kind, name = _kind_name(sink)
-        if kind == "model":
-            if outcome.stored:
-                RECORDS.labels(sink.name, kind, name, "stored").inc(outcome.stored)
-            if outcome.unchanged:
-                RECORDS.labels(sink.name, kind, name, "unchanged").inc(outcome.unchanged)
-            return
-        # map + attrgetter counts in C: this runs for every batch of every sink
-        stored: Tally[str] = Tally(map(_source, batch.records))
-        duplicates: Tally[str] = Tally(source for source, _ in outcome.duplicates)
-        stored.subtract(duplicates)
-        for source, n in stored.items():
-            if n:
-                RECORDS.labels(sink.name, kind, source, "stored").inc(n)
-        for source, n in duplicates.items():
-            RECORDS.labels(sink.name, kind, source, "duplicate").inc(n)
+        BATCH_SECONDS.labels(sink).observe(seconds)
+        for name, result, n in kind.tally(batch, outcome):
+            RECORDS.labels(sink, kind.family, name, result).inc(n)
 
-    def refused(self, sink: Sink[Any], record: Any) -> None:
-        kind, name = _kind_name(sink)
-        if isinstance(record, RawEvent):
-            name = record.source
-        RECORDS.labels(sink.name, kind, name, "dead_letter").inc()
+    def refused(self, sink: str, kind: RecordKind, record: Any) -> None:
+        RECORDS.labels(sink, kind.family, kind.label(record), "dead_letter").inc()
 
-    def left_pending(self, sink: Sink[Any], records: int) -> None:
-        kind, name = _kind_name(sink)
-        RECORDS.labels(sink.name, kind, name or "*", "pending").inc(records)
+    def left_pending(self, sink: str, kind: RecordKind, records: int) -> None:
+        RECORDS.labels(sink, kind.family, kind.label(None), "pending").inc(records)
 
-    def failed(self, sink: Sink[Any], error: BaseException) -> None:
+    def failed(self, sink: str, error: BaseException) -> None:
         error_type = getattr(error, "error_type", type(error).__name__)
-        FAILURES.labels(sink.name, error_type).inc()
+        FAILURES.labels(sink, error_type).inc()
 
-    def rejected(self, kind: str, name: str | None) -> None:
-        REJECTED.labels(kind, name or "unknown").inc()
-
-
-_installed = threading.Lock()
-OBSERVER = PrometheusObserver()
-
-
-def install() -> None:
-    """Count deliveries in this process (idempotent)."""
-    with _installed:
-        delivery.observe(OBSERVER)
+    def rejected(self, kind: RecordKind, name: str | None) -> None:
+        REJECTED.labels(kind.family, name or "unknown").inc()
 
 
 class Gauges(Collector):
-    """The pipeline's state, read at each collection from ``status()`` and the App."""
+    """The pipeline's state, read at each collection: ``status()``, the pool's statistics
+    (psycopg_pool's ``get_stats``) and how many day partitions exist."""
 
-    def __init__(self, app: App, status: Callable[[], PipelineStatus]) -> None:
-        self.app = app
+    def __init__(
+        self,
+        status: Callable[[], PipelineStatus],
+        pool_stats: Callable[[], dict[str, int]],
+        partitions: Callable[[], int],
+    ) -> None:
         self.status = status
+        self.pool_stats = pool_stats
+        self.partitions = partitions
 
     def collect(self) -> Iterable[Metric]:
         pending = GaugeMetricFamily(
@@ -174,7 +140,7 @@ class Gauges(Collector):
             "scrapesink_pool_connections", "PostgreSQL pool connections", labels=["state"]
         )
         try:
-            stats = self.app.database.stats()
+            stats = self.pool_stats()
         except RuntimeError:  # the pool is closed
             stats = {}
         size = stats.get("pool_size", 0)
@@ -184,7 +150,7 @@ class Gauges(Collector):
         pool.add_metric(["waiting"], stats.get("requests_waiting", 0))
         yield pool
         try:
-            partitions = len(self.app.partitions.existing())
+            partitions = self.partitions()
         except ScrapesinkError:
             return
         yield GaugeMetricFamily(
