@@ -20,8 +20,10 @@ from scrapesink.adapters.csv_models import CsvModelSink, ModelCsvFiles
 from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.deadletters import DeadLetterStore
 from scrapesink.adapters.embedded import EmbeddedPostgres
+from scrapesink.adapters.idempotency import IdempotencyStore
 from scrapesink.adapters.journal import Journal, JournalInfo, inspect
 from scrapesink.adapters.metrics import Gauges, PrometheusObserver
+from scrapesink.adapters.postgres.api_access import ApiKeys, AuditLog
 from scrapesink.adapters.postgres.database import Database, PoolOptions
 from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.adapters.postgres.events import PostgresEventStore
@@ -340,6 +342,19 @@ class App:
     @property
     def jobs(self) -> JobStore:
         return JobStore(self.database)
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        return ApiKeys(self.database)
+
+    @property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.database)
+
+    def idempotency(self) -> IdempotencyStore:
+        """The REST API's Idempotency-Key records (local: they work with PostgreSQL down)."""
+        ttl = self.settings.api_idempotency_ttl.total_seconds()
+        return IdempotencyStore(self.paths.idempotency, ttl=ttl)
 
     def job_run(self, job: str, *, origin: str, source: str | None = None) -> JobRun:
         """A context manager recording a run of ``job`` (made when new) around writes."""

@@ -15,8 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scrapesink.adapters.idempotency import IdempotencyStore
-from scrapesink.adapters.postgres.api_access import SCOPES, ApiKey, ApiKeys, AuditLog, hash_key
+from scrapesink.adapters.postgres.api_access import SCOPES, ApiKey, ApiKeys, hash_key
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.models import ModelService
 from scrapesink.application.operations import PipelineStatus
@@ -153,18 +152,15 @@ class Services:
         self.app: App = bootstrap(settings, min_connections=None, offline_ok=True)
         try:
             self.sink = Sink(self.app)  # start-up: repair CSV tails, replay old journals
-            self.audit = AuditLog(self.app.database)
+            self.audit = self.app.audit
             self.key_cache = KeyCache(
-                ApiKeys(self.app.database),
+                self.app.api_keys,
                 settings.paths.api_keys_cache,
                 settings.api_key_refresh_seconds,
             )
             if auth:
                 self.key_cache.start()
-            self.idempotency = IdempotencyStore(
-                settings.paths.idempotency,
-                ttl=settings.api_idempotency_ttl.total_seconds(),
-            )
+            self.idempotency = self.app.idempotency()
             self.metrics = Metrics(self.app.gauges(self._status_for_metrics))
             self._model_service: ModelService | None = None
             self._model_lock = threading.Lock()

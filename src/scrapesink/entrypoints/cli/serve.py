@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from scrapesink.adapters.postgres.api_access import SCOPES, ApiKeys, AuditLog
+from scrapesink.adapters.postgres.api_access import SCOPES
 from scrapesink.entrypoints.cli.common import err, escape, fail, handle_errors, open_app, out
 from scrapesink.errors import TransientStorageError
 
@@ -97,7 +97,7 @@ def _first_key() -> None:
     """No active key at all: make an admin key and print it, once."""
     try:
         with open_app(announce=False) as app:
-            keys = ApiKeys(app.database)
+            keys = app.api_keys
             if keys.list():
                 return
             key, token = keys.create("admin (first start)", ["admin"])
@@ -123,8 +123,8 @@ def keys_create(
 ) -> None:
     """Create a key; it is printed this once and only its hash is stored."""
     with open_app(announce=False) as app:
-        key, token = ApiKeys(app.database).create(name, scope)
-        AuditLog(app.database).record(
+        key, token = app.api_keys.create(name, scope)
+        app.audit.record(
             _cli_actor(), "keys create", f"{key.prefix} ({name})", "created", {"scopes": scope}
         )
     if as_json:
@@ -142,7 +142,7 @@ def keys_list(
 ) -> None:
     """Keys by prefix (the secret is never shown again)."""
     with open_app(announce=False) as app:
-        keys = ApiKeys(app.database).list(include_revoked=all_)
+        keys = app.api_keys.list(include_revoked=all_)
     table = Table("prefix", "name", "scopes", "created", "revoked")
     for key in keys:
         table.add_row(
@@ -161,8 +161,8 @@ def keys_revoke(name_or_prefix: str = typer.Argument(..., help="A key's name or 
     """Revoke keys by name or prefix (a running server stops accepting them within
     SCRAPESINK_API_KEY_REFRESH_SECONDS)."""
     with open_app(announce=False) as app:
-        revoked = ApiKeys(app.database).revoke(name_or_prefix)
-        AuditLog(app.database).record(
+        revoked = app.api_keys.revoke(name_or_prefix)
+        app.audit.record(
             _cli_actor(),
             "keys revoke",
             name_or_prefix,
@@ -177,7 +177,7 @@ def keys_revoke(name_or_prefix: str = typer.Argument(..., help="A key's name or 
 def audit(limit: int = typer.Option(50, min=1, max=100_000)) -> None:
     """The audit log of the REST API (admin actions and deletes), newest first."""
     with open_app(announce=False) as app:
-        entries = AuditLog(app.database).list(limit=limit)
+        entries = app.audit.list(limit=limit)
     table = Table("at", "actor", "action", "target", "outcome")
     for entry in entries:
         table.add_row(
