@@ -25,12 +25,13 @@ from scrapesink.adapters.journal import Journal, JournalInfo, inspect
 from scrapesink.adapters.metrics import Gauges, PrometheusObserver
 from scrapesink.adapters.postgres.api_access import ApiKeys, AuditLog
 from scrapesink.adapters.postgres.database import Database, PoolOptions
-from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
 from scrapesink.adapters.postgres.events import PostgresEventStore
 from scrapesink.adapters.postgres.jobs import JobStore
 from scrapesink.adapters.postgres.maintenance import Maintenance
 from scrapesink.adapters.postgres.migrate import Migrator
+from scrapesink.adapters.postgres.model_reader import PostgresModelReader
 from scrapesink.adapters.postgres.model_schema import ModelSchema
+from scrapesink.adapters.postgres.model_sink import PostgresModelSink
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.application.delivery import DeliveryObserver, RetryPolicy, SinkReport
 from scrapesink.application.durable import DurableWriter, ReplayResult, replay
@@ -44,7 +45,7 @@ from scrapesink.application.operations import (
     Progress,
     pipeline_status,
 )
-from scrapesink.application.ports import EventReader, EventSink, ModelReader, Sink
+from scrapesink.application.ports import EventReader, EventSink, ModelReader, RecordSink
 from scrapesink.application.runs import JobRun
 from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models
@@ -138,8 +139,8 @@ class App:
         self.__dict__.pop("repository", None)
 
     @cached_property
-    def repository(self) -> ModelRepository:
-        return ModelRepository(self.database, self.declaration)
+    def repository(self) -> PostgresModelReader:
+        return PostgresModelReader(self.database, self.declaration)
 
     @property
     def model_reader(self) -> ModelReader:
@@ -205,22 +206,22 @@ class App:
             sinks.append(self.csv)
         return sinks
 
-    def event_sinks(self) -> list[Sink[Any]]:
+    def event_sinks(self) -> list[RecordSink[Any]]:
         return list(self.sinks)
 
-    def model_sinks(self, model: str) -> list[Sink[Any]] | None:
+    def model_sinks(self, model: str) -> list[RecordSink[Any]] | None:
         """A declared model's sinks; None for one this process does not declare."""
         definition = self.declaration.models.get(model)
         if definition is None:
             return None
-        sinks: list[Sink[Any]] = [
+        sinks: list[RecordSink[Any]] = [
             PostgresModelSink(self.database, definition, prepare=self.ensure_models)
         ]
         if self.settings.csv_enabled:
             sinks.append(CsvModelSink(self.settings.data_dir, self.declaration, definition))
         return sinks
 
-    def sinks_for(self, kind: str) -> Sequence[Sink[Any]] | None:
+    def sinks_for(self, kind: str) -> Sequence[RecordSink[Any]] | None:
         """The sinks of one journal kind; None for a model this process does not declare."""
         return kind_named(kind).sinks(self)
 

@@ -16,7 +16,7 @@ from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.application.ports import Batch
 from scrapesink.domain.declarations import load_models, parse_declaration
 from scrapesink.domain.models import Declaration
-from scrapesink.domain.records import DELETE, UPSERT, Entity, validate_record
+from scrapesink.domain.records import DELETE, UPSERT, RecordOp, validate_record
 
 TWINS = parse_declaration(
     {
@@ -56,7 +56,7 @@ class Mirror:
 
     def save(self, *records: dict[str, Any], op: str = UPSERT) -> Any:
         entities = [
-            Entity(op, validate_record(self.declaration, self.model, r).record) for r in records
+            RecordOp(op, validate_record(self.declaration, self.model, r).record) for r in records
         ]
         first, self.seq = self.seq + 1, self.seq + len(entities)
         batch = Batch(f"journal-{self.model.name}", first, self.seq, entities)

@@ -14,7 +14,7 @@ from scrapesink.adapters.deadletters import DeadLetterStore
 from scrapesink.adapters.journal import Journal
 from scrapesink.application.kinds import EVENTS, model_kind
 from scrapesink.domain.events import RawEvent
-from scrapesink.domain.records import UPSERT, Entity
+from scrapesink.domain.records import UPSERT, RecordOp
 from scrapesink.errors import ConstraintError
 from tests.unit.fakes import MemoryDeadLetters, MemoryJournal
 
@@ -73,14 +73,14 @@ def test_close_says_whether_nothing_was_left(journal: Any):
 
 def test_a_model_journal_keeps_its_kind_and_its_records(tmp_path: Path):
     real = Journal.create(tmp_path / "journal", model_kind("movies"))
-    real.append([Entity(UPSERT, {"url": "u", "n": 1})])
+    real.append([RecordOp(UPSERT, {"url": "u", "n": 1})])
     path = real.path
     real.close(remove_if_empty=False)
     again = Journal(path)
     try:
         assert again.kind == "model:movies"
         assert [e.record for chunk in again.read(1, 1) for e in chunk] == [
-            Entity(UPSERT, {"url": "u", "n": 1})
+            RecordOp(UPSERT, {"url": "u", "n": 1})
         ]
     finally:
         again.close()
@@ -108,7 +108,7 @@ def test_a_refused_record_is_kept_once_per_sink_and_slot_with_its_attempts(dead:
     dead.add("postgres", EVENTS, "j", 7, event, refused, 1234)
     dead.add("postgres", EVENTS, "j", 7, event, refused, 1234)  # refused again
     dead.add("csv", EVENTS, "j", 7, event, refused, 1234)
-    entity = Entity(UPSERT, {"url": "u"})
+    entity = RecordOp(UPSERT, {"url": "u"})
     dead.add("postgres", model_kind("movies"), "m", 1, entity, refused)
     assert kept(dead) == [
         ("postgres", EVENTS, 7, _columns(event), 2, 1234),

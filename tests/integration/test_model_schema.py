@@ -10,13 +10,13 @@ import psycopg
 import pytest
 
 from scrapesink.adapters.csv_models import CsvModelSink
-from scrapesink.adapters.postgres.entities import PostgresModelSink
+from scrapesink.adapters.postgres.model_sink import PostgresModelSink
 from scrapesink.application.ports import Batch
 from scrapesink.bootstrap import App, bootstrap
 from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models, parse_declaration
 from scrapesink.domain.models import Declaration
-from scrapesink.domain.records import UPSERT, Entity
+from scrapesink.domain.records import UPSERT, RecordOp
 from scrapesink.errors import SchemaError
 
 
@@ -134,8 +134,8 @@ def model_sink(request: pytest.FixtureRequest, app: App, data_dir: Path) -> obje
     return CsvModelSink(data_dir, declared, model)
 
 
-def movie(n: int, title: str = "t") -> Entity:
-    return Entity(UPSERT, {"url": f"u{n}", "title": f"{title}{n}", "actors": [{"name": "A"}]})
+def movie(n: int, title: str = "t") -> RecordOp:
+    return RecordOp(UPSERT, {"url": f"u{n}", "title": f"{title}{n}", "actors": [{"name": "A"}]})
 
 
 def test_model_sink_contract_exactly_once_and_unchanged(model_sink: object) -> None:

@@ -10,29 +10,30 @@ from typing import Any
 import pytest
 
 from scrapesink.adapters.csv_models import CsvModelSink
-from scrapesink.adapters.postgres.entities import ModelRepository, PostgresModelSink
-from scrapesink.application.ports import Batch, Sink
+from scrapesink.adapters.postgres.model_reader import PostgresModelReader
+from scrapesink.adapters.postgres.model_sink import PostgresModelSink
+from scrapesink.application.ports import Batch, RecordSink
 from scrapesink.bootstrap import App
 from scrapesink.domain.declarations import load_models
-from scrapesink.domain.records import DELETE, UPSERT, Entity, validate_record
+from scrapesink.domain.records import DELETE, UPSERT, RecordOp, validate_record
 
 DECLARATION = load_models()
 MOVIES = DECLARATION.model("movies")
 
 
-def movie(title: str, *actors: str, url: str = "https://m/1") -> Entity:
+def movie(title: str, *actors: str, url: str = "https://m/1") -> RecordOp:
     data = {"url": url, "title": title, "actors": [{"name": a} for a in actors]}
-    return Entity(UPSERT, validate_record(DECLARATION, MOVIES, data).record)
+    return RecordOp(UPSERT, validate_record(DECLARATION, MOVIES, data).record)
 
 
-def at(us: int, *entities: Entity, journal: str = "j") -> Batch[Entity]:
+def at(us: int, *entities: RecordOp, journal: str = "j") -> Batch[RecordOp]:
     """A batch of one journal whose records were accepted at ``us`` microseconds."""
     times = range(us, us + len(entities))
     return Batch(journal, us, us + len(entities) - 1, list(entities), times)
 
 
 @pytest.fixture(params=["csv", "postgres"])
-def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink[Entity]]:
+def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordSink[RecordOp]]:
     if request.param == "csv":
         yield CsvModelSink(tmp_path, DECLARATION, MOVIES)
     else:
@@ -40,10 +41,10 @@ def sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sink[Entity
         yield PostgresModelSink(app.database, MOVIES)
 
 
-def held(sink: Sink[Entity]) -> dict[str, Any]:
+def held(sink: RecordSink[RecordOp]) -> dict[str, Any]:
     """url -> (title, actors) of the latest version each store holds."""
     if isinstance(sink, PostgresModelSink):
-        repository = ModelRepository(sink.database, DECLARATION)
+        repository = PostgresModelReader(sink.database, DECLARATION)
         page = repository.list(MOVIES, children=True, limit=1000)
         return {
             r["url"]: (r["title"], sorted(a["name"] for a in r["actors"])) for r in page.records
@@ -71,14 +72,14 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_an_older_version_arriving_late_changes_nothing(sink: Sink[Entity]):
+def test_an_older_version_arriving_late_changes_nothing(sink: RecordSink[RecordOp]):
     sink.stage(at(2_000, movie("newer", "Pacino"), journal="j2"))()
     late = sink.stage(at(1_000, movie("older", "De Niro"), journal="j1"))()
     assert (late.stored, late.unchanged) == (0, 1)
     assert held(sink) == {"https://m/1": ("newer", ["Pacino"])}
 
 
-def test_an_unchanged_newer_version_still_moves_the_stamp(sink: Sink[Entity]):
+def test_an_unchanged_newer_version_still_moves_the_stamp(sink: RecordSink[RecordOp]):
     # v1 and v3 say the same; v2, in between, arrives last and must not win.
     sink.stage(at(1_000, movie("same", "Pacino")))()
     again = sink.stage(at(3_000, movie("same", "Pacino")))()
@@ -87,11 +88,11 @@ def test_an_unchanged_newer_version_still_moves_the_stamp(sink: Sink[Entity]):
     assert held(sink) == {"https://m/1": ("same", ["Pacino"])}
 
 
-def test_in_order_versions_apply_and_a_delete_spares_a_newer_version(sink: Sink[Entity]):
+def test_in_order_versions_apply_and_a_delete_spares_a_newer_version(sink: RecordSink[RecordOp]):
     sink.stage(at(1_000, movie("one", "Pacino")))()
     sink.stage(at(2_000, movie("two", "Pacino", "De Niro")))()
     assert held(sink) == {"https://m/1": ("two", ["De Niro", "Pacino"])}
-    stale_delete = Entity(DELETE, {"url": "https://m/1"})
+    stale_delete = RecordOp(DELETE, {"url": "https://m/1"})
     sink.stage(at(1_500, stale_delete, journal="j0"))()
     assert held(sink) == {"https://m/1": ("two", ["De Niro", "Pacino"])}
     sink.stage(at(3_000, stale_delete))()

@@ -11,21 +11,21 @@ from typing import Any
 
 import pytest
 
-from scrapesink.adapters.postgres.entities import PostgresModelSink
 from scrapesink.adapters.postgres.model_schema import ModelSchema
+from scrapesink.adapters.postgres.model_sink import PostgresModelSink
 from scrapesink.application.ports import (
     Batch,
     EventQuery,
     EventReader,
     Filter,
     ModelReader,
-    Sink,
+    RecordSink,
 )
 from scrapesink.bootstrap import bootstrap
 from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models, parse_declaration
 from scrapesink.domain.events import RawEvent
-from scrapesink.domain.records import UPSERT, Entity
+from scrapesink.domain.records import UPSERT, RecordOp
 from tests.unit.fakes import MemoryModelSink, MemorySink
 
 AT = datetime(2025, 5, 15, 10, tzinfo=UTC)
@@ -126,7 +126,7 @@ GADGET_RECORDS = [
 
 @pytest.fixture(params=["memory", "postgres"])
 def models(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ModelReader]:
-    batch = Batch("", 0, 3, [Entity(UPSERT, dict(r)) for r in GADGET_RECORDS])
+    batch = Batch("", 0, 3, [RecordOp(UPSERT, dict(r)) for r in GADGET_RECORDS])
     if request.param == "memory":
         fake = MemoryModelSink("gadgets", ["sku"])
         fake.stage(batch)()
@@ -139,7 +139,7 @@ def models(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ModelRead
     try:
         app.use_declaration(DECLARATION)
         ModelSchema(app.database).ensure(DECLARATION)
-        sink: Sink[Any] = PostgresModelSink(app.database, GADGETS)
+        sink: RecordSink[Any] = PostgresModelSink(app.database, GADGETS)
         sink.stage(batch)()
         yield app.model_reader
     finally:

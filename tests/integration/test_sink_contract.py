@@ -16,15 +16,15 @@ import pytest
 
 from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.adapters.csv_sink import CsvEventSink
-from scrapesink.adapters.postgres.entities import PostgresModelSink
 from scrapesink.adapters.postgres.model_schema import ModelSchema
+from scrapesink.adapters.postgres.model_sink import PostgresModelSink
 from scrapesink.application.kinds import EventKind, ModelKind, RecordKind
-from scrapesink.application.ports import Batch, Sink
+from scrapesink.application.ports import Batch, RecordSink
 from scrapesink.bootstrap import bootstrap
 from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models, parse_declaration
 from scrapesink.domain.events import RawEvent
-from scrapesink.domain.records import UPSERT, Entity
+from scrapesink.domain.records import UPSERT, RecordOp
 from tests.unit.fakes import MemoryModelSink, MemorySink
 
 AT = datetime(2025, 5, 15, 10, tzinfo=UTC)
@@ -55,13 +55,13 @@ class Subject:
     """One kind on one sink, and how to read back what the sink holds."""
 
     kind: RecordKind
-    sink: Sink[Any]
+    sink: RecordSink[Any]
     store: str
 
     def records(self, *ids: str, v: str = "x") -> list[Any]:
         if isinstance(self.kind, EventKind):
             return [RawEvent("s", i, AT, json.dumps({"v": v}), AT.isoformat()) for i in ids]
-        return [Entity(UPSERT, {"key": i, "v": v}) for i in ids]
+        return [RecordOp(UPSERT, {"key": i, "v": v}) for i in ids]
 
     def held(self) -> dict[str, str]:
         """What the sink holds: key -> its "v" (a key held twice fails)."""

@@ -41,7 +41,7 @@ from scrapesink.adapters.csv_sink import CsvFiles, _fsync_dir, _unavailable
 from scrapesink.application.kinds import model_kind
 from scrapesink.application.ports import Batch, WriteOutcome
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
-from scrapesink.domain.records import DELETE, UPSERT, Entity
+from scrapesink.domain.records import DELETE, UPSERT, RecordOp
 from scrapesink.layout import DataDir
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class ModelCsvFiles(CsvFiles):
 
 
 class CsvModelSink(ModelCsvFiles):
-    """One model's records mirrored into its tables' CSV files (a ``ports.Sink`` of Entity)."""
+    """One model's records mirrored into its tables' CSV files (a ``RecordSink`` of RecordOp)."""
 
     parallelism = 1
 
@@ -155,14 +155,14 @@ class CsvModelSink(ModelCsvFiles):
             for target in [declaration.model(link.model)]
         ]
 
-    def stage(self, batch: Batch[Entity]) -> Callable[[], WriteOutcome]:
+    def stage(self, batch: Batch[RecordOp]) -> Callable[[], WriteOutcome]:
         prepared = [
             self._prepare(entity, stamp)
             for entity, stamp in zip(batch.records, batch.stamps(), strict=True)
         ]
         return lambda: self._deliver(batch, prepared)
 
-    def _prepare(self, entity: Entity, stamp: bytes) -> Prepared:
+    def _prepare(self, entity: RecordOp, stamp: bytes) -> Prepared:
         record = entity.record
         key = [record[k] for k in self.model.natural_key]
         root = _identity(key)
@@ -194,7 +194,7 @@ class CsvModelSink(ModelCsvFiles):
         digest = None if shared else hashlib.blake2b(_JSON.encode(rows), digest_size=16).digest()
         return Prepared(UPSERT, root, stamp, tuple(rows), tuple(shared), digest)
 
-    def _deliver(self, batch: Batch[Entity], prepared: list[Prepared]) -> WriteOutcome:
+    def _deliver(self, batch: Batch[RecordOp], prepared: list[Prepared]) -> WriteOutcome:
         self._register(set(self._headers))
         with self._state(write=True) as db:
             if self._seen(db, batch):

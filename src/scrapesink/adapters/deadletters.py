@@ -17,7 +17,7 @@ from typing import Any
 
 from scrapesink.application.kinds import Letter, kind_named
 from scrapesink.domain.events import RawEvent
-from scrapesink.domain.records import Entity
+from scrapesink.domain.records import RecordOp
 from scrapesink.errors import NotFound, ScrapesinkError, TransientStorageError
 
 _SCHEMA = """
@@ -49,7 +49,7 @@ class DeadLetter:
     kind: str
     journal_id: str
     seq: int
-    record: RawEvent | Entity
+    record: RawEvent | RecordOp
     error_type: str
     message: str
     attempts: int
@@ -107,7 +107,7 @@ class DeadLetterStore:
         kind: str,
         journal_id: str,
         seq: int,
-        record: RawEvent | Entity,
+        record: RawEvent | RecordOp,
         error: ScrapesinkError,
         accepted_us: int | None = None,
     ) -> None:

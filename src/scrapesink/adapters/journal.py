@@ -48,7 +48,7 @@ _PACK = msgspec.msgpack.Encoder()
 
 @functools.lru_cache(maxsize=256)
 def _decoder(kind: str) -> msgspec.msgpack.Decoder[list[Any]]:
-    """Unpacks a batch of one kind's records (RawEvent and Entity are NamedTuples: msgspec
+    """Unpacks a batch of one kind's records (RawEvent and RecordOp are NamedTuples: msgspec
     unpacks them in C, datetime included)."""
     record_type = kind_named(kind).record_type
     return msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
@@ -64,8 +64,8 @@ class Entry:
 class Journal:
     """One journal file of one kind of record, owned (flock) by this object until :meth:`close`.
 
-    ``kind`` is ``events`` (raw events) or ``model:<name>`` (one model's entities), kept in the
-    file so that replay knows which sinks its records belong to.
+    ``kind`` is ``events`` (raw events) or ``model:<name>`` (one model's record operations),
+    kept in the file so that replay knows which sinks its records belong to.
 
     Each record gets an acceptance time: the batch's journaling time for its first record and
     the next microseconds for the others, never earlier than the record before it (``clock`` may

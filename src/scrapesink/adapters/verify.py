@@ -44,11 +44,11 @@ from scrapesink.adapters.csv_format import HEADER, format_fields, header_line
 from scrapesink.adapters.csv_models import CsvModelSink
 from scrapesink.adapters.csv_sink import CsvEventSink, CsvFiles, _unavailable
 from scrapesink.adapters.postgres.database import Database, translate
-from scrapesink.adapters.postgres.entities import ModelRepository
+from scrapesink.adapters.postgres.model_reader import PostgresModelReader
 from scrapesink.adapters.postgres.model_sql import q
 from scrapesink.domain.events import source_dir_name
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, FieldDef, ModelDef
-from scrapesink.domain.records import UPSERT, Entity, validate_record
+from scrapesink.domain.records import UPSERT, RecordOp, validate_record
 from scrapesink.errors import RecordError, StorageError
 
 PAGE = 2000
@@ -462,7 +462,7 @@ class _ModelFiles:
         exists = database.fetch("SELECT to_regclass(%s)", [q(self.model.table_name)])
         if exists[0][0] is None:  # never used here: PostgreSQL holds none of its records
             return
-        document = ModelRepository(database, declaration)._document(self.model)
+        document = PostgresModelReader(database, declaration)._document(self.model)
         sql = (
             f"SELECT ({document})::text, t.accepted_stamp, t.updated_at"  # noqa: S608
             f" FROM {q(self.model.table_name)} AS t ORDER BY t.id"
@@ -477,7 +477,7 @@ class _ModelFiles:
                 except RecordError as exc:  # written around scrapesink (psql): no CSV form
                     self.invalid.append(f"{exc.path}: {exc.message}")
                     continue
-                entities.append((Entity(UPSERT, record), bytes(stamp or b""), updated))
+                entities.append((RecordOp(UPSERT, record), bytes(stamp or b""), updated))
             yield entities
 
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from scrapesink.application.kinds import RecordKind
-from scrapesink.application.ports import Batch, DeadLetters, Sink, WriteOutcome
+from scrapesink.application.ports import Batch, DeadLetters, RecordSink, WriteOutcome
 from scrapesink.errors import (
     ConstraintError,
     PermanentStorageError,
@@ -219,7 +219,7 @@ class Lane:
     """Delivers batches of one kind of record to one sink."""
 
     kind: RecordKind
-    sink: Sink[Any]
+    sink: RecordSink[Any]
     dead_letters: DeadLetters
     policy: RetryPolicy
     observer: DeliveryObserver = UNOBSERVED
@@ -425,7 +425,7 @@ class Delivery:
     def __init__(
         self,
         kind: RecordKind,
-        sinks: Sequence[Sink[Any]],
+        sinks: Sequence[RecordSink[Any]],
         dead_letters: DeadLetters,
         policy: RetryPolicy,
         observer: DeliveryObserver = UNOBSERVED,

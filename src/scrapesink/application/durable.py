@@ -26,7 +26,7 @@ from scrapesink.application.delivery import (
     missing,
 )
 from scrapesink.application.kinds import RecordKind, kind_named
-from scrapesink.application.ports import Batch, DeadLetters, Journal, JournalEntry, Sink
+from scrapesink.application.ports import Batch, DeadLetters, Journal, JournalEntry, RecordSink
 from scrapesink.errors import (
     ConfigError,
     PermanentStorageError,
@@ -46,7 +46,7 @@ class DurableWriter:
     def __init__(
         self,
         journal: Journal,
-        sinks: Sequence[Sink[Any]],
+        sinks: Sequence[RecordSink[Any]],
         dead_letters: DeadLetters,
         policy: RetryPolicy,
         *,
@@ -189,7 +189,7 @@ class ReplayResult:
     reports: dict[str, SinkReport] = field(default_factory=dict)
 
 
-SinksFor = Callable[[str], Sequence[Sink[Any]] | None]
+SinksFor = Callable[[str], Sequence[RecordSink[Any]] | None]
 
 
 def replay(
@@ -293,7 +293,7 @@ def _batch(journal_id: str, entries: Sequence[JournalEntry]) -> Batch[Any]:
     )
 
 
-def _forget(sinks: Sequence[Sink[Any]], journal_id: str) -> None:
+def _forget(sinks: Sequence[RecordSink[Any]], journal_id: str) -> None:
     for sink in sinks:
         try:
             sink.forget(journal_id)

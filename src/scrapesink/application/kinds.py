@@ -10,7 +10,7 @@ item mapping, a Parquet sink's) is a new instance, not a new code path.
 
     kind          journal       record     within a write    across stores (stamps)
     EventKind     events        RawEvent   first copy wins   oldest stamp wins
-    ModelKind     model:<name>  Entity     last copy wins    newest stamp wins
+    ModelKind     model:<name>  RecordOp     last copy wins    newest stamp wins
 
 :func:`kind_named` is the one place a journal name is read back into its kind.
 """
@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
 
 from scrapesink.domain.events import EventRules, RawEvent, validate_event
 from scrapesink.domain.models import Declaration, ModelDef
-from scrapesink.domain.records import DELETE, UPSERT, Entity, key_of, validate_key, validate_record
+from scrapesink.domain.records import (
+    DELETE,
+    UPSERT,
+    RecordOp,
+    key_of,
+    validate_key,
+    validate_record,
+)
 from scrapesink.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -240,12 +247,12 @@ class EventKind:
 
 
 class ModelKind:
-    """One model's records (entities): validated against the declaration; the last copy of a
-    key in one write wins. Without a declaration (a journal read back by name) it can do
-    everything but validate."""
+    """One model's records (journaled as ``RecordOp``): validated against the declaration;
+    the last copy of a key in one write wins. Without a declaration (a journal read back by
+    name) it can do everything but validate."""
 
     family = "model"
-    record_type = Entity
+    record_type = RecordOp
     keep: Literal["first", "last"] = "last"
     stamp_rule: Literal["oldest", "newest"] = "newest"
     ramp = False
@@ -263,16 +270,16 @@ class ModelKind:
             raise ConfigError(f"no declaration of model {self.model!r} to check records with")
         return self.declaration, self.definition or self.declaration.model(self.model)
 
-    def check(self, item: Item, now: datetime, summary: Counts) -> tuple[Any, Entity]:
+    def check(self, item: Item, now: datetime, summary: Counts) -> tuple[Any, RecordOp]:
         declaration, model = self._bound()
         checked = validate_record(declaration, model, item[1], item[0])
         summary.nul_cleaned += checked.nul_removed
-        return key_of(model, checked.record), Entity(UPSERT, checked.record)
+        return key_of(model, checked.record), RecordOp(UPSERT, checked.record)
 
-    def deletions(self, keys: Iterable[Any]) -> list[Entity]:
+    def deletions(self, keys: Iterable[Any]) -> list[RecordOp]:
         """Delete operations for natural keys (validated)."""
         _, model = self._bound()
-        return [Entity(DELETE, validate_key(model, key)) for key in keys]
+        return [RecordOp(DELETE, validate_key(model, key)) for key in keys]
 
     def label(self, record: Any | None) -> str:
         return self.model
@@ -293,8 +300,8 @@ class ModelKind:
         payload = json.dumps(record.record, ensure_ascii=False)
         return Letter(self.name, record.op, datetime.now(UTC).isoformat(), payload)
 
-    def from_letter(self, letter: Letter) -> Entity:
-        return Entity(letter.source_id, json.loads(letter.payload))
+    def from_letter(self, letter: Letter) -> RecordOp:
+        return RecordOp(letter.source_id, json.loads(letter.payload))
 
     def document(self, record: Any) -> dict[str, Any]:
         return {"op": record.op, "record": record.record}

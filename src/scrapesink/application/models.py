@@ -1,4 +1,4 @@
-"""The model service: save, update and delete entities through the journal; query them.
+"""The model service: save, update and delete a model's records through the journal; get them.
 
 Writes take the durable path raw events take (validate → journal, acknowledged → every sink), one
 journal per model. Reads go to PostgreSQL (the repository port). An update reads the current
@@ -9,10 +9,11 @@ version; a delete is journaled too, so the CSV history gets its tombstone.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from scrapesink.application.durable import DurableWriter
 from scrapesink.application.kinds import ModelKind
+from scrapesink.application.ports import ModelReader
 from scrapesink.application.summary import RejectHook, WriteSummary
 from scrapesink.application.writer import Record, RecordWriter
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, ModelDef
@@ -20,18 +21,12 @@ from scrapesink.domain.records import validate_key
 from scrapesink.errors import NotFound, RecordError
 
 
-class Repository(Protocol):
-    """What the service reads through (``adapters.postgres.entities.ModelRepository``)."""
-
-    def get(self, model: ModelDef, key: dict[str, Any]) -> dict[str, Any] | None: ...
-
-
 class ModelService:
     def __init__(
         self,
         declaration: Declaration,
         writer_for: Callable[[ModelKind], DurableWriter],
-        repository: Repository,
+        repository: ModelReader,
         *,
         batch_size: int = 1000,
     ) -> None:
@@ -95,11 +90,11 @@ class ModelService:
         """Delete records (with their children and links) by natural key, through the journal."""
         kind = self.kind(name)
         writer = self.writer_for(kind)
-        entities = kind.deletions(keys)
-        summary = WriteSummary(kind=kind, read=len(entities), accepted=len(entities))
+        deletions = kind.deletions(keys)
+        summary = WriteSummary(kind=kind, read=len(deletions), accepted=len(deletions))
         with writer.receipt() as receipt:  # wait for these deletes, not for everything
-            if entities:
-                writer.write(entities, receipt)
+            if deletions:
+                writer.write(deletions, receipt)
             summary.sinks = writer.wait(receipt)
         return summary
 

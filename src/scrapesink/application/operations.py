@@ -21,7 +21,7 @@ from scrapesink.errors import TransientStorageError
 
 
 class Progress(Protocol):
-    """What a sink says it holds of a journal (every ``Sink`` is one)."""
+    """What a sink says it holds of a journal (every ``RecordSink`` is one)."""
 
     name: str
 

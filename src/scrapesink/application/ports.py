@@ -107,7 +107,7 @@ class EventReader(Protocol):
 
 
 class ModelReader(Protocol):
-    """The read side of declared models (PostgreSQL's ``ModelRepository``; a fake in tests)."""
+    """The read side of declared models (PostgreSQL's ``PostgresModelReader``; a fake in tests)."""
 
     def get(self, model: ModelDef, key: dict[str, Any]) -> dict[str, Any] | None: ...
 
@@ -161,7 +161,8 @@ def now_us() -> int:
 class Batch(Generic[R]):
     """Records ``first..last`` of one journal, in journal order (``records[i]`` is ``first + i``).
 
-    One journal holds one kind of record (raw events, or one model's entities), so a batch does.
+    One journal holds one kind of record (raw events, or one model's record operations), so a
+    batch does.
     ``accepted_us[i]`` is ``records[i]``'s acceptance time (its stamp's); a batch built outside
     any journal (a one-off write, a retried dead letter) has none and is stamped now.
     """
@@ -208,7 +209,7 @@ class Batch(Generic[R]):
         return [pack(t, tail) for t in times]
 
 
-class Sink(Protocol[R]):
+class RecordSink(Protocol[R]):
     """A store that journal batches are delivered to (PostgreSQL, CSV files, ...).
 
     A sink records which journal ranges it holds *atomically with the data*, in its own store,
@@ -237,7 +238,7 @@ class Sink(Protocol[R]):
         """Undo what a crash left half done (called at start-up)."""
 
 
-EventSink = Sink[RawEvent]
+EventSink = RecordSink[RawEvent]
 
 
 class DeadLetters(Protocol):

@@ -42,7 +42,7 @@ _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
 
-class Entity(NamedTuple):
+class RecordOp(NamedTuple):
     """One journaled model operation: ``upsert`` a whole record, or ``delete`` one by its key."""
 
     op: str

@@ -11,7 +11,7 @@ RECORD_PROGRESS = (
 
 
 class JournalProgress:
-    """The bookkeeping half of a PostgreSQL sink (``ports.Sink``), shared by every record kind."""
+    """The bookkeeping half of a PostgreSQL sink (a ``RecordSink``), shared by every kind."""
 
     database: Database
 
