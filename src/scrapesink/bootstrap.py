@@ -33,8 +33,8 @@ from scrapesink.adapters.postgres.model_reader import PostgresModelReader
 from scrapesink.adapters.postgres.model_schema import ModelSchema
 from scrapesink.adapters.postgres.model_sink import PostgresModelSink
 from scrapesink.adapters.postgres.partitions import PartitionManager
-from scrapesink.application.delivery import DeliveryObserver, RetryPolicy, SinkReport
-from scrapesink.application.durable import DurableWriter, ReplayResult, replay
+from scrapesink.application.delivery import DeliveryObserver, RetryPolicy
+from scrapesink.application.durable import DurableWriter
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.kinds import EVENTS, ModelKind, kind_named
 from scrapesink.application.models import ModelService
@@ -45,7 +45,9 @@ from scrapesink.application.operations import (
     Progress,
     pipeline_status,
 )
+from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.ports import EventReader, EventSink, ModelReader, RecordSink
+from scrapesink.application.replay import ReplayResult, replay
 from scrapesink.application.runs import JobRun
 from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models

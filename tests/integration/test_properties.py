@@ -20,7 +20,8 @@ from scrapesink.adapters.csv_sink import CsvEventSink
 from scrapesink.adapters.verify import canonical_json
 from scrapesink.application.ports import Batch
 from scrapesink.bootstrap import App
-from scrapesink.domain.events import EventRules, RawEvent, source_dir_name, validate_event
+from scrapesink.domain.events import EventRules, RawEvent, validate_event
+from scrapesink.domain.values import source_dir_name
 from scrapesink.errors import RecordError
 
 NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from scrapesink.application.delivery import RetryPolicy, contiguous_end, missing
-from scrapesink.application.durable import DurableWriter, replay
+from scrapesink.application.durable import DurableWriter
+from scrapesink.application.replay import replay
 from scrapesink.domain.events import RawEvent
 from scrapesink.errors import ConstraintError, TransientStorageError
 from tests.unit.fakes import MemoryDeadLetters, MemoryJournal, MemorySink

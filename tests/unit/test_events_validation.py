@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from scrapesink.domain.events import EventRules, parse_timestamp, strip_nul, validate_event
+from scrapesink.domain.events import EventRules, validate_event
+from scrapesink.domain.times import parse_timestamp
+from scrapesink.domain.values import strip_nul
 from scrapesink.errors import RecordError
 
 NOW = datetime(2025, 5, 15, 12, 0, tzinfo=UTC)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from scrapesink.domain.declarations import load_models
-from scrapesink.domain.events import EventRules, source_dir_name, validate_event
+from scrapesink.domain.events import EventRules, validate_event
 from scrapesink.domain.records import validate_record
+from scrapesink.domain.values import source_dir_name
 from scrapesink.errors import RecordError
 
 RULES = EventRules()

@@ -13,8 +13,8 @@ from decimal import Decimal
 import pytest
 
 from scrapesink.domain.declarations import parse_declaration
-from scrapesink.domain.events import scan
 from scrapesink.domain.records import validate_record
+from scrapesink.domain.values import scan
 from scrapesink.errors import RecordError
 
 DECLARATION = parse_declaration(

@@ -6,7 +6,8 @@ import csv
 import functools
 import io
 
-from scrapesink.domain.events import RawEvent, source_dir_name
+from scrapesink.domain.events import RawEvent
+from scrapesink.domain.values import source_dir_name
 
 HEADER = ("source", "source_id", "occurred_at", "payload")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from scrapesink.adapters.csv_files import CsvFiles, fsync_dir, unavailable
 from scrapesink.adapters.csv_format import header_line
 from scrapesink.adapters.csv_model_state import (
     SCHEMA,
@@ -37,7 +38,6 @@ from scrapesink.adapters.csv_model_state import (
     Row,
     adopt_versions,
 )
-from scrapesink.adapters.csv_sink import CsvFiles, _fsync_dir, _unavailable
 from scrapesink.application.kinds import model_kind
 from scrapesink.application.ports import Batch, WriteOutcome
 from scrapesink.domain.models import Declaration, FieldDef, ModelDef
@@ -285,10 +285,10 @@ def rewrite(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as exc:
         temp.unlink(missing_ok=True)
-        raise _unavailable(exc, root) from exc
+        raise unavailable(exc, root) from exc
     db.execute(
         "INSERT INTO files VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET length = excluded.length",
         (file, path.stat().st_size),

@@ -1,38 +1,32 @@
 """The durable write path: journal first (that is the acknowledgement), then every sink.
 
-:class:`DurableWriter` owns one process's journal and its delivery lanes; :func:`replay` drains
-journals that other (dead) processes left behind, or that were left pending by a sink outage.
+:class:`DurableWriter` owns one process's journal and its delivery lanes; what other (dead)
+processes left behind is delivered by ``replay.replay``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 from scrapesink.application.delivery import (
     UNOBSERVED,
     Delivery,
     DeliveryObserver,
     Lane,
-    Receipt,
     RetryPolicy,
-    SinkReport,
     contiguous_end,
-    missing,
 )
 from scrapesink.application.kinds import RecordKind, kind_named
+from scrapesink.application.outcomes import Receipt, SinkReport
 from scrapesink.application.ports import Batch, DeadLetters, Journal, JournalEntry, RecordSink
 from scrapesink.errors import (
-    ConfigError,
-    PermanentStorageError,
     ScrapesinkError,
     StorageError,
-    TransientStorageError,
 )
 
 log = logging.getLogger(__name__)
@@ -157,12 +151,12 @@ class DurableWriter:
             reports = self._settle()
             self.delivery.close()
             if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
-                _forget(self.sinks, self.journal.id)
+                forget_journal(self.sinks, self.journal.id)
         return reports
 
     def _catch_up(self, lane: Lane) -> None:
         for first, last in sorted(lane.take_pending()):
-            for batch in _batches(self.journal, first, last, self.batch_size):
+            for batch in batches_of(self.journal, first, last, self.batch_size):
                 lane.submit(batch)
 
     def pending_in(self, ranges: Sequence[tuple[int, int]]) -> dict[str, int]:
@@ -180,97 +174,7 @@ class DurableWriter:
                 lane.collapse(self._start, upto)
 
 
-@dataclass
-class ReplayResult:
-    journals: int = 0
-    removed: int = 0
-    busy: int = 0
-    unknown: list[str] = field(default_factory=list)  # kinds no sink here takes (undeclared)
-    reports: dict[str, SinkReport] = field(default_factory=dict)
-
-
-SinksFor = Callable[[str], Sequence[RecordSink[Any]] | None]
-
-
-def replay(
-    journal_paths: Iterable[Path],
-    open_journal: Callable[[Path], Journal | None],
-    sinks_for: SinksFor,
-    dead_letters: DeadLetters,
-    policy: RetryPolicy,
-    *,
-    batch_size: int = 5000,
-    observer: DeliveryObserver = UNOBSERVED,
-) -> ReplayResult:
-    """Deliver everything the given journals hold that a sink lacks; remove drained journals.
-
-    ``sinks_for(kind)`` gives the sinks of a journal's kind (None: a model not declared here;
-    that journal is kept for a process that declares it). Journals held by a live process
-    (``open_journal`` returns None) are skipped, counted busy.
-    """
-    result = ReplayResult(reports={sink.name: SinkReport() for sink in sinks_for("events") or []})
-    for path in journal_paths:
-        journal = open_journal(path)
-        if journal is None:
-            result.busy += 1
-            continue
-        sinks = sinks_for(journal.kind)
-        if sinks is None:
-            journal.close(remove_if_empty=False)
-            result.unknown.append(journal.kind)
-            log.warning(
-                "journal %s holds %s records, a model not declared here: kept for a process"
-                " that declares it (SCRAPESINK_MODELS)",
-                path.name,
-                journal.kind,
-            )
-            continue
-        result.journals += 1
-        try:
-            delivery = Delivery(kind_named(journal.kind), sinks, dead_letters, policy, observer)
-            _replay_one(journal, delivery, batch_size, result)
-        finally:
-            removed = journal.close()  # True when drained: the file is gone
-        if removed:
-            result.removed += 1
-            _forget(sinks, journal.id)
-    return result
-
-
-def _replay_one(
-    journal: Journal, delivery: Delivery, batch_size: int, result: ReplayResult
-) -> bool:
-    start = journal.first_seq()
-    if start is None:
-        delivery.close()
-        return True
-    ends = []
-    try:
-        for lane in delivery.lanes:
-            try:
-                have = lane.sink.delivered(journal.id)
-            except TransientStorageError as exc:
-                lane.report.pending += journal.count_between(start, journal.last_seq)
-                lane.report.error = exc.message
-                ends.append(start - 1)
-                continue
-            for first, last in missing(start, journal.last_seq, have):
-                for batch in _batches(journal, first, last, batch_size):
-                    lane.submit(batch)
-            lane.drain()
-            lane.handled.extend(have)
-            ends.append(contiguous_end(start, lane.handled))
-    finally:
-        delivery.close()
-    for name, report in delivery.reports().items():
-        result.reports.setdefault(name, SinkReport()).add(report)
-    upto = min(ends, default=start - 1)
-    if upto >= start:
-        journal.compact(upto)
-    return upto >= journal.last_seq
-
-
-def _batches(journal: Journal, first: int, last: int, size: int) -> Iterable[Batch[Any]]:
+def batches_of(journal: Journal, first: int, last: int, size: int) -> Iterable[Batch[Any]]:
     """Contiguous batches of the journal's entries in ``first..last``."""
     for chunk in journal.read(first, last, chunk=size):
         run: list[JournalEntry] = []
@@ -293,77 +197,9 @@ def _batch(journal_id: str, entries: Sequence[JournalEntry]) -> Batch[Any]:
     )
 
 
-def _forget(sinks: Sequence[RecordSink[Any]], journal_id: str) -> None:
+def forget_journal(sinks: Sequence[RecordSink[Any]], journal_id: str) -> None:
     for sink in sinks:
         try:
             sink.forget(journal_id)
         except StorageError as exc:  # only bookkeeping is left behind
             log.info("could not forget journal %s in %s: %s", journal_id, sink.name, exc)
-
-
-@dataclass
-class RetryResult:
-    stored: list[int] = field(default_factory=list)
-    refused: dict[int, str] = field(default_factory=dict)
-
-
-class DeadLetterRecords(Protocol):
-    """What retrying needs of the dead-letter store."""
-
-    def remove(self, ids: Sequence[int]) -> int: ...
-
-    def failed_again(self, letter_id: int, error: ScrapesinkError) -> None: ...
-
-
-class DeadLetterLike(Protocol):
-    @property
-    def id(self) -> int: ...
-
-    @property
-    def sink(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def record(self) -> Any: ...
-
-    @property
-    def journal_id(self) -> str: ...
-
-    @property
-    def accepted_us(self) -> int | None: ...
-
-
-def retry_dead_letters(
-    letters: Sequence[DeadLetterLike], sinks_for: SinksFor, store: DeadLetterRecords
-) -> RetryResult:
-    """Send each dead letter to its sink again; stored ones leave the store.
-
-    Raises:
-        TransientStorageError: a sink is unavailable (nothing more is tried).
-        ConfigError: a letter belongs to a sink that is not enabled.
-    """
-    result = RetryResult()
-    try:
-        for letter in letters:
-            sink = next((s for s in sinks_for(letter.kind) or [] if s.name == letter.sink), None)
-            if sink is None:
-                raise ConfigError(
-                    f"dead letter {letter.id} is for {letter.sink!r} ({letter.kind}),"
-                    " which is not enabled or declared here"
-                )
-            # Outside its journal (its range there is settled), but with its own stamp: a retry
-            # is not a newer write than the records accepted after it.
-            times = () if letter.accepted_us is None else (letter.accepted_us,)
-            retried = Batch("", 0, 0, [letter.record], times, letter.journal_id)
-            try:
-                sink.stage(retried)()
-            except PermanentStorageError as exc:
-                store.failed_again(letter.id, exc)
-                result.refused[letter.id] = exc.message
-                continue
-            result.stored.append(letter.id)
-    finally:
-        store.remove(result.stored)
-    return result

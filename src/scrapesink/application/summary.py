@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from scrapesink.application.delivery import DUPLICATE, Receipt, SinkReport
+from scrapesink.application.outcomes import DUPLICATE, Receipt, SinkReport
 from scrapesink.errors import RecordError
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from scrapesink.application.delivery import DUPLICATE, PENDING, Receipt
 from scrapesink.application.durable import DurableWriter
 from scrapesink.application.kinds import Item, RecordKind
+from scrapesink.application.outcomes import DUPLICATE, PENDING, Receipt
 from scrapesink.application.summary import RejectHook, Tracker, WriteSummary
 from scrapesink.errors import InputError, RecordError
 from scrapesink.logs import get_logger

@@ -24,16 +24,16 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
-from scrapesink.domain.events import (
+from scrapesink.domain.models import Declaration, FieldDef, ModelDef
+from scrapesink.domain.times import parse_timestamp
+from scrapesink.domain.values import (
     MAX_DEPTH,
     MAX_KEY_BYTES,
     check_depth,
-    parse_timestamp,
     positive_zeros,
     scan,
     strip_nul,
 )
-from scrapesink.domain.models import Declaration, FieldDef, ModelDef
 from scrapesink.errors import RecordError
 
 UPSERT, DELETE = "upsert", "delete"

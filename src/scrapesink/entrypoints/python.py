@@ -11,9 +11,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from scrapesink.application.delivery import SinkReport
-from scrapesink.application.durable import ReplayResult, RetryResult, retry_dead_letters
 from scrapesink.application.models import ModelService
+from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.ports import (
     DayStats,
     EventPage,
@@ -23,6 +22,7 @@ from scrapesink.application.ports import (
     ModelReader,
     SearchHit,
 )
+from scrapesink.application.replay import ReplayResult, RetryResult, retry_dead_letters
 from scrapesink.application.runs import JobRun
 from scrapesink.application.summary import IngestSummary, ModelSummary, WriteSummary
 from scrapesink.bootstrap import App, bootstrap

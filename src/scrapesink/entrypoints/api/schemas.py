@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from scrapesink.application.delivery import SinkReport
+from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.summary import WriteSummary
 from scrapesink.domain.events import StoredEvent
 

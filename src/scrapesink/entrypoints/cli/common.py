@@ -11,7 +11,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from scrapesink.application.durable import ReplayResult
+from scrapesink.application.replay import ReplayResult
 from scrapesink.bootstrap import App, SchemaPolicy, bootstrap
 from scrapesink.config import Settings, get_settings
 from scrapesink.errors import ScrapesinkError

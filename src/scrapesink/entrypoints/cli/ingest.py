@@ -25,7 +25,7 @@ from scrapesink.adapters.readers import (
     open_input,
     read_records,
 )
-from scrapesink.application.delivery import SinkReport
+from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.runs import JobRun, NoRun
 from scrapesink.application.summary import IngestSummary, ModelSummary
 from scrapesink.bootstrap import App

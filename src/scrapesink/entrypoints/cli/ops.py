@@ -12,8 +12,8 @@ from rich.table import Table
 
 from scrapesink.adapters.deadletters import DeadLetter
 from scrapesink.adapters.export import export_excel
-from scrapesink.application.durable import retry_dead_letters
 from scrapesink.application.kinds import kind_named
+from scrapesink.application.replay import retry_dead_letters
 from scrapesink.bootstrap import bootstrap, dead_letter_store, offline_status
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,

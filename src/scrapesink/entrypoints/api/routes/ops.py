@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from scrapesink.application.durable import retry_dead_letters
+from scrapesink.application.replay import retry_dead_letters
 from scrapesink.config import parse_duration
 from scrapesink.entrypoints.api.deps import Admin, ServicesDep
 from scrapesink.entrypoints.api.metrics import CONTENT_TYPE
