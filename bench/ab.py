@@ -1,4 +1,4 @@
-"""Before/after: the same write workloads on two versions of scrapesink, alternating, one run.
+"""Before/after: the same workloads on two versions of scrapesink, alternating, in one run.
 
     python bench/ab.py --base 4ae4474            # this tree against that commit
     python bench/ab.py --base HEAD~3 --events 100000 --records 5000 --rounds 5
@@ -9,11 +9,15 @@ in a fresh process and a fresh database on the same server, through the public P
 * ``events``: raw-event ingest, the full durable path (journal, PostgreSQL, CSV), new keys;
 * ``events-again``: the same events again (every one a duplicate);
 * ``saves``: new workflows (five tables, journal, PostgreSQL, CSV);
-* ``resaves``: the same workflows again (unchanged).
+* ``resaves``: the same workflows again (unchanged);
+* ``event-pages``, ``record-pages``: every event (1000 a page) and every workflow (500 a page)
+  read back through the keyset pagination of the read side;
+* ``record-gets``: workflows got one by one by natural key (with their children).
 
 Reports the median rate of each and the ratio after/before. The base version is checked out
-into a temporary git worktree and imported from there (same virtualenv). Uses the server named
-by SCRAPESINK_BENCH_DATABASE_URL or an embedded one. Never part of `make test`.
+into a temporary git worktree, this tree is copied, and each is imported from there (same
+virtualenv). Uses the server named by SCRAPESINK_BENCH_DATABASE_URL or an embedded one. Never
+part of `make test`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs in the version under test (its src/ first on sys.path): times each workload once.
 CHILD = r"""
 import json, sys, time
+import psycopg
 from datetime import UTC, datetime, timedelta
 sys.path.insert(0, sys.argv[1])
 import scrapesink
@@ -60,15 +66,40 @@ flows = [{"workflow_id": f"wf-{n}", "url": f"https://n8n.io/workflows/{n}",
           "transcripts": [{"video_url": f"https://youtu.be/{n}-{i}", "platform": "youtube",
                            "duration": 120} for i in range(2)]}
          for n in range(records)]
+def pages(read):
+    after, n = None, 0
+    while True:
+        items, after = read(after)
+        n += len(items)
+        if after is None:
+            return n
+
+def settle():
+    # Reads start from the same state in both versions, however fast their writes were: rows
+    # vacuumed (hint bits, visibility map) and analyzed, rather than autovacuum's timing.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+    return 0
+
 result = {}
 with scrapesink.open(database_url=url, data_dir=data_dir) as sink:
-    for name, run, n in (("events", lambda: sink.write_events(rows), events),
-                         ("events-again", lambda: sink.write_events(rows), events),
-                         ("saves", lambda: sink.save("workflows", flows), records),
-                         ("resaves", lambda: sink.save("workflows", flows), records)):
+    gets = [f"wf-{n}" for n in range(0, records, max(1, records // 1000))]
+    for name, run in (
+        ("events", lambda: sink.write_events(rows) and events),
+        ("events-again", lambda: sink.write_events(rows) and events),
+        ("saves", lambda: sink.save("workflows", flows) and records),
+        ("resaves", lambda: sink.save("workflows", flows) and records),
+        ("settle", settle),
+        ("event-pages", lambda: pages(lambda a: (lambda p: (p.events, p.next_cursor))(
+            sink.list_events(limit=1000, after=a)))),
+        ("record-pages", lambda: pages(lambda a: (lambda p: (p.records, p.next_cursor))(
+            sink.list("workflows", limit=500, after=a)))),
+        ("record-gets", lambda: sum(sink.get("workflows", k) is not None for k in gets)),
+    ):
         started = time.perf_counter()
-        run()
-        result[name] = n / (time.perf_counter() - started)
+        n = run()
+        if name != "settle":
+            result[name] = n / (time.perf_counter() - started)
 print(json.dumps(result))
 """
 
@@ -126,7 +157,9 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        trees = {"before": base_tree / "src", "after": ROOT / "src"}
+        # A copy of this tree: editing it while the benchmark runs changes nothing measured.
+        shutil.copytree(ROOT / "src", work / "after" / "src")
+        trees = {"before": base_tree / "src", "after": work / "after" / "src"}
         samples: dict[str, dict[str, list[float]]] = {v: {} for v in trees}
         try:
             with bench_server(work) as server:
@@ -148,11 +181,17 @@ def main() -> None:
                 check=False,
                 capture_output=True,
             )
-    print(f"\nmedian of {args.rounds} rounds, records/s (after / before):")
+    print(f"\nmedian of {args.rounds} rounds, records/s (after / before; and the median of the")
+    print("rounds' own ratios, each round running both versions back to back):")
     for workload in samples["after"]:
         before = statistics.median(samples["before"][workload])
         after = statistics.median(samples["after"][workload])
-        print(f"  {workload:13} {before:10,.0f} -> {after:10,.0f}   {after / before:.3f}x")
+        pairs = zip(samples["after"][workload], samples["before"][workload], strict=True)
+        paired = statistics.median(a / b for a, b in pairs)
+        print(
+            f"  {workload:13} {before:10,.0f} -> {after:10,.0f}   {after / before:.3f}x"
+            f"   paired {paired:.3f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -78,15 +78,18 @@ class _ProgressOf:
     progress table for every kind; the model CSVs keep theirs apart from the events'."""
 
     def __init__(self, postgres: Progress | None, settings: Settings) -> None:
-        self.postgres = [postgres] if postgres is not None else []
-        self.csv = settings.csv_enabled
-        self.data_dir = settings.data_dir
+        # One instance each for the whole status: a CSV state opened the first time checks
+        # its schema under the write lock, which the writers hold while they append.
+        pg = [postgres] if postgres is not None else []
+        csv = settings.csv_enabled
+        self.events = [*pg, *([CsvEventSink(settings.data_dir)] if csv else [])]
+        self.models = [*pg, *([ModelCsvFiles(settings.data_dir)] if csv else [])]
 
     def event_sinks(self) -> list[Progress]:
-        return [*self.postgres, *([CsvEventSink(self.data_dir)] if self.csv else [])]
+        return self.events
 
     def model_sinks(self, model: str) -> list[Progress]:
-        return [*self.postgres, *([ModelCsvFiles(self.data_dir)] if self.csv else [])]
+        return self.models
 
 
 def offline_status(settings: Settings, database: str) -> PipelineStatus:

@@ -16,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+PGDATA, BACKUPS, EXPORT = "pgdata", "backups", "export"
+#: what a backup's files.tar never holds (the database is in its dump; the rest is derived)
+NOT_BACKED_UP = frozenset({PGDATA, BACKUPS, EXPORT})
+
 
 @dataclass(frozen=True, slots=True)
 class DataDir:
@@ -47,11 +51,11 @@ class DataDir:
 
     @property
     def pgdata(self) -> Path:
-        return self.root.resolve() / "pgdata"
+        return self.root.resolve() / PGDATA
 
     @property
     def backups(self) -> Path:
-        return self.root / "backups"
+        return self.root / BACKUPS
 
     @property
     def idempotency(self) -> Path:
@@ -63,4 +67,4 @@ class DataDir:
 
     @property
     def excel_export(self) -> Path:
-        return self.root / "export" / "excel"
+        return self.root / EXPORT / "excel"

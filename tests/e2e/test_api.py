@@ -674,3 +674,49 @@ def test_several_worker_processes_share_one_installation(
     )
     assert csv_rows == 200
     drop_database(server_url, name)
+
+
+def test_a_caller_without_a_key_never_makes_the_server_touch_the_schema(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The model read port applies the declaration on its first use: a request without a key
+    # must be refused before that (it ran first, and created the declared model's tables).
+    declaration = tmp_path / "gizmos.json"
+    declaration.write_text(
+        json.dumps(
+            {
+                "models": {
+                    "gizmos": {
+                        "table_name": "gizmos",
+                        "natural_key": ["sku"],
+                        "fields": [
+                            {"name": "sku", "type": "string", "nullable": False},
+                            {"name": "name", "type": "text", "search": True},
+                        ],
+                    }
+                }
+            }
+        )
+    )
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    running = ApiServer(database_url, data_dir, SCRAPESINK_MODELS=str(declaration))
+
+    def gizmos_table() -> bool:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute("SELECT to_regclass('gizmos') IS NOT NULL").fetchone()[0]
+
+    try:
+        for path in ("records", "search?q=x", "stats"):
+            answer = httpx.get(f"{running.base}/api/v1/models/gizmos/{path}", timeout=30)
+            assert answer.status_code == 401, path
+        assert not gizmos_table()
+        token = running.token or make_key(running, database_url, "reader", "read")
+        answer = httpx.get(
+            f"{running.base}/api/v1/models/gizmos/records",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200 and gizmos_table()
+    finally:
+        running.stop()

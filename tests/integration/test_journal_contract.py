@@ -115,3 +115,15 @@ def test_a_refused_record_is_kept_once_per_sink_and_slot_with_its_attempts(dead:
         ("csv", EVENTS, 7, _columns(event), 1, 1234),
         ("postgres", "model:movies", 1, entity, 1, None),
     ]
+
+
+def test_a_journal_of_a_kind_no_one_knows_is_kept_and_counted_not_fatal(app, data_dir):
+    # A journal written by another version, or damaged: start-up, replay and status go on.
+    strange = Journal.create(app.journal_dir, "gadgets-v9")
+    strange.append([RecordOp(UPSERT, {"sku": "a"})])
+    path = strange.path
+    strange.close()
+    result = app.replay()
+    assert result.unknown == ["gadgets-v9"] and path.exists()
+    status = app.status()
+    assert status.journals == 1 and status.sinks["postgres"].pending == 1

@@ -42,9 +42,10 @@ import psycopg
 from psycopg import sql
 
 from scrapesink.errors import ConfigError, Conflict, NotFound, ScrapesinkError
+from scrapesink.layout import NOT_BACKED_UP
 
 DUMP, FILES, MANIFEST = "database.dump", "files.tar", "manifest.json"
-SKIP = {"pgdata", "backups", "export"}  # never inside files.tar
+SKIP = NOT_BACKED_UP  # never inside files.tar
 _ID = re.compile(r"\d{8}T\d{12}Z")
 
 

@@ -18,7 +18,7 @@ class IngestService:
     def __init__(self, writer: DurableWriter, rules: EventRules, *, batch_size: int = 5000) -> None:
         self.rules = rules
         self.kind = EventKind(rules)
-        self.records = RecordWriter(writer, self.kind, batch_size=batch_size)
+        self.loop = RecordWriter(writer, self.kind, batch_size=batch_size)
 
     def ingest(
         self,
@@ -32,6 +32,6 @@ class IngestService:
     ) -> WriteSummary:
         """Ingest ``records`` (see ``RecordWriter.write``); raw events: the first copy of a key
         in the input wins."""
-        return self.records.write(
+        return self.loop.write(
             records, on_reject=on_reject, on_batch=on_batch, now=now, settle=settle, track=track
         )

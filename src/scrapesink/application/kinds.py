@@ -119,7 +119,8 @@ class RecordKind(Protocol):
     record_type: type[Any]
     #: which copy of a key a write keeps when the input repeats it
     keep: Literal["first", "last"]
-    #: which copy the stores keep when two arrive (by acceptance stamp)
+    #: which copy the stores keep when two arrive (by acceptance stamp): each store applies it
+    #: in its own terms (SQL, the CSV state), and the sink contract suite holds them to it
     stamp_rule: Literal["oldest", "newest"]
     #: batches start small and double up to the batch size (the sinks start sooner)
     ramp: bool
@@ -259,10 +260,16 @@ class ModelKind:
     summary_fields: tuple[str, ...] = MODEL_FIELDS
     action = "save"
 
-    def __init__(self, model: str | ModelDef, declaration: Declaration | None = None) -> None:
+    def __init__(
+        self,
+        model: str | ModelDef,
+        declaration: Declaration | None = None,
+        *,
+        journal_name: str | None = None,
+    ) -> None:
         self.definition = model if isinstance(model, ModelDef) else None
         self.model: str = model.name if isinstance(model, ModelDef) else model
-        self.name = model_kind(self.model)
+        self.name = journal_name or model_kind(self.model)
         self.declaration = declaration
 
     def _bound(self) -> tuple[Declaration, ModelDef]:
@@ -311,9 +318,10 @@ class ModelKind:
 
 
 def kind_named(name: str) -> RecordKind:
-    """The kind of a journal name (a journal, a dead letter, a sink's ``kind``)."""
-    if name.startswith(_MODEL_PREFIX):
-        return ModelKind(name.removeprefix(_MODEL_PREFIX))
-    if name != EVENTS:
-        raise ConfigError(f"unknown record kind {name!r}")
-    return EventKind()
+    """The kind of a journal name (a journal, a dead letter, a sink's ``kind``).
+
+    A name that is neither (a journal from another version, a damaged file) is read as the
+    records of a model no one here declares: its journal is kept, for a process that does."""
+    if name == EVENTS:
+        return EventKind()
+    return ModelKind(name.removeprefix(_MODEL_PREFIX), journal_name=name)

@@ -26,13 +26,13 @@ class ModelService:
         self,
         declaration: Declaration,
         writer_for: Callable[[ModelKind], DurableWriter],
-        repository: ModelReader,
+        reader: ModelReader,
         *,
         batch_size: int = 1000,
     ) -> None:
         self.declaration = declaration
         self.writer_for = writer_for
-        self.repository = repository
+        self.reader = reader
         self.batch_size = batch_size
 
     def model(self, name: str) -> ModelDef:
@@ -58,7 +58,7 @@ class ModelService:
 
     def get(self, name: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:
         model = self.model(name)
-        return self.repository.get(model, validate_key(model, key))
+        return self.reader.get(model, validate_key(model, key))
 
     def update(
         self, name: str, key: Mapping[str, Any] | Any, changes: Mapping[str, Any]
@@ -71,7 +71,7 @@ class ModelService:
         """
         model = self.model(name)
         checked_key = validate_key(model, key)
-        current = self.repository.get(model, checked_key)
+        current = self.reader.get(model, checked_key)
         if current is None:
             raise NotFound(f"no {model.name} record with {_describe(checked_key)}")
         for k in model.natural_key:
@@ -83,7 +83,7 @@ class ModelService:
         summary = self.save(name, [(None, merged)], track=True)
         if summary.rejections:
             raise summary.rejections[0]
-        found = self.repository.get(model, checked_key)
+        found = self.reader.get(model, checked_key)
         return found if found is not None else merged
 
     def delete(self, name: str, keys: Sequence[Mapping[str, Any] | Any]) -> WriteSummary:

@@ -216,14 +216,14 @@ class Operations:
             return []
         return [problem for files in self.csv_files for problem in files.unreadable()]
 
-    def status(self, *, database_up: bool = True, label: str | None = None) -> PipelineStatus:
+    def status(self, *, database_up: bool = True) -> PipelineStatus:
         """Pending per sink; with the database down, every journaled record counts as pending
         for PostgreSQL (its progress cannot be read) and the other sinks still answer."""
         return pipeline_status(
             self.journals(),
             self.progress(database_up),
             self.dead_letters(),
-            label or self.database_label(),
+            self.database_label(),
             self.csv_problems(),
         )
 

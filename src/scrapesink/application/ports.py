@@ -28,7 +28,8 @@ class WriteOutcome:
     """
 
     stored: int = 0
-    #: records whose key the store already held (another copy won, by stamp)
+    #: records another copy of the same key won over (held already, or earlier in the batch):
+    #: the stamp rule decided, and nothing of theirs was written
     duplicate_seqs: frozenset[int] = field(default_factory=frozenset)
     #: model records found identical to what the store holds (nothing written)
     unchanged: int = 0

@@ -4,8 +4,10 @@
         │
         kind.check ─ RecordError ───────────────► rejected
         │
-        the same key again in this write ───────► input duplicate (kind.keep: the first copy
-        │                                          wins, or the last one of its batch does)
+        a key seen again ───────────────────────► input duplicate (kind.keep "first": the first
+        │                                          copy wins while it may be in flight, i.e. in
+        │                                          this batch or the two before; "last": the
+        │                                          last copy in its batch wins)
         batch ─ full ─► journal (acknowledged) ─► every sink's lane, in the background
 
 A fatal input error (a broken file) keeps what was read before it: the batch so far is journaled
@@ -42,8 +44,8 @@ ProgressHook = Callable[[WriteSummary], None]
 class RecordWriter:
     """Validate → batch → journal (acknowledged) → every sink, for one kind of record."""
 
-    def __init__(self, writer: DurableWriter, kind: RecordKind, *, batch_size: int = 5000) -> None:
-        self.writer = writer
+    def __init__(self, durable: DurableWriter, kind: RecordKind, *, batch_size: int = 5000) -> None:
+        self.durable = durable  # the journal and the lanes of this kind
         self.kind = kind
         self.batch_size = batch_size
 
@@ -71,7 +73,7 @@ class RecordWriter:
         with _fewer_gc_passes():
             if not track:
                 return self._write(records, on_reject, on_batch, now, settle, None)
-            with self.writer.receipt() as receipt:
+            with self.durable.receipt() as receipt:
                 return self._write(records, on_reject, on_batch, now, settle, receipt)
 
     def _write(
@@ -83,7 +85,7 @@ class RecordWriter:
         settle: bool,
         receipt: Receipt | None,
     ) -> WriteSummary:
-        kind, writer = self.kind, self.writer
+        kind, writer = self.kind, self.durable
         summary = WriteSummary(kind=kind)
         tracker = Tracker() if receipt is not None else None
         before = writer.reports()
@@ -160,7 +162,7 @@ class RecordWriter:
         """Count it, and one line per rejected record naming it by what it says it is (an
         event's source and source_id, a record's model), never by its payload."""
         names = self.kind.named_by(value)
-        self.writer.observer.rejected(self.kind, names.get("source") or names.get("model"))
+        self.durable.observer.rejected(self.kind, names.get("source") or names.get("model"))
         if not log.isEnabledFor(logging.INFO):
             return
         slog.info(

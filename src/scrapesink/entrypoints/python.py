@@ -71,6 +71,10 @@ class Sink:
             finally:
                 self._active.run = outer
 
+    @property
+    def _settles(self) -> bool:
+        return self._deliver == "sync"
+
     def _counted(self, summary: S) -> S:
         job_run = getattr(self._active, "run", None)
         if job_run is not None:
@@ -112,12 +116,7 @@ class Sink:
         """
         rules = self._app.rules(id_field=id_field, time_field=time_field, default_source=source)
         service = self._app.ingest_service(rules)
-        return self._counted(
-            service.ingest(
-                ((f"[{i}]", record) for i, record in enumerate(records)),
-                settle=self._deliver == "sync",
-            )
-        )
+        return self._counted(service.ingest(_numbered(records), settle=self._settles))
 
     # -- models ---------------------------------------------------------------------------------
     def _models(self) -> ModelService:
@@ -133,13 +132,7 @@ class Sink:
         links are replaced to match the record; in one call the last record of a key wins.
         Invalid records are rejected with their JSON path (``summary.rejections``).
         """
-        return self._counted(
-            self._models().save(
-                model,
-                ((f"[{i}]", record) for i, record in enumerate(records)),
-                settle=self._deliver == "sync",
-            )
-        )
+        return self._counted(self._models().save(model, _numbered(records), settle=self._settles))
 
     def get(self, model: str, key: Mapping[str, Any] | Any) -> dict[str, Any] | None:
         """One record with its children and links, by natural key (a dict, or the bare value
@@ -277,6 +270,11 @@ class Sink:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _numbered(records: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    """Records as the write loop takes them, each named by its index (``[3]``) in errors."""
+    return ((f"[{i}]", record) for i, record in enumerate(records))
 
 
 def open(deliver: Deliver = "sync", **settings: Any) -> Sink:

@@ -1,10 +1,12 @@
 """What route handlers are given (FastAPI dependencies as ``Annotated`` aliases).
 
-    def list_events(services: ServicesDep, events: Events, _: Reader) -> EventPageOut: ...
+    def list_events(_: Reader, events: Events) -> EventPageOut: ...
 
 ``ServicesDep`` is what the server holds for its lifetime; ``Events`` and ``Models`` are the read
 ports; ``Reader``, ``Writer`` and ``Admin`` are the caller, who must hold the ``read``,
-``ingest`` or ``admin`` scope (401/403 otherwise).
+``ingest`` or ``admin`` scope (401/403 otherwise). FastAPI resolves a handler's dependencies in
+the order of its parameters: the caller comes before ``Models``, whose first use applies the
+model declaration to the database.
 """
 
 from __future__ import annotations

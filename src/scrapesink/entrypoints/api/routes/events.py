@@ -130,8 +130,8 @@ async def ingest_stream(
     responses=errors(400, 401, 403, 422),
 )
 def list_events(
-    events: Events,
     _: Reader,
+    events: Events,
     source: str | None = None,
     since: Annotated[datetime | None, Query(description="occurred_at from (inclusive)")] = None,
     until: Annotated[datetime | None, Query(description="occurred_at until (exclusive)")] = None,
@@ -161,8 +161,8 @@ def list_events(
     responses=errors(401, 403, 422),
 )
 def event_stats(
-    events: Events,
     _: Reader,
+    events: Events,
     source: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -181,7 +181,7 @@ def event_stats(
     responses=errors(400, 401, 403, 413, 415, 422),
     dependencies=[Depends(json_only)],
 )
-def mark_processed(events: Events, body: MarkProcessed, _: Writer) -> Changed:
+def mark_processed(body: MarkProcessed, _: Writer, events: Events) -> Changed:
     keys = [(k.source, k.source_id) for k in body.keys]
     return Changed(changed=events.mark_processed(keys, body.processed))
 
@@ -193,10 +193,10 @@ def mark_processed(events: Events, body: MarkProcessed, _: Writer) -> Changed:
     responses=errors(401, 403, 404),
 )
 def get_event(
-    events: Events,
     source: str,
     source_id: str,
     _: Reader,
+    events: Events,
 ) -> EventOut:
     event = events.get(source, source_id)
     if event is None:

@@ -104,9 +104,9 @@ async def save_records(
 )
 def list_records(
     services: ServicesDep,
-    models: Models,
     model: str,
     _: Reader,
+    models: Models,  # after the key check: it applies the declaration on first use
     where: Annotated[
         list[str] | None,
         Query(description="FIELD OP VALUE, OP one of = != < <= > >= ~; e.g. quality_score>=0.8"),
@@ -201,10 +201,10 @@ def delete_record(
 )
 def search_records(
     services: ServicesDep,
-    models: Models,
     model: str,
     q: Annotated[str, Query(min_length=1, max_length=1000)],
     _: Reader,
+    models: Models,  # after the key check: it applies the declaration on first use
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> list[SearchHitOut]:
     declared = services.model(model)
@@ -218,6 +218,6 @@ def search_records(
     response_model=dict[str, Any],
     responses=errors(401, 403, 404),
 )
-def model_stats(services: ServicesDep, models: Models, model: str, _: Reader) -> dict[str, Any]:
+def model_stats(services: ServicesDep, model: str, _: Reader, models: Models) -> dict[str, Any]:
     declared = services.model(model)
     return models.stats(declared)
