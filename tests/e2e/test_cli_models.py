@@ -81,3 +81,15 @@ def test_a_malformed_declaration_is_one_line_per_problem(cli_env, tmp_path):
     result = run({**cli_env, "SCRAPESINK_MODELS": str(broken)}, "models", "list")
     assert result.returncode == 1 and "malformed JSON at line 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_delete_says_what_was_not_found_and_fails_when_nothing_was_deleted(cli_env, tmp_path):
+    records = tmp_path / "w.jsonl"
+    records.write_text(json.dumps({"workflow_id": "w1", "url": "https://n8n.io/w/1"}) + "\n")
+    assert run(cli_env, "ingest", "--model", "workflows", str(records)).returncode == 0
+    both = run(cli_env, "delete", "workflows", "w1", "never-existed")
+    assert both.returncode == 0, both.stderr
+    assert "deleted 1 of 2 workflows record(s); 1 not found" in both.stdout
+    none = run(cli_env, "delete", "workflows", "never-existed")
+    assert none.returncode == 1
+    assert "deleted 0 of 1 workflows record(s); 1 not found" in none.stdout

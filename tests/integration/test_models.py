@@ -232,6 +232,17 @@ def test_update_changes_fields_and_keeps_the_rest(sink: Sink, data_dir: Path) ->
         sink.update("workflows", "wf-404", {"retry_count": 1})
 
 
+def test_a_delete_counts_only_the_records_that_existed(sink: Sink, data_dir: Path) -> None:
+    sink.save("workflows", [workflow(1)])
+    summary = sink.delete("workflows", "wf-1", "never-existed")
+    assert (summary.stored, summary.unchanged) == (1, 1)
+    for name in ("postgres", "csv"):
+        assert (summary.sinks[name].stored, summary.sinks[name].unchanged) == (1, 1), name
+    assert [r["workflow_id"] for r in rows(data_dir / "workflows.csv")] == ["wf-1", "wf-1"]
+    again = sink.delete("workflows", "wf-1")  # gone already
+    assert (again.stored, again.unchanged) == (0, 1)
+
+
 def test_delete_cascades_and_compact_drops_deleted_rows(
     sink: Sink, database_url: str, data_dir: Path
 ) -> None:

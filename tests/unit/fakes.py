@@ -241,7 +241,10 @@ class MemoryModelSink:
                 continue
             self.stamps[key] = stamp
             if entity.op == DELETE:
-                stored += self.records.pop(key, None) is not None
+                if self.records.pop(key, None) is None:
+                    same.add(seq)  # nothing to delete
+                else:
+                    stored += 1
             elif self.records.get(key) == entity.record:
                 same.add(seq)
             else:

@@ -89,7 +89,9 @@ class Plan:
                 self.unchanged += 1
                 self.same.append(position)
             elif entry.op == DELETE:
-                self._delete(entry.root)
+                if not self._delete(entry.root):  # nothing to delete: unchanged, no tombstone
+                    self.unchanged += 1
+                    self.same.append(position)
             elif not self._upsert(entry):
                 self.same.append(position)
             if stored is not None and (stored.stamp is None or stored.stamp < entry.stamp):
@@ -178,16 +180,18 @@ class Plan:
             stored.digest = None  # changed by another record: its own digest no longer holds
             self.dirty.add(key)
 
-    def _delete(self, root: str) -> None:
+    def _delete(self, root: str) -> bool:
+        """Tombstones for a record and its rows; False when it is not there."""
         key = (self.root_file, root)
         stored = self.current.get(key)
         if stored is None or stored.rows is None:
-            return  # not there (a delete entry always has its rows loaded)
+            return False  # not there (a delete entry always has its rows loaded)
         for (file, _), cells in stored.rows.items():
             self._append(file, cells, deleted=True)
         self.current[key] = None
         self.dirty.add(key)
         self.changed += 1
+        return True
 
     def save(self, db: sqlite3.Connection) -> None:
         kept, gone = [], []

@@ -64,9 +64,12 @@ class PostgresModelSink(JournalProgress):
             same: set[int] = set()
             with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 for op, first, count, payload, run_stamps in runs:
-                    if op == DELETE:
+                    if op == DELETE:  # a key not found (or newer than the delete) is unchanged
                         row = cur.execute(self._delete, (payload, run_stamps)).fetchone()
-                        stored += int(row[0]) if row else 0
+                        found = {first + position - 1 for position in (row[0] if row else ())}
+                        stored += len(found)
+                        unchanged += count - len(found)
+                        same.update(s for s in range(first, first + count) if s not in found)
                         continue
                     row = cur.execute(self._upsert, (payload, run_stamps)).fetchone()
                     result = row[0] if row else {}

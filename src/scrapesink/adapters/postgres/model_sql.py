@@ -299,21 +299,26 @@ def delete_function(model: ModelDef) -> str:
     key_fields = tuple(f for f in model.fields if f.name in model.natural_key)
     return f"""
 DROP FUNCTION IF EXISTS {q(delete_name(model))}(jsonb);  -- before stamps: one argument
-CREATE OR REPLACE FUNCTION {q(delete_name(model))}(keys jsonb, stamps bytea[] DEFAULT NULL)
-RETURNS integer LANGUAGE plpgsql AS $fn$
+-- It returned a count before it returned which keys it found: a new return type is a new function.
+DROP FUNCTION IF EXISTS {q(delete_name(model))}(jsonb, bytea[]);
+CREATE FUNCTION {q(delete_name(model))}(keys jsonb, stamps bytea[] DEFAULT NULL)
+RETURNS integer[] LANGUAGE plpgsql AS $fn$
 DECLARE
-    n integer;
+    gone integer[];
     now_stamp bytea := int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
                        || decode(repeat('00', 8), 'hex');
 BEGIN
     IF jsonb_typeof(keys) = 'object' THEN keys := jsonb_build_array(keys); END IF;
-    DELETE FROM {table} AS t
-    USING jsonb_array_elements(keys) WITH ORDINALITY AS e(doc, ord)
-    CROSS JOIN LATERAL jsonb_to_record(e.doc) AS r({_recordtype(key_fields)})
-    WHERE {" AND ".join(f"t.{q(k)} = r.{q(k)}" for k in model.natural_key)}
-      AND ({_OLDER.format(_STAMP)});  -- a newer version than the delete stays
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;  -- children and link rows go with their row (ON DELETE CASCADE)
+    WITH deleted AS (
+        DELETE FROM {table} AS t
+        USING jsonb_array_elements(keys) WITH ORDINALITY AS e(doc, ord)
+        CROSS JOIN LATERAL jsonb_to_record(e.doc) AS r({_recordtype(key_fields)})
+        WHERE {" AND ".join(f"t.{q(k)} = r.{q(k)}" for k in model.natural_key)}
+          AND ({_OLDER.format(_STAMP)})  -- a newer version than the delete stays
+        RETURNING e.ord
+    )
+    SELECT coalesce(array_agg(ord::integer ORDER BY ord), '{{}}') INTO gone FROM deleted;
+    RETURN gone;  -- the positions of the keys found (children and links go with their row)
 END
 $fn$;
 COMMENT ON FUNCTION {q(delete_name(model))}(jsonb, bytea[]) IS

@@ -16,6 +16,7 @@ from scrapesink.bootstrap import App
 from scrapesink.domain.declarations import load_models
 from scrapesink.domain.models import ModelDef
 from scrapesink.entrypoints.cli.common import (
+    EXIT_FATAL,
     EXIT_PENDING,
     escape,
     handle_errors,
@@ -168,9 +169,16 @@ def delete(
     marked deleted, until `scrapesink compact`)."""
     with _service(models, writing=True) as (_, service):
         summary = service.delete(model, [parse_key(k) for k in keys])
-    out.print(f"deleted {summary.stored:,} of {len(keys):,} {model} record(s)")
-    if summary.pending:
+    if summary.pending:  # journaled: PostgreSQL says what it found when it is back
+        out.print(f"{len(keys):,} {model} delete(s) journaled, pending for PostgreSQL")
         raise typer.Exit(EXIT_PENDING)
+    missing = summary.unchanged
+    out.print(
+        f"deleted {summary.stored:,} of {len(keys):,} {model} record(s)"
+        + (f"; {missing:,} not found" if missing else "")
+    )
+    if summary.stored == 0:
+        raise typer.Exit(EXIT_FATAL)
 
 
 @handle_errors
