@@ -64,7 +64,10 @@ class Maintenance:
         parent (raw_events)."""
         query = """
             SELECT c.relname,
-                   coalesce(sum(greatest(k.reltuples, 0)), greatest(c.reltuples, 0))::bigint,
+                   -- a partitioned table: its partitions' rows; any other: its own (GREATEST
+                   -- ignores NULL, so the partitions' sum is taken only where there are some)
+                   CASE WHEN c.relkind = 'p' THEN coalesce(sum(greatest(k.reltuples, 0)), 0)
+                        ELSE greatest(c.reltuples, 0) END::bigint,
                    (pg_total_relation_size(c.oid)
                     + coalesce(sum(pg_total_relation_size(k.oid)), 0))::bigint
             FROM pg_class c
@@ -72,7 +75,7 @@ class Maintenance:
             LEFT JOIN pg_class k ON k.oid = i.inhrelid
             WHERE c.relnamespace = to_regnamespace(current_schema())::oid
               AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-            GROUP BY c.oid, c.relname, c.reltuples
+            GROUP BY c.oid, c.relname, c.reltuples, c.relkind
             ORDER BY 3 DESC
         """
         with self.database.connection() as conn:
