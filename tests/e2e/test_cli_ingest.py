@@ -66,6 +66,11 @@ def test_ingest_stores_then_counts_duplicates_on_rerun(cli_env, database_url, tm
     assert second.returncode == 0
     assert "duplicates" in second.stdout and "20" in second.stdout
     assert count(database_url) == 20
+    # The same keys twice in one input: counted duplicates in the summary, and said to be the
+    # input's (the sinks never saw them, so their rows say 0).
+    twice = write_jsonl(tmp_path / "twice.jsonl", [*GOOD[:3], *GOOD[:3]])
+    repeated = run(cli_env, "ingest", str(twice), "--source", "other")
+    assert "of which repeated in this input" in repeated.stdout
 
 
 def test_rejected_records_are_listed_with_line_numbers_and_exit_3(cli_env, database_url, tmp_path):
@@ -228,9 +233,13 @@ def test_events_and_partitions_commands(cli_env, tmp_path):
     assert len(rest.stdout.splitlines()) == 12
     marked = run(cli_env, "events", "mark-processed", "shop", "1", "2")
     assert "2 event(s) marked processed" in marked.stdout
+    again = run(cli_env, "events", "mark-processed", "shop", "2", "3", "nope")
+    assert again.returncode == 1
+    assert "1 event(s) marked processed, 1 already processed" in again.stdout
+    assert "not found shop/nope" in again.stderr
     stats = run(cli_env, "events", "stats", "--json")
     days = [json.loads(line) for line in stats.stdout.splitlines()]
-    assert sum(d["events"] for d in days) == 20 and sum(d["processed"] for d in days) == 2
+    assert sum(d["events"] for d in days) == 20 and sum(d["processed"] for d in days) == 3
     parts = run(cli_env, "partitions", "list")
     assert "raw_events_2025_05_10" in parts.stdout
     ensure = run(cli_env, "partitions", "ensure", "--days", "3")

@@ -11,7 +11,15 @@ from rich.table import Table
 
 from scrapesink.application.ports import EventQuery
 from scrapesink.domain.events import StoredEvent
-from scrapesink.entrypoints.cli.common import EXIT_FATAL, err, fail, handle_errors, open_app, out
+from scrapesink.entrypoints.cli.common import (
+    EXIT_FATAL,
+    err,
+    escape,
+    fail,
+    handle_errors,
+    open_app,
+    out,
+)
 
 app = typer.Typer(help="Query raw events and mark them processed.", no_args_is_help=True)
 
@@ -125,9 +133,20 @@ def mark_processed(
     source_ids: list[str] = typer.Argument(..., help="One or more source_ids."),
     undo: bool = typer.Option(False, "--undo", help="Clear the flag instead of setting it."),
 ) -> None:
-    """Mark events of SOURCE as processed (downstream consumers record what they handled)."""
+    """Mark events of SOURCE as processed (downstream consumers record what they handled).
+
+    Exit code 1 when some SOURCE_ID is not stored (each is named); the others are marked."""
+    wanted = list(dict.fromkeys(source_ids))
     with open_app(announce=False) as application:
-        changed = application.events.mark_processed(
-            [(source, sid) for sid in source_ids], processed=not undo
-        )
-    out.print(f"{changed} event(s) marked {'unprocessed' if undo else 'processed'}")
+        events = application.event_reader
+        changed = events.mark_processed([(source, sid) for sid in wanted], processed=not undo)
+        missing = [sid for sid in wanted if events.get(source, sid) is None]
+    state = "unprocessed" if undo else "processed"
+    already = len(wanted) - len(missing) - changed
+    out.print(
+        f"{changed} event(s) marked {state}" + (f", {already} already {state}" if already else "")
+    )
+    for sid in missing:
+        err.print(f"[red]not found[/] {escape(source)}/{escape(sid)}")
+    if missing:
+        raise typer.Exit(EXIT_FATAL)

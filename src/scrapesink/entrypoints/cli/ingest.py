@@ -227,6 +227,9 @@ def _print_summary(summary: IngestSummary, *, name: str, as_json: bool) -> None:
     table.add_row("read", f"{summary.read:,}")
     table.add_row("inserted", f"[green]{summary.inserted:,}[/]")
     table.add_row("duplicates", f"{summary.duplicates:,}")
+    if summary.input_duplicates:
+        # the sinks' duplicates count keys they held already; these never reached them
+        table.add_row("  of which repeated in this input", f"{summary.input_duplicates:,}")
     table.add_row("rejected", f"[red]{summary.rejected:,}[/]" if summary.rejected else "0")
     if summary.naive_timestamps:
         table.add_row("naive timestamps read as UTC", f"{summary.naive_timestamps:,}")
