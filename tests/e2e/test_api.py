@@ -720,3 +720,27 @@ def test_a_caller_without_a_key_never_makes_the_server_touch_the_schema(
         assert answer.status_code == 200 and gizmos_table()
     finally:
         running.stop()
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_its_own_exit_code(
+    database_url: str, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*SCRAPESINK, "serve", "--port", str(port)],
+            env=env_for(database_url, tmp_path / "data"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 5
+    assert (
+        result.stderr.strip()
+        == f"error: cannot listen on 127.0.0.1:{port}: the address is in use (pass --port N)"
+    )
+    assert "serving on" not in result.stderr and "Traceback" not in result.stderr

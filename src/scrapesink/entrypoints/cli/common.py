@@ -21,6 +21,7 @@ EXIT_FATAL = 1  # nothing (more) could be done: bad configuration, unreachable d
 EXIT_USAGE = 2  # click's code for a wrong command line
 EXIT_REJECTED = 3  # the run finished, but some records were rejected
 EXIT_PENDING = 4  # records are safe in the journal but a store has not got them yet
+EXIT_ADDRESS = 5  # `serve`: the address to listen on is in use or cannot be used
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import ipaddress
 import json
@@ -13,7 +14,15 @@ import typer
 from rich.table import Table
 
 from scrapesink.adapters.postgres.api_access import SCOPES
-from scrapesink.entrypoints.cli.common import err, escape, fail, handle_errors, open_app, out
+from scrapesink.entrypoints.cli.common import (
+    EXIT_ADDRESS,
+    err,
+    escape,
+    fail,
+    handle_errors,
+    open_app,
+    out,
+)
 from scrapesink.errors import TransientStorageError
 
 keys_app = typer.Typer(
@@ -29,6 +38,20 @@ def _cli_actor() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"cli ({user}@{socket.gethostname()})"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound as uvicorn binds it, or one line and exit code 5."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as exc:
+        reason = "is in use (pass --port N)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        fail(f"cannot listen on {host}:{port}: the address {reason}", EXIT_ADDRESS)
+    listener.set_inheritable(True)
+    return listener
 
 
 def _loopback(host: str) -> bool:
@@ -70,6 +93,7 @@ def serve(
     if no_auth and not _loopback(host):
         fail(f"--no-auth is only allowed on a loopback address, not {host}")
     config = settings()
+    listener = _listen(host, port)  # before anything is said or made: a busy port is one line
     if not no_auth:
         _first_key()
     where = f"http://{host}:{port}"
@@ -82,8 +106,10 @@ def serve(
         "access_log": False,
     }
     if workers == 1:
-        uvicorn.run(create_app(config, auth=not no_auth), **options)
+        server = uvicorn.Server(uvicorn.Config(create_app(config, auth=not no_auth), **options))
+        server.run(sockets=[listener])
         return
+    listener.close()  # uvicorn's supervisor binds it again for its workers
     # Worker processes import the app by name and read their settings from the environment:
     # hand them this command's overrides, and the auth decision made (and checked) here.
     os.environ.update(overrides_as_env())
