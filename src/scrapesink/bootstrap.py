@@ -241,11 +241,6 @@ class App:
                 sink.repair()
             except TransientStorageError as exc:
                 log.warning("%s: %s", sink.name, exc.message)
-        if not self.offline:
-            try:
-                self.events.prepare()
-            except TransientStorageError as exc:
-                log.warning("partitions not premade: %s", exc.message)
         return self.replay()
 
     def writer_of(self, kind: ModelKind) -> DurableWriter:
@@ -286,6 +281,11 @@ class App:
 
     def replay(self) -> ReplayResult:
         """Deliver what every journal but our own still holds for some sink."""
+        if not self.offline:  # today's partition and the days ahead, as `maintain` makes them
+            try:
+                self.events.prepare()
+            except TransientStorageError as exc:
+                log.warning("partitions not premade: %s", exc.message)
         paths = [p for p in Journal.files(self.journal_dir) if p not in self._journal_paths]
         return replay(
             paths,

@@ -105,3 +105,13 @@ def test_health_fails_while_postgres_is_down_and_recovers(stoppable, tmp_path):
     assert checks(late)["database"] is True and checks(late)["pending postgres"] is False
     assert run(env, "replay").returncode == 0
     assert run(env, "health").returncode == 0
+
+
+def test_a_new_server_database_is_healthy_after_upgrade_and_replay(empty_database_url, tmp_path):
+    env = env_for(empty_database_url, tmp_path / "data")
+    assert run(env, "db", "upgrade").returncode == 0
+    assert run(env, "replay").returncode == 0  # nothing to replay: it premakes all the same
+    health = run(env, "health", "--json")
+    checks = {c["name"]: c for c in json.loads(health.stdout)["checks"]}
+    assert checks["partitions"]["ok"], checks["partitions"]["detail"]
+    assert health.returncode == 0

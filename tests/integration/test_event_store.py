@@ -249,3 +249,16 @@ def test_hostile_text_round_trips_through_copy(sink: Sink, app: App):
     assert got is not None and got.payload == {nasty: nasty, "ü": "日本語 😀"}
     raw = sink.get_event("raw", "t\\u0009")
     assert raw is not None and raw.payload["v"] == "a\\b"
+
+
+def test_the_first_delivery_premakes_today_and_the_days_ahead(app: App):
+    # A writer that started while PostgreSQL was down never ran start-up's premake: its first
+    # delivery does, so `health` does not fail on a missing partition for today.
+    from scrapesink.domain.events import RawEvent
+    from scrapesink.domain.partitions import days_ahead
+
+    at = datetime(2025, 5, 15, 10, tzinfo=UTC)
+    app.events.write([RawEvent("s", "1", at, "{}", at.isoformat())])
+    present = {p.day for p in app.partitions.existing()}
+    wanted = days_ahead(datetime.now(UTC).date(), app.settings.partition_premake_days)
+    assert {p.day for p in wanted} <= present

@@ -127,6 +127,9 @@ class PostgresEventStore(JournalProgress):
         # Set when the server was unreachable at start: the schema is verified before the
         # first write, so an outdated one leaves records pending instead of failing them.
         self._schema_check = schema_check
+        # Today and the days ahead are premade once per process, at the first delivery (as
+        # `maintain` does): a process started while PostgreSQL was down premakes when it is back.
+        self._premade = False
         # Whether the last batch held known keys; picks the claim path (a hint, not state that
         # needs a lock: a wrong guess costs one failed savepoint).
         self._expect_duplicates = False
@@ -134,6 +137,7 @@ class PostgresEventStore(JournalProgress):
     def prepare(self) -> None:
         """Premake today's partition and the days ahead."""
         self.partitions.premake(self.premake_days)
+        self._premade = True
 
     name = "postgres"
     kind = EVENTS
@@ -154,6 +158,8 @@ class PostgresEventStore(JournalProgress):
 
         def run() -> WriteOutcome:
             self._verify_schema()
+            if not self._premade:
+                self.prepare()
             encoded = EncodedBatch(batch)
             self.partitions.ensure_days(encoded.days)
             try:
