@@ -126,3 +126,33 @@ def test_embedded_database_is_shared_by_two_processes_at_once(tmp_path: Path):
 def test_head_constant_matches_alembic(empty_database_url):
     migrator = Migrator(Database(empty_database_url, PoolOptions()))
     assert migrator.head() == migrator.alembic_head()
+
+
+def test_a_key_name_in_use_is_refused_until_that_key_is_revoked(app):
+    import threading
+
+    from scrapesink.errors import Conflict
+
+    keys = app.api_keys
+    keys.create("reader", ["read"])
+    with pytest.raises(Conflict, match="'reader' exists already"):
+        keys.create("reader", ["ingest"])
+    keys.revoke("reader")
+    keys.create("reader", ["read"])  # the old one is revoked: the name is free again
+    # Concurrent creates of one new name: exactly one wins.
+    results: list[str] = []
+
+    def create() -> None:
+        try:
+            keys.create("twice", ["read"])
+            results.append("created")
+        except Conflict:
+            results.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["created", "refused", "refused", "refused"]
+    assert [k.name for k in keys.list()].count("twice") == 1

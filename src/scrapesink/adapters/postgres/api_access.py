@@ -78,6 +78,20 @@ class ApiKeys:
         token = f"ss_{prefix}_{secrets.token_urlsafe(32)}"
         try:
             with self.database.connection() as conn:
+                # One active key per name (`keys revoke NAME` revokes by name): concurrent
+                # creates of one name are serialized by a lock on it, then checked.
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('scrapesink.api_keys'), hashtext(%s))",
+                    (name,),
+                )
+                taken = conn.execute(
+                    "SELECT 1 FROM api_keys WHERE name = %s AND revoked_at IS NULL", (name,)
+                ).fetchone()
+                if taken:
+                    raise Conflict(
+                        f"a key named {name!r} exists already: choose another name, or revoke"
+                        " it first (`scrapesink keys revoke NAME`)"
+                    )
                 row = conn.execute(
                     f"INSERT INTO api_keys (name, prefix, secret_hash, scopes)"  # noqa: S608
                     f" VALUES (%s, %s, %s, %s) RETURNING {_COLUMNS}",
