@@ -332,6 +332,14 @@ def test_operations(server: ApiServer, admin: str, api_db: str) -> None:
         }
         ensured = client.post("/api/v1/partitions/ensure", json={"days": 3})
         assert ensured.status_code == 200
+        # Admin POSTs whose body is all defaults work without one (curl -X POST ...)
+        bare = client.post("/api/v1/partitions/ensure")
+        assert bare.status_code == 200, bare.text
+        assert client.post("/api/v1/dead-letters/retry").json() == {"stored": [], "refused": {}}
+        text = client.post(
+            "/api/v1/partitions/ensure", content=b"days=3", headers={"content-type": "text/plain"}
+        )
+        assert text.status_code == 415  # a body that is sent must still be JSON
         names = {p["name"] for p in client.get("/api/v1/partitions").json()}
         assert "raw_events_2026_11_20" in names
         dry = client.post("/api/v1/partitions/prune", json={"older_than": "1d", "dry_run": True})

@@ -33,6 +33,13 @@ def json_only(request: Request) -> None:
     require_media(request, JSON)
 
 
+def json_if_any(request: Request) -> None:
+    """For routes whose body is optional (every field has a default): none at all is fine, one
+    that is sent must be JSON (415 otherwise)."""
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        require_media(request, JSON)
+
+
 async def json_body(request: Request) -> Any:
     """The body as JSON: 415 for another content type, 400 when it is not JSON (with where)."""
     require_media(request, JSON)

@@ -13,7 +13,7 @@ from scrapesink.application.replay import retry_dead_letters
 from scrapesink.config import parse_duration
 from scrapesink.entrypoints.api.deps import Admin, ServicesDep
 from scrapesink.entrypoints.api.metrics import CONTENT_TYPE
-from scrapesink.entrypoints.api.routes.common import errors, json_only
+from scrapesink.entrypoints.api.routes.common import errors, json_if_any, json_only
 from scrapesink.entrypoints.api.schemas import (
     CheckOut,
     DeadLetterOut,
@@ -65,9 +65,11 @@ def dead_letters(
     summary="Send dead letters to their sink again",
     response_model=RetryOut,
     responses=errors(400, 401, 403, 404, 415, 422, 503),
-    dependencies=[Depends(json_only)],
+    dependencies=[Depends(json_if_any)],
 )
-def retry(services: ServicesDep, body: RetryRequest, principal: Admin) -> RetryOut:
+def retry(services: ServicesDep, principal: Admin, body: RetryRequest | None = None) -> RetryOut:
+    """Without a body: every dead letter of every sink."""
+    body = body or RetryRequest()
     store = services.app.dead_letters
     if body.ids:
         letters = [store.get(i) for i in body.ids]
@@ -102,9 +104,13 @@ def partitions(services: ServicesDep, _: Admin) -> list[PartitionOut]:
     summary="Create today's partition and the next days",
     response_model=NamesOut,
     responses=errors(400, 401, 403, 415, 422, 503),
-    dependencies=[Depends(json_only)],
+    dependencies=[Depends(json_if_any)],
 )
-def ensure_partitions(services: ServicesDep, body: EnsureRequest, principal: Admin) -> NamesOut:
+def ensure_partitions(
+    services: ServicesDep, principal: Admin, body: EnsureRequest | None = None
+) -> NamesOut:
+    """Without a body: today and SCRAPESINK_PARTITION_PREMAKE_DAYS ahead."""
+    body = body or EnsureRequest()
     ahead = services.settings.partition_premake_days if body.days is None else body.days
     created = services.app.partitions.premake(ahead)
     names = [part.name for part in created]
