@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from scrapesink.domain.declarations import load_models
 from scrapesink.entrypoints.python import Sink
 from scrapesink.errors import NotFound
 
@@ -359,3 +360,16 @@ def test_json_numbers_beyond_a_float_are_read(sink: Sink, database_url: str) -> 
     got = sink.get("movies", "u")
     assert got is not None and got["genres"] == [float("inf"), 2]
     assert sink.list("movies", children=True).records[0]["genres"] == [float("inf"), 2]
+
+
+def test_records_come_back_in_declared_order(sink: Sink) -> None:
+    # jsonb orders keys by length: workflow_id came after url, id and the timestamps.
+    sink.save("workflows", [workflow(1)])
+    declared = [f.name for f in load_models().model("workflows").fields]
+    got = list(sink.get("workflows", "wf-1") or {})
+    listed = list(sink.list("workflows").records[0])
+    whole = list(sink.list("workflows", children=True).records[0])
+    for keys in (got, listed, whole):
+        assert keys[0] == "workflow_id"
+        assert [k for k in keys if k in declared] == [f for f in declared if f in keys]
+    assert got.index("metadata") > got.index(declared[-1])  # children after the fields

@@ -83,7 +83,7 @@ class PostgresModelReader:
         where = " AND ".join(f"t.{q(k)} = %s" for k in model.natural_key)
         sql = f"SELECT {self._document(model)} FROM {q(model.table_name)} AS t WHERE {where}"
         rows = self.database.fetch(sql, [key[k] for k in model.natural_key])
-        return rows[0][0] if rows else None
+        return in_declared_order(model, rows[0][0]) if rows else None
 
     def list(
         self,
@@ -157,7 +157,11 @@ class PostgresModelReader:
             params = [*values, limit + 1]
         rows = self.database.fetch(sql, params, binary=not children)
         page = rows[:limit]
-        records = [row[0] for row in page] if children else _records(model, page)
+        records = (
+            [in_declared_order(model, row[0]) for row in page]
+            if children
+            else _records(model, page)
+        )
         next_cursor = None
         if len(rows) > limit and records:
             next_cursor = _encode_cursor(rows[limit - 1][-2], rows[limit - 1][-1])
@@ -215,7 +219,7 @@ class PostgresModelReader:
             ORDER BY hits.rank DESC, t.id
         """
         rows = self.database.fetch(sql, (text, limit))
-        return [SearchHit(float(rank), record) for record, rank in rows]
+        return [SearchHit(float(rank), in_declared_order(model, record)) for record, rank in rows]
 
     def stats(self, model: ModelDef) -> dict[str, Any]:
         """Counts, true-rates of boolean fields, averages and ranges of numeric fields, child
@@ -291,9 +295,27 @@ class PostgresModelReader:
         return clauses, params
 
 
+def in_declared_order(model: ModelDef, record: dict[str, Any]) -> dict[str, Any]:
+    """A record's keys as its model declares them (the natural key first, then the fields,
+    children and links), the system columns last: jsonb keeps keys by length, then bytes,
+    which buried ``workflow_id`` among the timestamps."""
+    order = [
+        *model.natural_key,
+        *(f.name for f in model.fields),
+        *(c.name for c in model.children),
+        *(link.name for link in model.links),
+    ]
+    ordered = {name: record[name] for name in dict.fromkeys(order) if name in record}
+    ordered.update((k, v) for k, v in record.items() if k not in ordered)
+    return ordered
+
+
 def _records(model: ModelDef, rows: Sequence[tuple[Any, ...]]) -> builtins.list[dict[str, Any]]:
-    names = ("id", *(f.name for f in model.fields), *_TIMES)
-    return [dict(zip(names, row, strict=False)) for row in rows]
+    """Rows of ``_columns`` (id, the fields, the times) as records in declared order."""
+    selected = ("id", *(f.name for f in model.fields), *_TIMES)
+    names = list(in_declared_order(model, dict.fromkeys(selected)))
+    where = [selected.index(name) for name in names]
+    return [dict(zip(names, [row[i] for i in where], strict=True)) for row in rows]
 
 
 def _object(alias: str, columns: tuple[str, ...]) -> str:
