@@ -335,8 +335,20 @@ class App:
 
     def gauges(self, status: Any = None) -> Gauges:
         """The pipeline gauges of this installation (a Prometheus collector)."""
+
+        def up() -> bool:
+            try:
+                self.database.ping()
+            except TransientStorageError:
+                return False
+            return True
+
         return Gauges(
-            status or self.status, self.database.stats, lambda: len(self.partitions.existing())
+            status or self.status,
+            self.database.stats,
+            lambda: (p.day for p in self.partitions.existing()),
+            up,
+            self.jobs.freshness,
         )
 
     def backups(self) -> Backups:

@@ -15,14 +15,17 @@ with the readings it has.
     scrapesink_batch_duration_seconds{sink}               one successful batch write
     scrapesink_sink_pending_records{sink}, scrapesink_sink_oldest_pending_seconds{sink},
     scrapesink_dead_letters{sink}, scrapesink_pool_connections{state},
-    scrapesink_partitions
+    scrapesink_partitions, scrapesink_partition_days_ahead (days after today premade, in a row),
+    scrapesink_database_up (1: PostgreSQL answered this scrape),
+    scrapesink_job_last_success_timestamp_seconds{job},
+    scrapesink_job_expected_interval_seconds{job}   (enabled jobs; the alerts use both)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +107,15 @@ class Gauges(Collector):
         self,
         status: Callable[[], PipelineStatus],
         pool_stats: Callable[[], dict[str, int]],
-        partitions: Callable[[], int],
+        partition_days: Callable[[], Iterable[date]],
+        database_up: Callable[[], bool] = lambda: True,
+        jobs: Callable[[], Iterable[tuple[str, float | None, float]]] = list,
     ) -> None:
         self.status = status
         self.pool_stats = pool_stats
-        self.partitions = partitions
+        self.partition_days = partition_days
+        self.database_up = database_up
+        self.jobs = jobs
 
     def collect(self) -> Iterable[Metric]:
         pending = GaugeMetricFamily(
@@ -149,13 +156,43 @@ class Gauges(Collector):
         pool.add_metric(["idle"], idle)
         pool.add_metric(["waiting"], stats.get("requests_waiting", 0))
         yield pool
+        up = self.database_up()
+        yield GaugeMetricFamily(
+            "scrapesink_database_up", "1 when PostgreSQL answered this scrape", value=int(up)
+        )
+        if not up:
+            return
         try:
-            partitions = self.partitions()
-        except ScrapesinkError:
+            days = set(self.partition_days())
+            jobs = list(self.jobs())
+        except ScrapesinkError as exc:
+            log.warning("database gauges not read: %s", exc)
             return
         yield GaugeMetricFamily(
-            "scrapesink_partitions", "Day partitions of raw_events", value=partitions
+            "scrapesink_partitions", "Day partitions of raw_events", value=len(days)
         )
+        today, ahead = datetime.now(UTC).date(), 0
+        while today + timedelta(days=ahead + 1) in days:
+            ahead += 1
+        yield GaugeMetricFamily(
+            "scrapesink_partition_days_ahead",
+            "Days after today whose partition is premade, in a row (0: none for tomorrow)",
+            value=ahead if today in days else -1,
+        )
+        last = GaugeMetricFamily(
+            "scrapesink_job_last_success_timestamp_seconds",
+            "When an enabled job's last run succeeded (0: never)",
+            labels=["job"],
+        )
+        every = GaugeMetricFamily(
+            "scrapesink_job_expected_interval_seconds",
+            "How often an enabled job is expected to succeed (from its schedule; else a day)",
+            labels=["job"],
+        )
+        for name, succeeded, interval in jobs:
+            last.add_metric([name], succeeded or 0)
+            every.add_metric([name], interval)
+        yield from (last, every)
 
 
 def render(*registries: CollectorRegistry) -> bytes:

@@ -189,6 +189,21 @@ class JobStore:
             ).fetchall()
         return [_run(row) for row in rows]
 
+    def freshness(self) -> builtins.list[tuple[str, float | None, float]]:
+        """Per enabled job: when its last run succeeded (epoch seconds; None: never) and how
+        often one is expected (``expected_interval``), for the job-freshness alert."""
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                "SELECT j.name, j.config,"
+                " extract(epoch FROM max(r.finished_at) FILTER (WHERE r.status = 'succeeded'))"
+                " FROM etl_jobs j LEFT JOIN etl_runs r ON r.job_id = j.id"
+                " WHERE j.enabled GROUP BY j.name, j.config ORDER BY j.name"
+            ).fetchall()
+        return [
+            (name, None if last is None else float(last), expected_interval(config or {}))
+            for name, config, last in rows
+        ]
+
     def run_stats(self) -> dict[str, dict[str, Any]]:
         """Per job: runs by status and the success rate of finished runs."""
         with self.database.connection() as conn:
@@ -230,3 +245,28 @@ def _run(row: Sequence[Any]) -> Run:
         RunCounts(*(int(v) for v in row[6:12])),
         row[12],
     )
+
+
+DAY = 86_400.0
+
+
+def expected_interval(config: dict[str, Any]) -> float:
+    """Seconds between runs a job's ``schedule`` (cron, 5 fields) implies, read for the common
+    shapes (``*/15 * * * *``: 15 minutes; ``M * * * *``: hourly; ``M H * * *``: daily;
+    ``M H * * D``: weekly); anything else, or no schedule: a day. Hand-written on purpose: the
+    alert needs only the period, not the next fire time a cron library computes."""
+    schedule = str(config.get("schedule") or "").split()
+    if len(schedule) != 5:
+        return DAY
+    minute, hour, day, month, weekday = schedule
+    if minute.startswith("*/") and minute[2:].isdigit() and hour == day == month == weekday == "*":
+        return 60.0 * max(1, int(minute[2:]))
+    if minute == "*" and hour == day == month == weekday == "*":
+        return 60.0
+    if minute.isdigit() and hour.startswith("*/") and hour[2:].isdigit() and day == month == "*":
+        return 3600.0 * max(1, int(hour[2:]))
+    if minute.isdigit() and hour == day == month == weekday == "*":
+        return 3600.0
+    if minute.isdigit() and hour.isdigit() and day == month == "*":
+        return DAY if weekday == "*" else 7 * DAY
+    return DAY
