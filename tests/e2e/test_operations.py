@@ -115,3 +115,31 @@ def test_a_new_server_database_is_healthy_after_upgrade_and_replay(empty_databas
     checks = {c["name"]: c for c in json.loads(health.stdout)["checks"]}
     assert checks["partitions"]["ok"], checks["partitions"]["detail"]
     assert health.returncode == 0
+
+
+def test_the_embedded_database_from_outside_shell_start_and_stop(tmp_path):
+    from tests.support import stop_if_running
+
+    data_dir = tmp_path / "data"
+    env = env_for("", data_dir)  # no server configured: the embedded one
+    try:
+        shell = run(env, "db", "shell", "-At", "-c", "SELECT 41 + 1")
+        assert shell.returncode == 0, shell.stderr
+        assert shell.stdout.strip() == "42"
+        failing = run(env, "db", "shell", "-c", "SELECT nope")
+        assert failing.returncode != 0  # psql's own exit code
+        # `db url` alone: the server stops with the command, and it says so
+        url = run(env, "db", "url")
+        assert "db start" in url.stderr
+        started = run(env, "db", "start")
+        assert started.returncode == 0, started.stderr
+        uri = started.stdout.strip().splitlines()[-1]
+        with psycopg.connect(uri) as conn:  # another client, after the command ended
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        stopped = run(env, "db", "stop")
+        assert "stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(uri, connect_timeout=3).close()
+        assert "not running" in run(env, "db", "stop").stdout
+    finally:
+        stop_if_running(data_dir / "pgdata")

@@ -35,6 +35,8 @@ class EmbeddedPostgres:
     its list of holders: the handles of one process are counted here, so that closing one of
     two (two ``scrapesink.open()`` at once) does not stop the server under the other."""
 
+    #: in the data directory while `scrapesink db start` keeps the server up for other clients
+    KEEP = ".scrapesink_kept_running"
     _handles: ClassVar[dict[Path, int]] = {}
     _handles_lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -54,7 +56,7 @@ class EmbeddedPostgres:
         try:
             with self._handles_lock:
                 _forget_dead_handles(pgserver, self.pgdata)
-                self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+                self._server = pgserver.get_server(self.pgdata, cleanup_mode=self._mode())
                 self._handles[self.pgdata] = self._handles.get(self.pgdata, 0) + 1
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             log = self.pgdata / "log"
@@ -75,8 +77,35 @@ class EmbeddedPostgres:
                 self._handles[self.pgdata] = left
             else:
                 self._handles.pop(self.pgdata, None)
+                # Read now, not at start: `db start` or `db stop` may have run meanwhile.
+                self._server.cleanup_mode = self._mode()
                 self._server.cleanup()
         self._server = None
+
+    @property
+    def kept_running(self) -> bool:
+        return (self.pgdata / self.KEEP).exists()
+
+    def keep_running(self, keep: bool) -> None:
+        """Keep the server up when the last scrapesink process lets go of it (for psql,
+        pandas, DBeaver, Grafana), or not."""
+        marker = self.pgdata / self.KEEP
+        if keep:
+            self.pgdata.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
+    def holders(self) -> list[int]:
+        """The live processes using the server, this one excluded."""
+        try:
+            pids = json.loads((self.pgdata / ".handle_pids.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [p for p in pids if isinstance(p, int) and p != os.getpid() and _alive(p)]
+
+    def _mode(self) -> str | None:
+        return None if self.kept_running else "stop"
 
     @property
     def bin_dir(self) -> Path:

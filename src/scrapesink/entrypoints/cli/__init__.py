@@ -142,7 +142,7 @@ def demo() -> None:
         ("scrapesink partitions list", "partitions, rows, sizes"),
         ("scrapesink status", "pending per store, dead letters"),
         ("scrapesink demo", "again: everything is a duplicate now"),
-        ('psql "$(scrapesink db url)"', "the tables: raw_events, raw_event_keys"),
+        ("scrapesink db shell", "psql on it: the tables raw_events, raw_event_keys"),
         (f"ls {data_dir}/raw_events/shop", "the CSV mirror, one file per UTC day"),
     ]
     out.print("\n[bold]next:[/]")

@@ -1,13 +1,21 @@
-"""`scrapesink db ...`: the system schema, owned by Alembic."""
+"""`scrapesink db ...`: the system schema (owned by Alembic), and the database from outside:
+its URL, a psql shell, the embedded server kept up for other clients."""
 
 from __future__ import annotations
 
+import subprocess
+
 import typer
 
+from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.postgres.migrate import Migrator
-from scrapesink.entrypoints.cli.common import handle_errors, open_app, out
+from scrapesink.entrypoints.cli.common import err, fail, handle_errors, open_app, out, settings
 
-app = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
+app = typer.Typer(
+    help="The database: schema migrations (Alembic), its URL, a psql shell, and the embedded"
+    " server kept up for other clients (start, stop).",
+    no_args_is_help=True,
+)
 
 
 @app.command()
@@ -51,6 +59,76 @@ def history() -> None:
 @app.command()
 @handle_errors
 def url() -> None:
-    """Print the libpq URL of the database in use, e.g. for `psql "$(scrapesink db url)"`."""
+    """Print the libpq URL of the database in use. The embedded server stops with the last
+    scrapesink process: for other clients, `scrapesink db start` first (or `db shell`)."""
     with open_app(schema="skip", announce=False) as application:
         print(application.database.conninfo)
+        if application.embedded is not None and not application.embedded.kept_running:
+            err.print(
+                "[dim]the embedded server stops when this command ends: run `scrapesink db"
+                " start` to keep it up for other clients, or `scrapesink db shell`[/]"
+            )
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@handle_errors
+def shell(ctx: typer.Context) -> None:
+    """psql on the database in use (the embedded one, or the configured server), with psql from
+    the PostgreSQL scrapesink ships; the embedded server stays up while it runs. Extra
+    arguments go to psql: `scrapesink db shell -c 'SELECT count(*) FROM raw_events'`."""
+    with open_app(schema="skip", announce=False) as application:
+        settings = application.settings
+        psql = (settings.pg_bin_dir or EmbeddedPostgres.binaries()) / "psql"
+        if not psql.exists():
+            fail(f"no psql in {psql.parent} (SCRAPESINK_PG_BIN_DIR)")
+        code = subprocess.call([str(psql), application.database.conninfo, *ctx.args])
+    raise typer.Exit(code)
+
+
+@app.command()
+@handle_errors
+def start() -> None:
+    """Start the embedded server and keep it up after this command, for other clients (psql,
+    pandas, DBeaver, Grafana): it prints the URL. `scrapesink db stop` stops it."""
+    embedded = _embedded()
+    embedded.keep_running(True)
+    try:
+        uri = embedded.start()
+    finally:
+        embedded.stop()  # lets go of it; kept running by the marker
+    out.print(f"embedded PostgreSQL running in {embedded.pgdata} (until `scrapesink db stop`)")
+    print(uri)
+
+
+@app.command()
+@handle_errors
+def stop() -> None:
+    """Stop the embedded server `scrapesink db start` kept up; while scrapesink processes still
+    use it, it stops when the last of them ends."""
+    embedded = _embedded()
+    embedded.keep_running(False)
+    if not (embedded.pgdata / "postmaster.pid").exists():
+        out.print("the embedded PostgreSQL is not running")
+        return
+    embedded.start()
+    users = embedded.holders()
+    embedded.stop()
+    if users:
+        out.print(
+            f"{len(users)} scrapesink process(es) still use it (pid {', '.join(map(str, users))}):"
+            " it stops when the last of them ends"
+        )
+    else:
+        out.print("embedded PostgreSQL stopped")
+
+
+def _embedded() -> EmbeddedPostgres:
+    config = settings()
+    if not config.embedded:
+        fail(
+            "a database server is configured (SCRAPESINK_DATABASE_URL or SCRAPESINK_PG_HOST):"
+            " there is no embedded PostgreSQL to start or stop"
+        )
+    return EmbeddedPostgres(config.pgdata_dir)
