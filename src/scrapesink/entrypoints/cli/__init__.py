@@ -32,9 +32,11 @@ from scrapesink.entrypoints.cli.common import (
     set_overrides,
     settings,
 )
+from scrapesink.entrypoints.cli.help import install as _readable_help
 from scrapesink.entrypoints.cli.ingest import ingest
 from scrapesink.errors import ConfigError
 
+_readable_help()
 app = typer.Typer(
     name="scrapesink",
     help=(

@@ -65,12 +65,16 @@ def list_(
         [],
         "--where",
         "-w",
+        metavar="FILTER",
         help="Filter FIELD OP VALUE, OP one of = != < <= > >= ~ (JSON contains); repeatable. "
-        'Example: -w "quality_score>=0.8" -w \'tags~["ai"]\'',
+        "Examples: `scrapesink list workflows -w 'quality_score>=0.8' -w layer1_success=true`, "
+        "`scrapesink list movies -w 'genres~[\"Drama\"]'`",
     ),
     sort: str | None = typer.Option(None, "--sort", help="Field to sort by; -field descending."),
     limit: int = typer.Option(20, "--limit", "-n", min=1, max=10_000),
-    after: str | None = typer.Option(None, "--after", help="Cursor from the previous page."),
+    after: str | None = typer.Option(
+        None, "--after", metavar="CURSOR", help="Cursor from the previous page."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
     children: bool = typer.Option(
         False, "--children", help="Whole records, with their children and links (with --json)."
