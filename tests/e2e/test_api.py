@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -752,3 +753,20 @@ def test_serve_on_a_port_in_use_is_one_line_and_its_own_exit_code(
         == f"error: cannot listen on 127.0.0.1:{port}: the address is in use (pass --port N)"
     )
     assert "serving on" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_readme_rest_example_answers_what_the_readme_shows(
+    server: ApiServer, keys: dict[str, str]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("curl -s -X POST localhost:8000/api/v1/events", 1)[1].split("```", 1)[0]
+    body = json.loads(block.split("-d '", 1)[1].split("'", 1)[0])
+    shown = re.search(r'"path": "([^"]+)", "reason": "([^"]+)"', block)
+    assert shown is not None
+    with server.client(keys["ingest"]) as client:
+        answer = client.post("/api/v1/events", json=body).json()
+    rejected = answer["results"][1]
+    assert (rejected["status"], rejected["path"], rejected["reason"]) == (
+        "rejected",
+        *shown.groups(),
+    )
