@@ -231,6 +231,12 @@ def test_events_and_partitions_commands(cli_env, tmp_path):
     cursor = listed.stderr.split("--after ")[1].split()[0]
     rest = run(cli_env, "events", "list", "--source", "shop", "--limit", "100", "--after", cursor)
     assert len(rest.stdout.splitlines()) == 12
+    # a duration ago, as everywhere else: these events are from 2025, older than 7 days
+    assert run(cli_env, "events", "list", "--since", "7d").stdout.strip() == ""
+    old = run(cli_env, "events", "list", "--until", "7d", "--limit", "100")
+    assert len(old.stdout.splitlines()) == 20
+    bad = run(cli_env, "events", "list", "--since", "last week")
+    assert bad.returncode == 2 and "duration such as 7d" in bad.stderr
     marked = run(cli_env, "events", "mark-processed", "shop", "1", "2")
     assert "2 event(s) marked processed" in marked.stdout
     again = run(cli_env, "events", "mark-processed", "shop", "2", "3", "nope")

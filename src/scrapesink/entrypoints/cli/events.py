@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import typer
 from rich.table import Table
 
 from scrapesink.application.ports import EventQuery
+from scrapesink.config import parse_duration
 from scrapesink.domain.events import StoredEvent
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
@@ -24,14 +26,21 @@ from scrapesink.entrypoints.cli.common import (
 app = typer.Typer(help="Query raw events and mark them processed.", no_args_is_help=True)
 
 
+_AGO = re.compile(r"\d+(\.\d+)?[smhdw]")
+
+
 def _when(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 date or time (naive: UTC), or a duration ago: ``7d``, ``12h``, ``30m``."""
     if value is None:
         return None
+    if _AGO.fullmatch(value.strip().lower()):
+        return datetime.now(UTC) - parse_duration(value)
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise typer.BadParameter(
-            f"{value!r} is not an ISO 8601 date or time", param_hint=option
+            f"{value!r} is neither an ISO 8601 date or time nor a duration such as 7d or 12h",
+            param_hint=option,
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -63,8 +72,10 @@ def get(source: str, source_id: str) -> None:
 @handle_errors
 def list_(
     source: str | None = typer.Option(None, help="Only this source."),
-    since: str | None = typer.Option(None, help="occurred_at >= this (ISO 8601; naive = UTC)."),
-    until: str | None = typer.Option(None, help="occurred_at < this (ISO 8601; naive = UTC)."),
+    since: str | None = typer.Option(
+        None, help="occurred_at >= this: ISO 8601 (naive = UTC), or a duration ago (7d, 12h)."
+    ),
+    until: str | None = typer.Option(None, help="occurred_at < this (as --since)."),
     processed: bool | None = typer.Option(
         None, "--processed/--unprocessed", help="Only processed or only unprocessed events."
     ),
@@ -98,8 +109,10 @@ def list_(
 @handle_errors
 def stats(
     source: str | None = typer.Option(None, help="Only this source."),
-    since: str | None = typer.Option(None, help="occurred_at >= this."),
-    until: str | None = typer.Option(None, help="occurred_at < this."),
+    since: str | None = typer.Option(
+        None, help="occurred_at >= this: ISO 8601, or a duration ago (7d, 12h)."
+    ),
+    until: str | None = typer.Option(None, help="occurred_at < this (as --since)."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
 ) -> None:
     """Events per source and UTC day, with how many are processed."""
