@@ -389,3 +389,39 @@ def test_configured_url_never_starts_the_embedded_server(cli_env, data_dir, tmp_
     path = write_jsonl(tmp_path / "e.jsonl", GOOD[:2])
     assert run(cli_env, "ingest", str(path)).returncode == 0
     assert not (data_dir / "pgdata").exists()
+
+
+def test_rejections_are_capped_on_the_terminal_and_kept_whole_in_a_file(cli_env, tmp_path):
+    bad = [{"source": "shop", "id": f"b{i}", "timestamp": "yesterday"} for i in range(25)]
+    path = write_jsonl(tmp_path / "bad.jsonl", [*GOOD[:2], *bad])
+    rejects = tmp_path / "rejects.jsonl"
+    result = run(cli_env, "ingest", str(path), "--rejects", str(rejects))
+    assert result.returncode == 3
+    assert result.stderr.count("rejected line") == 20
+    assert "and 5 more rejected — all in" in result.stderr
+    kept = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert len(kept) == 25 and kept[0] == {
+        "location": "line 3",
+        "path": "timestamp",
+        "reason": kept[0]["reason"],
+    }
+    quiet = run(cli_env, "ingest", str(path), "-q")
+    assert quiet.returncode == 3
+    assert quiet.stdout.strip().count("\n") == 0  # one summary line
+    assert "read 27, inserted 0, duplicates 2, rejected 25, pending 0" in quiet.stdout
+    assert "rejected line" not in quiet.stderr and "database:" not in quiet.stderr
+
+
+def test_csv_on_stdin_without_format_is_told_to_pass_it(cli_env):
+    result = run(cli_env, "ingest", "-", stdin="source,id,timestamp\nshop,1,2025-05-15T10:00:00Z\n")
+    assert result.returncode == 1
+    assert "looks like CSV: pass --format csv" in result.stderr
+    ok = run(
+        cli_env,
+        "ingest",
+        "-",
+        "--format",
+        "csv",
+        stdin="source,id,timestamp\nshop,c1,2025-05-15T10:00:00Z\n",
+    )
+    assert ok.returncode == 0, ok.stderr

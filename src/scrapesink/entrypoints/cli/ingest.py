@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import (
@@ -27,7 +29,7 @@ from scrapesink.adapters.readers import (
 )
 from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.runs import JobRun, NoRun
-from scrapesink.application.summary import IngestSummary, ModelSummary
+from scrapesink.application.summary import IngestSummary, ModelSummary, WriteSummary
 from scrapesink.bootstrap import App
 from scrapesink.domain.declarations import load_models
 from scrapesink.domain.events import EventRules
@@ -37,6 +39,7 @@ from scrapesink.entrypoints.cli.common import (
     EXIT_REJECTED,
     err,
     escape,
+    fail,
     handle_errors,
     open_app,
     out,
@@ -44,6 +47,8 @@ from scrapesink.entrypoints.cli.common import (
     settings,
 )
 from scrapesink.errors import RecordError
+
+SHOWN_REJECTIONS = 20  # rejected records listed on the terminal; --rejects FILE keeps all
 
 
 @handle_errors
@@ -67,7 +72,15 @@ def ingest(
     ),
     models: list[Path] = typer.Option([], "--models", help="Another declaration file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not list rejected records."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="One summary line; no rejected records, no tables."
+    ),
+    rejects: Path | None = typer.Option(
+        None,
+        "--rejects",
+        help="Write every rejected record's location, path and reason to FILE (JSON lines);"
+        f" the terminal shows the first {SHOWN_REJECTIONS}.",
+    ),
     job: str | None = typer.Option(
         None,
         "--job",
@@ -92,6 +105,8 @@ def ingest(
     """
     if fmt is None:
         chosen: Format = "jsonl" if path == "-" else detect_format(path)
+        if path == "-" and _looks_like_csv(sys.stdin.buffer):
+            fail("standard input looks like CSV: pass --format csv")
     elif fmt in ("jsonl", "json", "csv"):
         chosen = fmt  # type: ignore[assignment]
     else:
@@ -102,30 +117,34 @@ def ingest(
         declaration = load_models([*settings().models, *models])
         declaration.model(model)  # an unknown name fails before any database starts
         infile = open_input(path)
+        reported = Rejections(quiet, rejects)
         try:
-            with open_app(offline_ok=True) as app:
+            with open_app(offline_ok=True, announce=not quiet) as app:
                 app.use_declaration(declaration)
                 report_replay(app.start_writing())
                 with _job_run(app, job, source) as run:
-                    result = _run_model(app, model, infile, chosen, quiet=quiet)
+                    result = _run_model(app, model, infile, chosen, reported)
                     run.add(result)
         finally:
             infile.close()
-        _print_model_summary(result, name=infile.name, as_json=as_json)
+            reported.close()
+        _print_model_summary(result, name=infile.name, as_json=as_json, quiet=quiet)
         code = EXIT_PENDING if result.pending else EXIT_OK if result.ok else EXIT_REJECTED
         raise typer.Exit(code)
     required = () if chosen != "csv" else _csv_columns(id_field, time_field, source)
     infile = open_input(path)  # a missing or empty file fails before any database starts
+    reported = Rejections(quiet, rejects)
     try:
-        with open_app(offline_ok=True) as app:
+        with open_app(offline_ok=True, announce=not quiet) as app:
             report_replay(app.start_writing())
             rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
             with _job_run(app, job, source) as run:
-                summary = _run(app, rules, infile, chosen, required, quiet=quiet)
+                summary = _run(app, rules, infile, chosen, required, reported)
                 run.add(summary)
     finally:
         infile.close()
-    _print_summary(summary, name=infile.name, as_json=as_json)
+        reported.close()
+    _print_summary(summary, name=infile.name, as_json=as_json, quiet=quiet)
     raise typer.Exit(exit_code(summary))
 
 
@@ -152,19 +171,13 @@ def _run(
     infile: InputFile,
     fmt: Format,
     required: tuple[str, ...],
-    *,
-    quiet: bool,
+    on_reject: Rejections,
 ) -> IngestSummary:
     service = app.ingest_service(rules)
-
-    def on_reject(error: RecordError) -> None:
-        if not quiet:
-            err.print(f"[yellow]rejected[/] {escape(str(error))}", highlight=False)
-
     records = read_records(
         infile, fmt, max_record_bytes=app.settings.max_payload_bytes, required_columns=required
     )
-    if not err.is_terminal:
+    if not err.is_terminal or on_reject.quiet:
         return service.ingest(records, on_reject=on_reject)
     columns = [
         TextColumn("[bold]ingest[/]"),
@@ -188,21 +201,72 @@ def _run(
 
 
 def _run_model(
-    app: App, model: str, infile: InputFile, fmt: Format, *, quiet: bool
+    app: App, model: str, infile: InputFile, fmt: Format, on_reject: Rejections
 ) -> ModelSummary:
     service = app.models()
-
-    def on_reject(error: RecordError) -> None:
-        if not quiet:
-            err.print(f"[yellow]rejected[/] {escape(str(error))}", highlight=False)
-
     records = read_records(infile, fmt, max_record_bytes=app.settings.max_payload_bytes)
     return service.save(model, records, on_reject=on_reject)
 
 
-def _print_model_summary(summary: ModelSummary, *, name: str, as_json: bool) -> None:
+class Rejections:
+    """What the terminal shows of rejected records (the first 20, then how many more), and
+    ``--rejects FILE``, which keeps them all as JSON lines."""
+
+    def __init__(self, quiet: bool, path: Path | None) -> None:
+        self.quiet = quiet
+        self.path = path
+        self.count = 0
+        try:
+            self._file = path.open("w", encoding="utf-8") if path is not None else None
+        except OSError as exc:
+            fail(f"--rejects {path}: cannot write: {exc.strerror}")
+
+    def __call__(self, error: RecordError) -> None:
+        self.count += 1
+        if self._file is not None:
+            line = {"location": error.location, "path": error.path or None, "reason": error.message}
+            self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        if not self.quiet and self.count <= SHOWN_REJECTIONS:
+            err.print(f"[yellow]rejected[/] {escape(str(error))}", highlight=False)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        hidden = self.count - SHOWN_REJECTIONS
+        if self.quiet or hidden <= 0:
+            return
+        where = f"all in {self.path}" if self.path else "see --rejects FILE"
+        err.print(f"[yellow]and {hidden:,} more rejected[/] — {escape(where)}", highlight=False)
+
+
+def _looks_like_csv(stream: Any) -> bool:
+    """The first line of standard input is not JSON but has commas (without consuming it)."""
+    try:
+        head = stream.peek(4096)[:4096]
+    except (AttributeError, OSError, ValueError):
+        return False
+    line = head.lstrip().split(b"\n", 1)[0].strip()
+    return bool(line) and line[:1] not in (b"{", b"[") and b"," in line
+
+
+def _one_line(summary: WriteSummary, name: str) -> None:
+    parts = [f"{name}: read {summary.read:,}"]
+    if summary.model is None:
+        parts.append(f"inserted {summary.inserted:,}, duplicates {summary.duplicates:,}")
+    else:
+        parts.append(f"stored {summary.stored:,}, unchanged {summary.unchanged:,}")
+    parts.append(f"rejected {summary.rejected:,}, pending {summary.pending:,}")
+    out.print(", ".join(parts), highlight=False)
+
+
+def _print_model_summary(
+    summary: ModelSummary, *, name: str, as_json: bool, quiet: bool = False
+) -> None:
     if as_json:
         out.print_json(json.dumps({"file": name, **summary.as_dict()}))
+        return
+    if quiet:
+        _one_line(summary, escape(name))
         return
     table = Table(title=f"ingested {escape(name)} as {summary.model}", show_header=False)
     table.add_column(style="bold")
@@ -217,9 +281,14 @@ def _print_model_summary(summary: ModelSummary, *, name: str, as_json: bool) -> 
     _print_sinks(summary.sinks)
 
 
-def _print_summary(summary: IngestSummary, *, name: str, as_json: bool) -> None:
+def _print_summary(
+    summary: IngestSummary, *, name: str, as_json: bool, quiet: bool = False
+) -> None:
     if as_json:
         out.print_json(json.dumps({"file": name, **summary.as_dict()}))
+        return
+    if quiet:
+        _one_line(summary, escape(name))
         return
     table = Table(title=f"ingested {escape(name)}", show_header=False, title_justify="left")
     table.add_column(style="bold")
