@@ -373,3 +373,17 @@ def test_records_come_back_in_declared_order(sink: Sink) -> None:
         assert keys[0] == "workflow_id"
         assert [k for k in keys if k in declared] == [f for f in declared if f in keys]
     assert got.index("metadata") > got.index(declared[-1])  # children after the fields
+
+
+def test_search_finds_records_through_the_entities_they_link_to(sink: Sink) -> None:
+    sink.save(
+        "movies",
+        [
+            {"url": "https://m/heat", "title": "Heat", "actors": [{"name": "Al Pacino"}]},
+            {"url": "https://m/ronin", "title": "Ronin", "actors": [{"name": "Robert De Niro"}]},
+            {"url": "https://m/hoffa", "title": "The Irishman", "actors": [{"name": "Al Pacino"}]},
+        ],
+    )
+    found = {hit.record["url"] for hit in sink.search("movies", "pacino")}
+    assert found == {"https://m/heat", "https://m/hoffa"}
+    assert {hit.record["url"] for hit in sink.search("movies", "ronin")} == {"https://m/ronin"}

@@ -191,8 +191,9 @@ class PostgresModelReader:
         return int(rows[0][0])
 
     def search(self, model: ModelDef, text: str, *, limit: int = 20) -> builtins.list[SearchHit]:
-        """Records ranked by full-text relevance over the model's and its children's search
-        fields (``websearch_to_tsquery``: words, "phrases", -exclusions, OR)."""
+        """Records ranked by full-text relevance over the search fields of the model, its
+        children and the entities it links to (``websearch_to_tsquery``: words, "phrases",
+        -exclusions, OR)."""
         parent = ref_column(model.table_name)
         hits = []
         if model.search_fields:
@@ -205,6 +206,15 @@ class PostgresModelReader:
                 hits.append(
                     f"SELECT c.{q(parent)} AS root, ts_rank(c.search_vector, query) AS rank"
                     f" FROM {q(child.table_name)} AS c WHERE c.search_vector @@ query"
+                )
+        for link in model.links:  # `search movies pacino`: the linked actors' search fields
+            target = self.declaration.model(link.model)
+            if target.search_fields:
+                other = ref_column(target.table_name)
+                hits.append(
+                    f"SELECT l.{q(parent)} AS root, ts_rank(a.search_vector, query) AS rank"
+                    f" FROM {q(link.table_name)} AS l JOIN {q(target.table_name)} AS a"
+                    f" ON a.id = l.{q(other)} WHERE a.search_vector @@ query"
                 )
         if not hits:
             raise RecordError(f"model {model.name} declares no search fields", path="search")
