@@ -157,6 +157,18 @@ def test_retention_keeps_the_newest(cli_env, filled, data_dir):
     kept = run(cli_env, "backup", "--keep", "30d")
     assert kept.returncode == 0 and "removed" not in kept.stdout
     assert len(list((data_dir / "backups").iterdir())) == 2
+    # the options before the command, as `backup --help` shows them
+    before = run(cli_env, "backup", "--keep-last", "1", "prune")
+    assert before.returncode == 0 and "1 set(s) removed" in before.stdout, before.stdout
+    (latest,) = [p.name for p in (data_dir / "backups").iterdir()]
+    assert "is whole" in run(cli_env, "backup", "verify", "latest").stdout
+    assert f"backup {latest} is whole" in run(cli_env, "backup", "verify", latest[:12]).stdout
+    second = backup_id(run(cli_env, "backup"))
+    common = next(i for i in range(len(second)) if second[i] != latest[i])
+    ambiguous = run(cli_env, "backup", "verify", latest[:common])
+    assert ambiguous.returncode == 1 and "give more of the id" in ambiguous.stderr
+    nothing = run(cli_env, "backup", "prune")
+    assert nothing.returncode == 2 and "say what to keep" in nothing.stderr
 
 
 def _tamper(backup: Path, member: str, data: bytes) -> None:

@@ -232,6 +232,27 @@ class Backups:
                     continue  # a damaged set is shown by verify, not listed as usable
         return found
 
+    def resolve(self, name: str) -> str:
+        """A set's id from ``latest``, the id itself, or a prefix only one id has."""
+        ids = (
+            sorted(p.name for p in self.root.iterdir() if _ID.fullmatch(p.name))
+            if (self.root.is_dir())
+            else []
+        )
+        if name == "latest":
+            if not ids:
+                raise NotFound(f"no backup in {self.root} yet (scrapesink backup)")
+            return ids[-1]
+        matching = [i for i in ids if i.startswith(name)] if name else []
+        if name in ids or len(matching) == 1:
+            return name if name in ids else matching[0]
+        if len(matching) > 1:
+            raise ConfigError(
+                f"{name!r} is the start of {len(matching)} backups ({', '.join(matching[:4])}"
+                f"{', ...' if len(matching) > 4 else ''}): give more of the id"
+            )
+        return name  # get() says what is wrong with it
+
     def get(self, backup_id: str) -> Manifest:
         if not _ID.fullmatch(backup_id):  # an id, never a path (../ stays out)
             raise NotFound(f"no backup {backup_id!r}: ids look like 20261122T031056123456Z")

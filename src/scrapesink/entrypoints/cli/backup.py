@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 
 
+_ID_HELP = "The set's id (see backup list), a prefix only it has, or latest."
+
+
 def _duration(text: str | None, option: str) -> timedelta | None:
     if text is None:
         return None
@@ -49,6 +52,8 @@ def create(
     written under a temporary name and renamed only when whole: a failure leaves nothing.
     """
     if ctx.invoked_subcommand is not None:
+        # `backup --keep-last 1 prune`, as `backup --help` shows the options: prune takes them
+        ctx.obj = {"keep": keep, "keep_last": keep_last}
         return
     keep_for = _duration(keep, "--keep")
     with open_app(announce=False) as application:
@@ -95,11 +100,13 @@ def list_(as_json: bool = typer.Option(False, "--json", help="JSON lines.")) -> 
 
 @app.command("verify")
 @handle_errors
-def verify(backup_id: str = typer.Argument(..., help="The set's id (see backup list).")) -> None:
+def verify(backup_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP)) -> None:
     """Check sizes and SHA-256 against the manifest, that pg_restore can read the dump and the
     tar can be read. Exit code 1 when anything is off."""
     with open_app(announce=False, schema="skip") as application:
-        problems = application.backups().verify(backup_id)
+        backups = application.backups()
+        backup_id = backups.resolve(backup_id)
+        problems = backups.verify(backup_id)
     for problem in problems:
         err.print(f"[red]damaged[/] {escape(problem)}")
     if problems:
@@ -110,10 +117,17 @@ def verify(backup_id: str = typer.Argument(..., help="The set's id (see backup l
 @app.command("prune")
 @handle_errors
 def prune(
+    ctx: typer.Context,
     keep: str | None = typer.Option(None, help="Remove sets older than this (30d)."),
     keep_last: int | None = typer.Option(None, min=1, help="Keep the newest N sets."),
 ) -> None:
-    """Retention: remove sets older than --keep, except the newest --keep-last."""
+    """Retention: remove sets older than --keep, except the newest --keep-last (given here or
+    before the command: `scrapesink backup --keep-last 1 prune`)."""
+    given = ctx.obj if isinstance(ctx.obj, dict) else {}
+    keep = keep if keep is not None else given.get("keep")
+    keep_last = keep_last if keep_last is not None else given.get("keep_last")
+    if keep is None and keep_last is None:
+        raise typer.BadParameter("say what to keep: --keep 30d and/or --keep-last N")
     with open_app(announce=False, schema="skip") as application:
         removed = application.backups().prune(keep=_duration(keep, "--keep"), keep_last=keep_last)
     for old in removed:
@@ -123,7 +137,7 @@ def prune(
 
 @handle_errors
 def restore(
-    backup_id: str = typer.Argument(..., help="The set's id (see backup list)."),
+    backup_id: str = typer.Argument(..., metavar="ID", help=_ID_HELP),
     force: bool = typer.Option(
         False, "--force", help="Replace a database and data directory that are not empty."
     ),
@@ -134,7 +148,7 @@ def restore(
     with open_app(announce=False, schema="skip") as application:
         backups = application.backups()
         manifest = backups.restore(
-            backup_id, database_empty=application.upkeep.is_empty(), force=force
+            backups.resolve(backup_id), database_empty=application.upkeep.is_empty(), force=force
         )
     out.print(f"restored {manifest.id} (schema {manifest.schema_revision})")
     raise typer.Exit(EXIT_OK)
