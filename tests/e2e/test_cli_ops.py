@@ -88,6 +88,18 @@ def test_excel_export(cli_env, data_dir, tmp_path):
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
     assert rows[1][1] == "'=HYPERLINK(1)"
+    assert "0 raw-event file(s)" not in without.stderr and "model file(s)" in without.stderr
+    flows = tmp_path / "w.jsonl"
+    flows.write_text(json.dumps({"workflow_id": "w1", "url": "https://x", "error_message": "=1+1"}))
+    assert run(cli_env, "ingest", "--model", "workflows", str(flows)).returncode == 0
+    both = run(cli_env, "export", "--excel", "--out", str(tmp_path / "xl2"))
+    assert "(1 of raw events," in both.stdout, both.stdout
+    model_rows = list(
+        csv.DictReader(
+            (tmp_path / "xl2" / "models" / "workflows.csv").read_text("utf-8-sig").splitlines()
+        )
+    )
+    assert model_rows[0]["error_message"] == "'=1+1"
 
 
 def test_ingest_with_a_job_records_its_run(cli_env, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 _DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
@@ -20,11 +21,11 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(_DANGEROUS) else cell
 
 
-def export_excel(source_root: Path, target_root: Path) -> list[Path]:
-    """Copy every CSV below ``source_root`` to the same place below ``target_root``."""
+def export_excel(sources: Iterable[tuple[Path, Path]], target_root: Path) -> list[Path]:
+    """Copy each (CSV file, where below ``target_root``) pair; returns the files written."""
     written = []
-    for source in sorted(source_root.rglob("*.csv")) if source_root.is_dir() else []:
-        target = target_root / source.relative_to(source_root)
+    for source, relative in sources:
+        target = target_root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         # temp file + rename: a reader never sees half a file
         fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")

@@ -14,11 +14,12 @@ from scrapesink.adapters.deadletters import DeadLetter
 from scrapesink.adapters.export import export_excel
 from scrapesink.application.kinds import kind_named
 from scrapesink.application.replay import retry_dead_letters
-from scrapesink.bootstrap import bootstrap, dead_letter_store, offline_status
+from scrapesink.bootstrap import bootstrap, csv_files, dead_letter_store, offline_status
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
     EXIT_PENDING,
+    EXIT_USAGE,
     err,
     escape,
     handle_errors,
@@ -191,16 +192,30 @@ def export(
 ) -> None:
     """Write a spreadsheet-safe copy of the CSV files: UTF-8 BOM, formulas neutralised.
 
-    Cells starting with = + - @ (or a tab or carriage return) get a leading apostrophe, so a
+    Raw events keep their layout (SOURCE/DAY.csv); model files go under models/. Cells
+    starting with = + - @ (or a tab or carriage return) get a leading apostrophe, so a
     spreadsheet shows them as text instead of running them. The machine-readable files under
     the data directory are never changed.
     """
-    if not excel:
-        raise typer.BadParameter("choose a format: --excel", param_hint="--excel")
     config = settings()
+    events, models = csv_files(config)
+    event_files = [(f, f.relative_to(events.root)) for f in events.files()]
+    model_files = [(f, Path("models") / f.name) for f in models.files()]
+    if not excel:
+        err.print(
+            "scrapesink export --excel [--out DIR] writes spreadsheet-safe copies (UTF-8 BOM,"
+            f" formulas neutralised) of the CSV files under {escape(str(config.data_dir))}:"
+            f" {len(event_files):,} raw-event file(s) and {len(model_files):,} model file(s)."
+            " --excel is the only format so far.",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
     target = out_dir or config.paths.excel_export
-    written = export_excel(config.paths.event_csv, target)
-    out.print(f"{len(written)} file(s) written to {target}")
+    written = export_excel([*event_files, *model_files], target)
+    out.print(
+        f"{len(written)} file(s) written to {target}"
+        f" ({len(event_files)} of raw events, {len(model_files)} of models)"
+    )
 
 
 @handle_errors
