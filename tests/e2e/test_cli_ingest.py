@@ -282,10 +282,23 @@ def test_demo_on_a_fresh_data_dir_uses_the_embedded_database(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "database: embedded PostgreSQL in data/pgdata" in result.stderr
     assert "inserted 3,060" in result.stdout and "rejected 4" in result.stdout
+    assert "3 movies (3 new or changed) sharing 2 actors" in result.stdout
+    for hint in ("scrapesink get movies", "scrapesink search movies pacino", "db shell"):
+        assert hint in result.stdout
+    searched = subprocess.run(
+        [*SCRAPESINK, "search", "movies", "pacino"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Heat" in searched.stdout and "Irishman" in searched.stdout, searched.stderr
     again = subprocess.run(
         [*SCRAPESINK, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert "inserted 0, duplicates 3,310" in again.stdout
+    assert "3 movies (0 new or changed)" in again.stdout
 
 
 def test_json_array_broken_midway_keeps_what_came_before(cli_env, database_url, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -106,10 +107,49 @@ def root(
     logs.configure(config.log_level, config.log_format)
 
 
+DEMO_MOVIES: list[dict[str, Any]] = [
+    {
+        "url": "https://example.com/heat",
+        "title": "Heat",
+        "year": 1995,
+        "genres": ["Crime", "Drama"],
+        "actors": [
+            {"name": "Al Pacino", "role": "Vincent Hanna", "billing_order": 1},
+            {"name": "Robert De Niro", "role": "Neil McCauley", "billing_order": 2},
+        ],
+    },
+    {
+        "url": "https://example.com/the-irishman",
+        "title": "The Irishman",
+        "year": 2019,
+        "genres": ["Crime", "Drama"],
+        "actors": [
+            {"name": "Robert De Niro", "role": "Frank Sheeran", "billing_order": 1},
+            {"name": "Al Pacino", "role": "Jimmy Hoffa", "billing_order": 2},
+        ],
+    },
+    {
+        "url": "https://example.com/ronin",
+        "title": "Ronin",
+        "year": 1998,
+        "genres": ["Action", "Thriller"],
+        "actors": [{"name": "Robert De Niro", "role": "Sam", "billing_order": 1}],
+    },
+]
+DEMO_WORKFLOW: dict[str, Any] = {
+    "workflow_id": "demo-1",
+    "url": "https://n8n.io/workflows/demo-1",
+    "quality_score": 0.92,
+    "layer1_success": True,
+    "metadata": {"title": "Post new leads to Slack", "categories": ["sales"], "tags": ["slack"]},
+}
+
+
 @app.command()
 @handle_errors
 def demo() -> None:
-    """Ingest the bundled sample events and show what to look at next."""
+    """Ingest the bundled sample events, save a few movies (with actors they share) and a
+    workflow, and show what to look at next."""
     sample = resources.files("scrapesink") / "data" / "sample_events.jsonl.gz"
     with resources.as_file(sample) as path, open_app() as application:
         from scrapesink.adapters.readers import open_input, read_records
@@ -123,6 +163,9 @@ def demo() -> None:
             summary = application.ingest_service().ingest(records)
         finally:
             infile.close()
+        saved = application.models()
+        movies = saved.save("movies", [(None, m) for m in DEMO_MOVIES])
+        flows = saved.save("workflows", [(None, DEMO_WORKFLOW)])
         days = application.partitions.existing()
         stats = application.event_reader.stats()
         data_dir = application.settings.data_dir
@@ -135,6 +178,11 @@ def demo() -> None:
         f"{sum(r.events for r in stats):,} events from {len(sources)} sources "
         f"({', '.join(sources)}) in {len(days)} day partitions"
     )
+    out.print(
+        f"[bold]models saved:[/] {movies.read} movies ({movies.stored} new or changed) sharing"
+        f" {len({a['name'] for m in DEMO_MOVIES for a in m['actors']})} actors, and"
+        f" {flows.read} workflow ({flows.stored} new or changed)"
+    )
     csv_report = summary.sinks.get("csv")
     if csv_report is not None:
         out.print(f"CSV mirror: {csv_report.stored:,} new rows under {data_dir}/raw_events")
@@ -143,6 +191,9 @@ def demo() -> None:
         ("scrapesink events list --source shop --limit 5", ""),
         ("scrapesink partitions list", "partitions, rows, sizes"),
         ("scrapesink status", "pending per store, dead letters"),
+        ("scrapesink get movies https://example.com/heat", "a movie with its actors"),
+        ("scrapesink search movies pacino", "movies by their actors' names too"),
+        ("scrapesink list workflows --json", "a model's records"),
         ("scrapesink demo", "again: everything is a duplicate now"),
         ("scrapesink db shell", "psql on it: the tables raw_events, raw_event_keys"),
         (f"ls {data_dir}/raw_events/shop", "the CSV mirror, one file per UTC day"),
