@@ -181,6 +181,11 @@ def test_unreachable_database_at_start_journals_and_replays_later(
     assert "cannot connect to PostgreSQL at postgresql://x@127.0.0.1:9/db" in result.stderr
     assert "pending 20 record(s) for postgres" in result.stderr
     assert len(list((data_dir / "raw_events").rglob("*.csv"))) == 5  # the CSV mirror has them
+    # the outage is said once at the start and once in the report: no pool messages, no log
+    # lines of the delivery lanes saying it again
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert "records are journaled and delivered when it is back" in lines[0]
     # other commands need the database and say so in one line
     query = run(down, "events", "stats")
     assert query.returncode == 1 and "cannot connect" in query.stderr

@@ -76,9 +76,13 @@ def open_app(
 ) -> Iterator[App]:
     app = bootstrap(settings(), schema=schema, offline_ok=offline_ok)
     try:
-        if app.offline:
-            err.print(f"[yellow]warning:[/] {escape(app.offline)}", highlight=False)
-        if announce:
+        if app.offline:  # one line: what does not answer, and that nothing is lost
+            err.print(
+                f"[yellow]warning:[/] {escape(app.offline)}; records are journaled and"
+                " delivered when it is back",
+                highlight=False,
+            )
+        elif announce:
             err.print(f"[dim]database: {escape(app.database_label)}[/]")
         yield app
     finally:
