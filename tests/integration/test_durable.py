@@ -165,7 +165,8 @@ def test_background_delivery_acknowledges_on_journal_and_flushes_on_close(
 
 def test_excel_export_neutralises_formulas_and_adds_a_bom(sink: Sink, data_dir, tmp_path):
     sink.write_events([ev("=1+1", text="@SUM(A1)"), ev("-2", text="plain")])
-    written = export_excel(data_dir / "raw_events", tmp_path / "xl")
+    root = data_dir / "raw_events"
+    written = export_excel([(f, f.relative_to(root)) for f in root.rglob("*.csv")], tmp_path / "xl")
     raw = written[0].read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
