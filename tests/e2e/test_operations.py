@@ -143,3 +143,22 @@ def test_the_embedded_database_from_outside_shell_start_and_stop(tmp_path):
         assert "not running" in run(env, "db", "stop").stdout
     finally:
         stop_if_running(data_dir / "pgdata")
+
+
+def test_tables_fit_80_columns_and_never_cut_an_id(cli_env, tmp_path):
+    narrow = {**cli_env, "COLUMNS": "80"}
+    records = [{"source": "shop", "id": i, "timestamp": "2026-11-20T10:00:00Z"} for i in range(3)]
+    path = str(write_jsonl(tmp_path / "e.jsonl", records))
+    assert run(cli_env, "ingest", path, "--job", "nightly-import").returncode == 0
+    made = run(cli_env, "backup")
+    assert made.returncode == 0, made.stderr
+    backup_id = made.stdout.split()[1]
+    for command in (["jobs", "runs"], ["partitions", "list"], ["backup", "list"]):
+        shown = run(narrow, *command)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert all(len(line) <= 80 for line in lines), shown.stdout
+        assert "…" not in shown.stdout, shown.stdout  # no header or id cut short
+    assert backup_id in run(narrow, "backup", "list").stdout
+    assert "nightly-import" in run(narrow, "jobs", "runs").stdout
+    assert "raw_events_2026_11_20" in run(narrow, "partitions", "list").stdout

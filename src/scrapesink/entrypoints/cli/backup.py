@@ -6,7 +6,6 @@ import json
 from datetime import timedelta
 
 import typer
-from rich.table import Table
 
 from scrapesink import __version__
 from scrapesink.config import parse_duration
@@ -15,6 +14,7 @@ from scrapesink.entrypoints.cli.common import (
     EXIT_OK,
     err,
     escape,
+    fitted_table,
     handle_errors,
     open_app,
     out,
@@ -86,16 +86,20 @@ def list_(as_json: bool = typer.Option(False, "--json", help="JSON lines.")) -> 
         for manifest in sets:
             print(json.dumps(manifest.as_dict()))
         return
-    table = Table("id", "created (UTC)", "size", "schema", "database")
-    for manifest in sets:
-        table.add_row(
+    rows = [
+        [
             manifest.id,
             manifest.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             f"{manifest.bytes / 1e6:.1f} MB",
             manifest.schema_revision or "-",
             escape(manifest.database),
-        )
-    out.print(table)
+        ]
+        for manifest in sets
+    ]
+    columns = ("id", "created (UTC)", "size", "schema", "database")
+    # the id is the one value needed (verify, restore): never cut; the database goes first
+    drop = ("database", "schema", "created (UTC)")
+    out.print(fitted_table(columns, rows, keep={"id"}, drop_first=drop, right={"size"}))
 
 
 @app.command("verify")

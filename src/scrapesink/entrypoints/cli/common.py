@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from scrapesink.application.replay import ReplayResult
 from scrapesink.bootstrap import App, SchemaPolicy, bootstrap
@@ -106,3 +107,42 @@ def report_replay(result: ReplayResult) -> None:
         + (f"; {pending:,} still pending" if pending else ""),
         highlight=False,
     )
+
+
+def fitted_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    keep: Collection[str],
+    drop_first: Sequence[str] = (),
+    right: Collection[str] = (),
+) -> Table:
+    """A table that fits the terminal (80 columns too): columns of ``drop_first`` are left out,
+    in that order, until the rest fits; the ``keep`` columns (ids) are never cut or wrapped."""
+    from rich.text import Text
+
+    def width(name: str) -> int:
+        i = columns.index(name)
+        cells = [Text.from_markup(row[i]).cell_len for row in rows]
+        return max([len(name), *cells])
+
+    shown = list(columns)
+    for name in drop_first:
+        if sum(width(n) for n in shown) + 3 * len(shown) + 1 <= out.width:
+            break
+        shown.remove(name)
+    table = Table(
+        *(
+            Column(
+                name,
+                no_wrap=name in keep,
+                min_width=width(name) if name in keep else None,
+                justify="right" if name in right else "left",
+            )
+            for name in shown
+        )
+    )
+    where = [columns.index(name) for name in shown]
+    for row in rows:
+        table.add_row(*(row[i] for i in where))
+    return table

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from scrapesink.application.job_specs import check_job
 from scrapesink.domain.jobs import Run
-from scrapesink.entrypoints.cli.common import escape, handle_errors, open_app, out
+from scrapesink.entrypoints.cli.common import escape, fitted_table, handle_errors, open_app, out
 from scrapesink.errors import InputError
 
 app = typer.Typer(
@@ -124,23 +124,31 @@ def runs(
         for run in found:
             print(json.dumps(run.as_dict()))
         return
-    table = Table(
+    columns = (
         "run", "job", "status", "started", "seconds", "read", "stored", "dup", "unch", "rej",
         "pend", "error",
     )  # fmt: skip
+    rows = []
     for run in found:
         c = run.counts
         numbers = (c.read, c.stored, c.duplicate, c.unchanged, c.rejected, c.pending)
-        table.add_row(
-            str(run.id),
-            escape(run.job),
-            _status(run.status),
-            run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-            _seconds(run),
-            *(f"{v:,}" for v in numbers),
-            escape((run.error_summary or "")[:60]),
+        rows.append(
+            [
+                str(run.id),
+                escape(run.job),
+                _status(run.status),
+                run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                _seconds(run),
+                *(f"{v:,}" for v in numbers),
+                escape((run.error_summary or "")[:60]),
+            ]
         )
-    out.print(table)
+    # at 80 columns: the error (see `jobs runs --json`), then the rarer counts, go first
+    drop = ("error", "unch", "pend", "dup", "seconds", "read")
+    numeric = {"seconds", "read", "stored", "dup", "unch", "rej", "pend"}
+    out.print(
+        fitted_table(columns, rows, keep={"run", "job", "status"}, drop_first=drop, right=numeric)
+    )
 
 
 @app.command("disable")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import typer
-from rich.table import Column, Table
 
 from scrapesink.config import parse_duration
-from scrapesink.entrypoints.cli.common import handle_errors, open_app, out
+from scrapesink.entrypoints.cli.common import fitted_table, handle_errors, open_app, out
 
 app = typer.Typer(help="Day partitions of the raw_events table.", no_args_is_help=True)
 
@@ -28,22 +27,13 @@ def list_() -> None:
     """Every partition: name, UTC range, exact row count, size on disk."""
     with open_app() as application:
         infos = application.partitions.details()
-    table = Table(
-        Column("partition", no_wrap=True),
-        "from (UTC)",
-        "to (UTC)",
-        Column("rows", justify="right"),
-        Column("size", justify="right"),
-    )
-    for info in infos:
-        table.add_row(
-            info.name,
-            info.start.strftime("%Y-%m-%d %H:%M"),
-            info.end.strftime("%Y-%m-%d %H:%M"),
-            f"{info.rows:,}",
-            _size(info.size_bytes),
-        )
-    out.print(table)
+    # a day partition is one UTC day: its day, not its two bounds
+    rows = [
+        [info.name, info.start.strftime("%Y-%m-%d"), f"{info.rows:,}", _size(info.size_bytes)]
+        for info in infos
+    ]
+    columns = ("partition", "day (UTC)", "rows", "size")
+    out.print(fitted_table(columns, rows, keep={"partition"}, right={"rows", "size"}))
     out.print(f"{len(infos)} partition(s)")
 
 
