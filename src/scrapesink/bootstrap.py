@@ -187,6 +187,7 @@ class App:
         id_field: str = "id",
         time_field: str = "timestamp",
         default_source: str | None = None,
+        time_format: str | None = None,
     ) -> EventRules:
         s = self.settings
         return EventRules(
@@ -197,6 +198,7 @@ class App:
             max_depth=s.max_depth,
             future_tolerance=s.future_tolerance,
             max_age=s.max_age,
+            time_format=time_format,
         )
 
     def ingest_service(self, rules: EventRules | None = None) -> IngestService:

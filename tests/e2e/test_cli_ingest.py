@@ -443,3 +443,28 @@ def test_csv_on_stdin_without_format_is_told_to_pass_it(cli_env):
         stdin="source,id,timestamp\nshop,c1,2025-05-15T10:00:00Z\n",
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_time_format_reads_the_dates_real_datasets_write(cli_env, tmp_path):
+    rows = "source,id,day\nkaggle,1,2012/01/01\nkaggle,2,2012/01/02\n"
+    (tmp_path / "k.csv").write_text(rows)
+    strict = run(cli_env, "ingest", str(tmp_path / "k.csv"), "--time-field", "day")
+    assert strict.returncode == 3 and "expected ISO 8601" in strict.stderr
+    auto = run(
+        cli_env, "ingest", str(tmp_path / "k.csv"), "--time-field", "day", "--time-format", "auto"
+    )
+    assert auto.returncode == 0, auto.stderr
+    pattern = run(
+        cli_env,
+        "ingest",
+        str(tmp_path / "k.csv"),
+        "--time-field",
+        "day",
+        "--time-format",
+        "%Y/%m/%d",
+        "--source",
+        "again",
+    )
+    assert pattern.returncode == 0, pattern.stderr
+    got = json.loads(run(cli_env, "events", "get", "kaggle", "1").stdout)
+    assert got["occurred_at"] == "2012-01-01T00:00:00+00:00"

@@ -252,3 +252,30 @@ def test_the_iso_text_always_names_the_same_instant_in_utc(text):
     v = check({"source": "s", "id": 1, "timestamp": text})
     assert datetime.fromisoformat(v.event.iso()) == v.event.occurred_at
     assert v.event.iso().endswith("+00:00")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2012/01/01", "2012-01-01T00:00:00+00:00"),
+        ("2012/01/01 13:45", "2012-01-01T13:45:00+00:00"),
+        ("Jan 5 2012", "2012-01-05T00:00:00+00:00"),
+        ("January 5, 2012", "2012-01-05T00:00:00+00:00"),
+        ("Tue, 01 Dec 2026 10:00:00 +0100", "2026-12-01T09:00:00+00:00"),
+        ("1700000000", "2023-11-14T22:13:20+00:00"),
+        ("1700000000000", "2023-11-14T22:13:20+00:00"),
+        ("2025-05-15T10:00:00Z", "2025-05-15T10:00:00+00:00"),
+    ],
+)
+def test_time_format_auto_reads_what_real_datasets_write(text, expected):
+    assert parse_timestamp(text, "t", None, time_format="auto").isoformat() == expected
+
+
+def test_a_time_format_pattern_and_iso_both_read_and_the_rest_says_what_was_expected():
+    pattern = "%d.%m.%Y %H:%M"
+    assert parse_timestamp("15.05.2025 10:30", "t", None, time_format=pattern).hour == 10
+    assert parse_timestamp("2025-05-15T10:00:00Z", "t", None, time_format=pattern).day == 15
+    with pytest.raises(RecordError, match=r"or '%d.%m.%Y %H:%M'"):
+        parse_timestamp("2012/01/01", "t", None, time_format=pattern)
+    with pytest.raises(RecordError, match="expected ISO 8601"):
+        parse_timestamp("2012/01/01", "t", None)  # without one: as before

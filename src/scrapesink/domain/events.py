@@ -104,6 +104,8 @@ class EventRules:
     future_tolerance: timedelta = timedelta(days=1)
     max_age: timedelta | None = None
     max_depth: int = MAX_DEPTH
+    #: the shape of time text besides ISO 8601: a strptime pattern, or "auto" (times.py)
+    time_format: str | None = None
 
 
 class Cleaning:
@@ -182,7 +184,7 @@ def _validate(
     if not source.isascii() or len(source) > MAX_NAME_BYTES // 3:  # else it always fits
         check_name(source, "source", location)
     source_id = _key_text(id_value, id_name, location, cleaning, hint="")
-    occurred_at = parse_timestamp(time_value, time_name, location, cleaning)
+    occurred_at = parse_timestamp(time_value, time_name, location, cleaning, rules.time_format)
     check_window(occurred_at, rules, now=now, location=location, path=time_name)
     if (
         raw is not None

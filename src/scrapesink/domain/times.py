@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from scrapesink.domain.values import json_type
@@ -22,10 +23,38 @@ class NaiveNote(Protocol):
 EPOCH_MILLIS_THRESHOLD = 10**11
 
 
+AUTO = "auto"
+# What `--time-format auto` tries after ISO 8601, in order (RFC 2822 and epoch numbers too).
+_AUTO_PATTERNS = (
+    "%Y/%m/%d",
+    "%Y/%m/%d %H:%M",
+    "%Y/%m/%d %H:%M:%S",
+    "%b %d %Y",
+    "%B %d %Y",
+    "%b %d, %Y",
+    "%B %d, %Y",
+    "%d %b %Y",
+    "%d %B %Y",
+)
+
+
 def parse_timestamp(
-    value: Any, name: str, location: str | None, cleaning: NaiveNote | None = None
+    value: Any,
+    name: str,
+    location: str | None,
+    cleaning: NaiveNote | None = None,
+    time_format: str | None = None,
 ) -> datetime:
-    """Read ISO 8601 text or an epoch number as an aware UTC datetime."""
+    """Read ISO 8601 text or an epoch number as an aware UTC datetime.
+
+    ``time_format`` reads text of another shape: a ``strptime`` pattern (``%d.%m.%Y``), or
+    ``auto``, which also tries RFC 2822, ``YYYY/MM/DD``, ``Mon D YYYY`` and epoch seconds or
+    milliseconds given as text. A time without a UTC offset is read as UTC (and noted)."""
+    if time_format is not None and isinstance(value, str) and value.strip():
+        parsed = _other_format(value.strip(), time_format)
+        if parsed is not None:
+            return _utc(parsed, value, name, location, cleaning)
+
     if type(value) is str and value:  # the common case, without the checks below
         try:
             parsed = datetime.fromisoformat(value)
@@ -61,10 +90,17 @@ def parse_timestamp(
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise RecordError(
-            f"bad timestamp {value[:60]!r}: expected ISO 8601 such as 2025-05-15T13:45:00Z",
+            f"bad timestamp {value[:60]!r}: expected ISO 8601 such as 2025-05-15T13:45:00Z"
+            + (f" or {time_format!r}" if time_format and time_format != AUTO else ""),
             location=location,
             path=name,
         ) from None
+    return _utc(parsed, value, name, location, cleaning)
+
+
+def _utc(
+    parsed: datetime, value: Any, name: str, location: str | None, cleaning: NaiveNote | None
+) -> datetime:
     if parsed.tzinfo is None:
         if cleaning is not None:
             cleaning.naive_timestamp = True
@@ -75,3 +111,33 @@ def parse_timestamp(
         raise RecordError(
             f"bad timestamp {value!r}: out of range in UTC", location=location, path=name
         ) from None
+
+
+def _other_format(text: str, time_format: str) -> datetime | None:
+    """``text`` read with a strptime pattern, or by ``auto``'s shapes; None when none fits."""
+    if time_format != AUTO:
+        try:
+            return datetime.strptime(text, time_format)
+        except ValueError:
+            return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    if text.isdigit():  # epoch seconds, or milliseconds above 10^11, given as text
+        number = int(text)
+        seconds = number / 1000 if number >= EPOCH_MILLIS_THRESHOLD else number
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    try:
+        return parsedate_to_datetime(text)  # RFC 2822: Tue, 01 Dec 2026 10:00:00 +0000
+    except (TypeError, ValueError, IndexError):
+        pass
+    for pattern in _AUTO_PATTERNS:
+        try:
+            return datetime.strptime(text, pattern)
+        except ValueError:
+            continue
+    return None

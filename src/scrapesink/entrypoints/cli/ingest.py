@@ -64,6 +64,14 @@ def ingest(
     time_field: str = typer.Option(
         "timestamp", help="Field holding the event time in flat records."
     ),
+    time_format: str | None = typer.Option(
+        None,
+        "--time-format",
+        metavar="PATTERN|auto",
+        help="How the time field is written when it is not ISO 8601: a strftime pattern"
+        " ('%d/%m/%Y %H:%M'), or auto (RFC 2822, YYYY/MM/DD, 'Mon D YYYY', epoch s/ms as text)."
+        " A time without an offset is read as UTC.",
+    ),
     model: str | None = typer.Option(
         None,
         "--model",
@@ -137,7 +145,12 @@ def ingest(
     try:
         with open_app(offline_ok=True, announce=not quiet) as app:
             report_replay(app.start_writing())
-            rules = app.rules(id_field=id_field, time_field=time_field, default_source=source)
+            rules = app.rules(
+                id_field=id_field,
+                time_field=time_field,
+                default_source=source,
+                time_format=time_format,
+            )
             with _job_run(app, job, source) as run:
                 summary = _run(app, rules, infile, chosen, required, reported)
                 run.add(summary)
