@@ -34,3 +34,17 @@ def test_help_shows_no_python_types(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "100"})
     assert result.exit_code == 0, result.output
     assert not _PYTHON_TYPE.findall(result.output), result.output
+
+
+def _infos(typer_app) -> list:
+    found = list(typer_app.registered_commands)
+    for group in typer_app.registered_groups:
+        found += _infos(group.typer_instance)
+    return found
+
+
+def test_help_paragraphs_flow_so_the_terminal_wraps_them():
+    # A docstring's line breaks, kept, broke sentences in the middle on an 80-column terminal.
+    for info in _infos(app):
+        text = info.help or ""
+        assert not re.search(r"[^\n]\n(?![-*] )[^\n]", text), (info.name, text)

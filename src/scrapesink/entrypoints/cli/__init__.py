@@ -35,6 +35,7 @@ from scrapesink.entrypoints.cli.common import (
     settings,
 )
 from scrapesink.entrypoints.cli.help import install as _readable_help
+from scrapesink.entrypoints.cli.help import reflow_commands
 from scrapesink.entrypoints.cli.ingest import ingest
 from scrapesink.errors import ConfigError
 
@@ -77,6 +78,7 @@ app.command()(serve.serve)
 app.add_typer(serve.keys_app, name="keys")
 app.command()(serve.audit)
 app.command()(backup.restore)
+reflow_commands(app)
 
 
 def _version(value: bool) -> None:

@@ -8,6 +8,7 @@ by hand because no option of typer or click does this; an explicit ``metavar=`` 
 
 from __future__ import annotations
 
+import inspect
 from datetime import datetime
 from pathlib import Path
 from typing import Any, get_args
@@ -60,6 +61,38 @@ def _argument_type(self: core.TyperArgument, ctx: Any) -> str | None:
     name = _argument_name(self)
     shown = value_name(self)
     return None if shown == name.removesuffix("...") or shown == name else shown
+
+
+def reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as flowing text: the terminal wraps them at its width (kept
+    as written, a line broken at 96 columns wrapped mid-sentence on an 80-column terminal).
+    List items (``- ``, ``* ``) keep their own lines."""
+    if not text:
+        return text
+    paragraphs = []
+    for block in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            stripped = line.strip()
+            if lines and not stripped.startswith(("- ", "* ")):
+                lines[-1] += " " + stripped
+            else:
+                lines.append(stripped)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def reflow_commands(app: Any) -> None:
+    """Every command's help (its docstring, unless given) reflowed, in ``app`` and below."""
+    for info in app.registered_commands:
+        info.help = reflow(info.help or (info.callback.__doc__ if info.callback else None))
+    for group in app.registered_groups:
+        typer_app = group.typer_instance
+        if typer_app is not None:
+            reflow_commands(typer_app)
+            callback = typer_app.registered_callback
+            if callback is not None and callback.callback is not None and not callback.help:
+                callback.help = reflow(callback.callback.__doc__)
 
 
 def install() -> None:
