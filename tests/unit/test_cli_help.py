@@ -46,5 +46,5 @@ def _infos(typer_app) -> list:
 def test_help_paragraphs_flow_so_the_terminal_wraps_them():
     # A docstring's line breaks, kept, broke sentences in the middle on an 80-column terminal.
     for info in _infos(app):
-        text = info.help or ""
+        text = info.help or (info.callback.__doc__ if info.callback else "") or ""
         assert not re.search(r"[^\n]\n(?![-*] )[^\n]", text), (info.name, text)
