@@ -78,7 +78,6 @@ app.command()(serve.serve)
 app.add_typer(serve.keys_app, name="keys")
 app.command()(serve.audit)
 app.command()(backup.restore)
-reflow_commands(app)
 
 
 def _version(value: bool) -> None:
@@ -225,3 +224,6 @@ def main() -> None:
 
 
 __all__ = ["app", "fail", "main"]
+
+
+reflow_commands(app)  # last: every command above is registered
