@@ -207,3 +207,10 @@ def test_scan_counts_the_objects_and_arrays_no_value_can_nest_deeper_than():
     assert scan({"a": [1, {"b": []}], "c": "x"}) == (False, 4, False)
     assert scan("text") == (False, 0, False)
     assert scan({"a": [0.0, -0.0]}) == (False, 2, True)
+
+
+def test_a_decimal_is_a_number_for_a_float_field():
+    # What PostgreSQL's JSON gives back for 0.92 (verify read every workflow with a fractional
+    # quality_score as "not valid" and reported it missing), and what a DB-fed scraper sends.
+    assert check({"url": "u", "x": Decimal("0.92")}).record["x"] == 0.92
+    assert reason({"url": "u", "x": Decimal("NaN")})[0] == "x"

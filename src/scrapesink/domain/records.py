@@ -274,7 +274,7 @@ def convert(spec: FieldDef, value: Any, path: str, location: str | None) -> Any:
         if isinstance(value, bool):
             raise bad("a number")
         try:
-            number = float(value) if isinstance(value, int | float | str) else None
+            number = float(value) if isinstance(value, int | float | str | Decimal) else None
         except ValueError:
             number = None
         if number is None or not math.isfinite(number):
