@@ -117,11 +117,7 @@ def test_every_readme_command_runs_on_the_embedded_database(tmp_path):
             for word in path:
                 command = command.commands[word]  # type: ignore[attr-defined]
             needs = [p for p in command.params if p.required]
-            if (
-                path in _NOT_RUN
-                or needs
-                or (hasattr(command, "commands") and path != ("backup",))
-            ):
+            if path in _NOT_RUN or needs or (hasattr(command, "commands") and path != ("backup",)):
                 _help(*path)
                 continue
             result = run(env, *path)
