@@ -156,3 +156,43 @@ def test_a_key_name_in_use_is_refused_until_that_key_is_revoked(app):
         thread.join()
     assert sorted(results) == ["created", "refused", "refused", "refused"]
     assert [k.name for k in keys.list()].count("twice") == 1
+
+
+REOPEN_SCRIPT = """
+import sys, time
+import scrapesink
+first = scrapesink.open()   # open, close, open again in one process (serve does: its first key)
+first.close()
+with scrapesink.open() as sink:
+    print("ready", flush=True)
+    sys.stdin.readline()        # the holder process has exited meanwhile
+    print(sum(d.events for d in sink.event_stats()), flush=True)
+"""
+
+
+def test_a_process_that_reopens_the_embedded_server_still_holds_it(tmp_path: Path):
+    # pgserver took a re-opening process off its list of holders for good, so the last other
+    # process to exit stopped the server under it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRAPESINK_", "PG"))}
+    env["SCRAPESINK_DATA_DIR"] = str(tmp_path / "data")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import scrapesink, sys\ns = scrapesink.open()\nprint('up', "
+         "flush=True)\nsys.stdin.readline()\ns.close()"],
+        env=env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "up"
+    reopener = subprocess.Popen(
+        [sys.executable, "-c", REOPEN_SCRIPT],
+        env=env, cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert reopener.stdout is not None and reopener.stdout.readline().strip() == "ready"
+        holder.communicate("\n", timeout=120)  # the holder closes and exits
+        out, err = reopener.communicate("\n", timeout=120)
+        assert reopener.returncode == 0, err
+        assert out.strip() == "0"  # its database still answered
+    finally:
+        for proc in (holder, reopener):
+            if proc.poll() is None:
+                proc.kill()

@@ -80,6 +80,11 @@ class EmbeddedPostgres:
                 # Read now, not at start: `db start` or `db stop` may have run meanwhile.
                 self._server.cleanup_mode = self._mode()
                 self._server.cleanup()
+                # While other processes hold the server, pgserver's cleanup takes this process
+                # off its list of holders but keeps its object: a later start here would get
+                # it back without joining the list again, and the last other process would
+                # stop the server under us. Forget it, so the next start joins anew.
+                _import_pgserver().PostgresServer._instances.pop(self.pgdata, None)
         self._server = None
 
     @property

@@ -72,7 +72,7 @@ SYSTEM_TABLES = frozenset(
         "etl_runs",
     }
 )
-RESERVED_PREFIXES = ("pg_", "raw_events_", "upsert_", "delete_")
+RESERVED_PREFIXES = ("pg_", "raw_events_", "upsert_", "delete_", "deleted_")
 
 FieldType = Literal[
     "integer", "bigint", "float", "numeric", "string", "text", "boolean", "date", "datetime", "json"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import msgspec
 
 from scrapesink.adapters.postgres.database import Database
-from scrapesink.adapters.postgres.model_sql import delete_name, q, upsert_name
+from scrapesink.adapters.postgres.model_sql import found_name, q, upsert_name
 from scrapesink.adapters.postgres.progress import RECORD_PROGRESS, JournalProgress
 from scrapesink.application.kinds import model_kind
 from scrapesink.application.ports import (
@@ -41,7 +41,7 @@ class PostgresModelSink(JournalProgress):
         self._prepare = prepare
         self.kind = model_kind(model.name)
         self._upsert = f"SELECT {q(upsert_name(model))}(%s::jsonb, %b::bytea[])"
-        self._delete = f"SELECT {q(delete_name(model))}(%s::jsonb, %b::bytea[])"
+        self._delete = f"SELECT {q(found_name(model))}(%s::jsonb, %b::bytea[])"
 
     def stage(self, batch: Batch[RecordOp]) -> Callable[[], WriteOutcome]:
         # Runs of one operation, in journal order: an upsert then a delete of a key stays so.

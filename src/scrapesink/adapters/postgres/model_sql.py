@@ -43,6 +43,12 @@ def delete_name(model: ModelDef) -> str:
     return f"delete_{model.name}"
 
 
+def found_name(model: ModelDef) -> str:
+    """The delete that says which keys it found. "deleted_" can never be "delete_" and a
+    model's name: their seventh characters differ."""
+    return f"deleted_{model.name}"
+
+
 def _recordtype(fields: tuple[FieldDef, ...]) -> str:
     return ", ".join(f"{q(f.name)} {SQL_TYPES[f.type]}" for f in fields)
 
@@ -299,9 +305,19 @@ def delete_function(model: ModelDef) -> str:
     key_fields = tuple(f for f in model.fields if f.name in model.natural_key)
     return f"""
 DROP FUNCTION IF EXISTS {q(delete_name(model))}(jsonb);  -- before stamps: one argument
--- It returned a count before it returned which keys it found: a new return type is a new function.
-DROP FUNCTION IF EXISTS {q(delete_name(model))}(jsonb, bytea[]);
-CREATE FUNCTION {q(delete_name(model))}(keys jsonb, stamps bytea[] DEFAULT NULL)
+-- One development version made delete_<model> return integer[]: give it its count back. Never
+-- dropped otherwise: a DROP makes calls running at that moment fail (the function's identity
+-- changes), and it loses what an operator granted on it.
+DO $do$ BEGIN
+    IF (SELECT prorettype FROM pg_proc
+        WHERE oid = to_regprocedure('{delete_name(model)}(jsonb, bytea[])')) = 'integer[]'::regtype
+    THEN
+        DROP FUNCTION {q(delete_name(model))}(jsonb, bytea[]);
+    END IF;
+END $do$;
+-- The positions of the keys found and deleted (what scrapesink's own deliveries call, so that
+-- a key not found is answered for as such); a newer version than the delete stays.
+CREATE OR REPLACE FUNCTION {q(found_name(model))}(keys jsonb, stamps bytea[] DEFAULT NULL)
 RETURNS integer[] LANGUAGE plpgsql AS $fn$
 DECLARE
     gone integer[];
@@ -314,12 +330,17 @@ BEGIN
         USING jsonb_array_elements(keys) WITH ORDINALITY AS e(doc, ord)
         CROSS JOIN LATERAL jsonb_to_record(e.doc) AS r({_recordtype(key_fields)})
         WHERE {" AND ".join(f"t.{q(k)} = r.{q(k)}" for k in model.natural_key)}
-          AND ({_OLDER.format(_STAMP)})  -- a newer version than the delete stays
+          AND ({_OLDER.format(_STAMP)})
         RETURNING e.ord
     )
     SELECT coalesce(array_agg(ord::integer ORDER BY ord), '{{}}') INTO gone FROM deleted;
-    RETURN gone;  -- the positions of the keys found (children and links go with their row)
+    RETURN gone;  -- children and link rows go with their row (ON DELETE CASCADE)
 END
+$fn$;
+-- How many were deleted (for psql and other clients: the function's contract since stamps).
+CREATE OR REPLACE FUNCTION {q(delete_name(model))}(keys jsonb, stamps bytea[] DEFAULT NULL)
+RETURNS integer LANGUAGE sql AS $fn$
+    SELECT coalesce(cardinality({q(found_name(model))}(keys, stamps)), 0)
 $fn$;
 COMMENT ON FUNCTION {q(delete_name(model))}(jsonb, bytea[]) IS
     'scrapesink: delete {model.name} records by natural key, with their children and links';

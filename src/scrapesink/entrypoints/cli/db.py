@@ -3,9 +3,12 @@ its URL, a psql shell, the embedded server kept up for other clients."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 import typer
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from scrapesink.adapters.embedded import EmbeddedPostgres
 from scrapesink.adapters.postgres.migrate import Migrator
@@ -83,7 +86,17 @@ def shell(ctx: typer.Context) -> None:
         psql = (settings.pg_bin_dir or EmbeddedPostgres.binaries()) / "psql"
         if not psql.exists():
             fail(f"no psql in {psql.parent} (SCRAPESINK_PG_BIN_DIR)")
-        code = subprocess.call([str(psql), application.database.conninfo, *ctx.args])
+        # The password goes in psql's environment, not on its command line (`ps` shows that).
+        parts = conninfo_to_dict(application.database.conninfo)
+        password = parts.pop("password", None)
+        env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
+        # Ctrl-C is psql's (cancel the query, clear the line), not a reason to end the session.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            target = make_conninfo("", **parts)
+            code = subprocess.call([str(psql), target, *ctx.args], env=env)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     raise typer.Exit(code)
 
 
@@ -96,8 +109,10 @@ def start() -> None:
     embedded.keep_running(True)
     try:
         uri = embedded.start()
-    finally:
-        embedded.stop()  # lets go of it; kept running by the marker
+    except BaseException:
+        embedded.keep_running(False)  # not started: nothing to keep running
+        raise
+    embedded.stop()  # lets go of it; kept running by the marker
     out.print(f"embedded PostgreSQL running in {embedded.pgdata} (until `scrapesink db stop`)")
     print(uri)
 
