@@ -279,3 +279,11 @@ def test_a_time_format_pattern_and_iso_both_read_and_the_rest_says_what_was_expe
         parse_timestamp("2012/01/01", "t", None, time_format=pattern)
     with pytest.raises(RecordError, match="expected ISO 8601"):
         parse_timestamp("2012/01/01", "t", None)  # without one: as before
+
+
+@pytest.mark.parametrize(
+    "text", ["2026", "202501011230", "\u00b2\u00b3", "\u0661\u0667" + "\u0660" * 8]
+)
+def test_time_format_auto_never_takes_a_short_or_foreign_number_for_an_epoch(text):
+    with pytest.raises(RecordError):
+        parse_timestamp(text, "t", None, time_format="auto")

@@ -181,7 +181,7 @@ class Gauges(Collector):
         )
         last = GaugeMetricFamily(
             "scrapesink_job_last_success_timestamp_seconds",
-            "When an enabled job's last run succeeded (0: never)",
+            "When an enabled job's last run succeeded (its creation, when none has yet)",
             labels=["job"],
         )
         every = GaugeMetricFamily(

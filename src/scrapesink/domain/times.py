@@ -124,7 +124,9 @@ def _other_format(text: str, time_format: str) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         pass
-    if text.isdigit():  # epoch seconds, or milliseconds above 10^11, given as text
+    # epoch seconds (10 digits) or milliseconds (13), as scrapers write them since 2001, given
+    # as text: "2026" or "202501011230" is not one
+    if text.isascii() and text.isdigit() and len(text) in (10, 13):
         number = int(text)
         seconds = number / 1000 if number >= EPOCH_MILLIS_THRESHOLD else number
         try:

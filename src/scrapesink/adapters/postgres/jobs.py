@@ -193,11 +193,15 @@ class JobStore:
         """Per enabled job: when its last run succeeded (epoch seconds; None: never) and how
         often one is expected (``expected_interval``), for the job-freshness alert."""
         with self.database.connection() as conn:
+            # A job that never succeeded counts from its creation (not from 1970: it would be
+            # late at once); the last success is one index probe a job, not a scan of its runs.
             rows = conn.execute(
-                "SELECT j.name, j.config,"
-                " extract(epoch FROM max(r.finished_at) FILTER (WHERE r.status = 'succeeded'))"
-                " FROM etl_jobs j LEFT JOIN etl_runs r ON r.job_id = j.id"
-                " WHERE j.enabled GROUP BY j.name, j.config ORDER BY j.name"
+                "SELECT j.name, j.config, extract(epoch FROM coalesce(last.at, j.created_at))"
+                " FROM etl_jobs j LEFT JOIN LATERAL ("
+                "   SELECT r.finished_at AS at FROM etl_runs r"
+                "   WHERE r.job_id = j.id AND r.status = 'succeeded'"
+                "   ORDER BY r.started_at DESC LIMIT 1"
+                " ) AS last ON true WHERE j.enabled ORDER BY j.name"
             ).fetchall()
         return [
             (name, None if last is None else float(last), expected_interval(config or {}))
@@ -267,6 +271,12 @@ def expected_interval(config: dict[str, Any]) -> float:
         return 3600.0 * max(1, int(hour[2:]))
     if minute.isdigit() and hour == day == month == weekday == "*":
         return 3600.0
-    if minute.isdigit() and hour.isdigit() and day == month == "*":
-        return DAY if weekday == "*" else 7 * DAY
-    return DAY
+    if minute.isdigit() and hour.isdigit() and day == month == weekday == "*":
+        return DAY
+    # Anything else is read loosely rather than wrongly: a restricted day of month or month
+    # (monthly jobs) as a month, a restricted weekday (working days) as a week.
+    if day != "*" or month != "*":
+        return 31 * DAY
+    if weekday != "*":
+        return 7 * DAY
+    return DAY if hour != "*" else 3600.0

@@ -121,6 +121,12 @@ def ingest(
         raise typer.BadParameter(
             f"unknown format {fmt!r}: use jsonl, json or csv", param_hint="--format"
         )
+    if model is not None and time_format is not None:
+        raise typer.BadParameter(
+            "model records are checked against their declared field types; --time-format is"
+            " for raw events",
+            param_hint="--time-format",
+        )
     if model is not None:
         declaration = load_models([*settings().models, *models])
         declaration.model(model)  # an unknown name fails before any database starts
@@ -268,7 +274,10 @@ def _one_line(summary: WriteSummary, name: str) -> None:
         parts.append(f"inserted {summary.inserted:,}, duplicates {summary.duplicates:,}")
     else:
         parts.append(f"stored {summary.stored:,}, unchanged {summary.unchanged:,}")
-    parts.append(f"rejected {summary.rejected:,}, pending {summary.pending:,}")
+    parts.append(
+        f"rejected {summary.rejected:,}, pending {summary.pending:,},"
+        f" dead letters {summary.dead_letters:,}"
+    )
     out.print(", ".join(parts), highlight=False)
 
 

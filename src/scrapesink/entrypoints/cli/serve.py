@@ -47,6 +47,7 @@ def _listen(host: str, port: int) -> socket.socket:
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((host, port))
+        listener.listen(2048)  # now: two sockets may bind one port until one listens
     except OSError as exc:
         reason = "is in use (pass --port N)" if exc.errno == errno.EADDRINUSE else exc.strerror
         fail(f"cannot listen on {host}:{port}: the address {reason}", EXIT_ADDRESS)
