@@ -468,3 +468,11 @@ def test_time_format_reads_the_dates_real_datasets_write(cli_env, tmp_path):
     assert pattern.returncode == 0, pattern.stderr
     got = json.loads(run(cli_env, "events", "get", "kaggle", "1").stdout)
     assert got["occurred_at"] == "2012-01-01T00:00:00+00:00"
+
+
+def test_rejects_file_that_is_the_input_is_refused_before_it_is_emptied(cli_env, tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", [GOOD[0], {"bad": 1}])
+    before = path.read_bytes()
+    result = run(cli_env, "ingest", str(path), "--rejects", str(tmp_path / "." / "e.jsonl"))
+    assert result.returncode == 1 and "is the input file" in result.stderr
+    assert path.read_bytes() == before  # the user's data is still there

@@ -121,6 +121,9 @@ def ingest(
         raise typer.BadParameter(
             f"unknown format {fmt!r}: use jsonl, json or csv", param_hint="--format"
         )
+    if rejects is not None and path != "-" and _same_file(Path(path), rejects):
+        # opened for writing, it would be emptied before a line of it was read
+        fail(f"--rejects {rejects} is the input file: name another file")
     if model is not None and time_format is not None:
         raise typer.BadParameter(
             "model records are checked against their declared field types; --time-format is"
@@ -256,6 +259,13 @@ class Rejections:
             return
         where = f"all in {self.path}" if self.path else "see --rejects FILE"
         err.print(f"[yellow]and {hidden:,} more rejected[/] — {escape(where)}", highlight=False)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _looks_like_csv(stream: Any) -> bool:
