@@ -172,3 +172,12 @@ def test_files_report_the_file_and_are_config_errors(tmp_path):
     ]
     with pytest.raises(DeclarationError, match="no such file"):
         load_declaration(tmp_path / "missing.json")
+
+
+def test_a_model_name_whose_functions_postgresql_would_cut_is_refused():
+    # Two 60-character names sharing 55 characters would share one deleted_<name> function.
+    long = "m" * 56
+    spec = {"natural_key": ["k"], "fields": [{"name": "k", "type": "string", "nullable": False}]}
+    with pytest.raises(DeclarationError, match="at most 55"):
+        parse_declaration({"models": {long: {**spec, "table_name": "t1"}}})
+    assert parse_declaration({"models": {"m" * 55: {**spec, "table_name": "t2"}}})

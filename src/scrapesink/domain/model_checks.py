@@ -22,6 +22,8 @@ from scrapesink.domain.models import (
     Relation,
 )
 
+MAX_MODEL_NAME = 63 - len("deleted_")  # 55
+
 
 class Checker:
     """Walks a declaration, collecting problems instead of stopping at the first."""
@@ -57,7 +59,14 @@ class Checker:
         return Declaration(parsed)
 
     def model(self, name: str, spec: Any, path: str) -> ModelDef | None:
-        self.identifier(name, path, "model name")
+        if self.identifier(name, path, "model name") and len(name) > MAX_MODEL_NAME:
+            # PostgreSQL cuts identifiers at 63 bytes, silently: two long names would share
+            # one upsert_/delete_/deleted_ function (the other model's records deleted).
+            self.problem(
+                path,
+                f"model name {name!r} is {len(name)} characters: at most {MAX_MODEL_NAME}, so"
+                " that its functions' names (deleted_<name>) fit PostgreSQL's 63",
+            )
         if not isinstance(spec, dict):
             self.problem(path, "must be an object")
             return None
