@@ -221,11 +221,16 @@ class MemoryModelSink:
         self.records: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.stamps: dict[tuple[Any, ...], bytes] = {}
         self.ranges: dict[str, list[tuple[int, int]]] = {}
+        self.refuse: Callable[[Any], ScrapesinkError | None] = lambda op: None
 
     def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
         return lambda: self._write(batch)
 
     def _write(self, batch: Batch) -> WriteOutcome:
+        for op in batch.records:
+            error = self.refuse(op)
+            if error is not None:
+                raise error  # the whole batch fails, as one transaction would
         if batch.journal_id and any(
             a <= batch.first and batch.last <= b for a, b in self.ranges.get(batch.journal_id, [])
         ):

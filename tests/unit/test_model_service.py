@@ -113,3 +113,16 @@ def test_batches_are_cut_at_the_batch_size():
     service, pg, _ = make(batch_size=2)
     summary = service.save("books", [rec(i) for i in range(5)])
     assert summary.batches == 3 and len(pg.records) == 5
+
+
+def test_an_update_a_store_refuses_raises_instead_of_answering_the_old_record():
+    from scrapesink.errors import ConstraintError
+
+    service, pg, _ = make()
+    service.save("books", [rec(1, pages=10)])
+    pg.refuse = lambda op: (
+        ConstraintError("value too long") if op.record.get("pages") == 99 else None
+    )
+    with pytest.raises(ConstraintError, match="refused by postgres"):
+        service.update("books", "isbn-1", {"pages": 99})
+    assert pg.records[("isbn-1",)]["pages"] == 10

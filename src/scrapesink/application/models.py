@@ -18,7 +18,7 @@ from scrapesink.application.summary import RejectHook, WriteSummary
 from scrapesink.application.writer import Record, RecordWriter
 from scrapesink.domain.models import SYSTEM_COLUMNS, Declaration, ModelDef
 from scrapesink.domain.records import validate_key
-from scrapesink.errors import NotFound, RecordError
+from scrapesink.errors import ConstraintError, NotFound, RecordError
 
 
 class ModelService:
@@ -83,6 +83,12 @@ class ModelService:
         summary = self.save(name, [(None, merged)], track=True)
         if summary.rejections:
             raise summary.rejections[0]
+        if summary.dead_letters:  # the change's error stays with it: never the old record back
+            raise ConstraintError(
+                f"the change to {model.name} {_describe(checked_key)} was refused by"
+                f" {', '.join(n for n, r in summary.sinks.items() if r.dead_letters)} and kept"
+                " as a dead letter (scrapesink deadletters list)"
+            )
         found = self.reader.get(model, checked_key)
         return found if found is not None else merged
 
