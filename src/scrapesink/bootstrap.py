@@ -118,6 +118,8 @@ class App:
     embedded: EmbeddedPostgres | None = None
     offline: str | None = None  # why PostgreSQL did not answer at start (writers go on)
     observer: DeliveryObserver = OBSERVER
+    #: False for background delivery: writes never wait for a sink (see ``DurableWriter``)
+    wait_for_lanes: bool = True
     _writers: dict[str, DurableWriter] = field(default_factory=dict, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -268,6 +270,7 @@ class App:
                 batch_size=self.settings.batch_size,
                 kind=record_kind,
                 observer=self.observer,
+                wait_for_lanes=self.wait_for_lanes,
             )
         return writer
 
@@ -275,6 +278,10 @@ class App:
         """The writers opened so far (raw events first)."""
         if EVENTS not in self._writers:
             self.writer(EVENTS)
+        return list(self._writers.values())
+
+    def open_writers(self) -> list[DurableWriter]:
+        """The writers opened so far (none made by asking)."""
         return list(self._writers.values())
 
     def catch_up(self) -> int:
@@ -387,14 +394,15 @@ class App:
             label += " — unreachable, records are journaled and delivered when it is back"
         return label
 
-    def close(self) -> dict[str, SinkReport]:
-        """Deliver what can be, close the journal (kept if something is pending), release."""
+    def close(self, *, catch_up: bool = True) -> dict[str, SinkReport]:
+        """Deliver what can be (without ``catch_up``: only what is in flight), close the
+        journal (kept if something is pending), release."""
         reports: dict[str, SinkReport] = {}
         if not self._closed:
             self._closed = True
             try:
                 for writer in self._writers.values():
-                    for name, report in writer.close().items():
+                    for name, report in writer.close(catch_up=catch_up).items():
                         reports.setdefault(name, SinkReport()).add(report)
             finally:
                 self.database.close()

@@ -3,6 +3,7 @@ dead-letter store, and the read ports (no database)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -99,6 +100,8 @@ class MemorySink:
         self.refuse: Callable[[RawEvent], ScrapesinkError | None] = lambda event: None
         self.repaired = 0
         self.stage_fails_with: Exception | None = None
+        self.gate = threading.Event()  # cleared: every delivery waits until it is set
+        self.gate.set()
 
     def stage(self, batch: Batch) -> Callable[[], WriteOutcome]:
         if self.stage_fails_with is not None:
@@ -106,6 +109,7 @@ class MemorySink:
         return lambda: self._write(batch)
 
     def _write(self, batch: Batch) -> WriteOutcome:
+        self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
         for event in batch.records:

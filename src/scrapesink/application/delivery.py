@@ -128,10 +128,21 @@ class Lane:
         this, a writer would wait on retries to find out while the store is still down)."""
         return self._stored_at > self._failed_at
 
-    def submit(self, batch: Batch[Any]) -> None:
+    def submit(self, batch: Batch[Any], *, wait: bool = True) -> None:
+        """Store ``batch`` in a lane thread; with ``wait``, wait for a free one first.
+
+        Without ``wait`` the caller is never held up by the sink: when every slot is busy, or
+        earlier batches still wait (they go first), the batch stays in the journal, pending
+        without an error, for ``DurableWriter.feed`` to hand on in journal order."""
         if self.down:
             self._left_pending(batch, None)
             return
+        if not wait:
+            with self._lock:
+                waiting = bool(self.pending)
+            if waiting or not self._slots.acquire(blocking=False):
+                self._left_pending(batch, None, counted=False)
+                return
         try:
             work = self.sink.stage(batch)
         except Exception as exc:
@@ -139,10 +150,13 @@ class Lane:
             # it (a record journaled under another declaration) leaves it pending for this
             # sink alone, as a failed delivery would, and the caller's write stands.
             log.exception("unexpected error preparing a batch for %s", self.sink.name)
+            if not wait:
+                self._slots.release()
             self._failed(exc)
             self._left_pending(batch, exc)
             return
-        self._slots.acquire()
+        if wait:
+            self._slots.acquire()
         future = self._executor.submit(self._run, batch, work)
         with self._lock:
             self._futures.add(future)
@@ -151,6 +165,12 @@ class Lane:
     def _done(self, future: Future[None]) -> None:
         with self._lock:
             self._futures.discard(future)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and nothing waiting in the journal for this sink."""
+        with self._lock:
+            return not self._futures and not self.pending
 
     def drain(self) -> None:
         while True:
@@ -268,6 +288,17 @@ class Lane:
             self.report.pending -= sum(last - first + 1 for first, last in ranges)
         return ranges
 
+    def handled_count(self) -> int:
+        """How many records this lane stored or sent to dead letters."""
+        with self._lock:
+            return sum(last - first + 1 for first, last in self.handled)
+
+    def restore(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Ranges taken with :meth:`take_pending` and not handed on: pending again."""
+        with self._lock:
+            self.pending.extend(ranges)
+            self.report.pending += sum(last - first + 1 for first, last in ranges)
+
     def pending_in(self, ranges: Sequence[tuple[int, int]]) -> int:
         """How many seqs of ``ranges`` are pending on this lane now."""
         with self._lock:
@@ -288,13 +319,18 @@ class Lane:
         )
         self._down_until = time.monotonic() + self.policy.cooldown_seconds
 
-    def _left_pending(self, batch: Batch[Any], error: BaseException | None) -> None:
+    def _left_pending(
+        self, batch: Batch[Any], error: BaseException | None, *, counted: bool = True
+    ) -> None:
+        """The batch waits in the journal for this sink. ``counted``: as a failure to deliver
+        (the metric); a batch merely queued behind busy slots is not one."""
         with self._lock:
             self.report.pending += len(batch.records)
             self.pending.append((batch.first, batch.last))
             if error is not None:
                 self.report.error = getattr(error, "message", None) or str(error)
-        self.observer.left_pending(self.sink.name, self.kind, len(batch.records))
+        if counted:
+            self.observer.left_pending(self.sink.name, self.kind, len(batch.records))
         self._note(batch, None, PENDING)
 
 
@@ -315,9 +351,9 @@ class Delivery:
             for sink in sinks
         ]
 
-    def submit(self, batch: Batch[Any]) -> None:
+    def submit(self, batch: Batch[Any], *, wait: bool = True) -> None:
         for lane in self.lanes:
-            lane.submit(batch)
+            lane.submit(batch, wait=wait)
 
     def drain(self) -> None:
         for lane in self.lanes:

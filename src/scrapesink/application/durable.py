@@ -47,8 +47,12 @@ class DurableWriter:
         batch_size: int = 5000,
         kind: RecordKind | None = None,
         observer: DeliveryObserver = UNOBSERVED,
+        wait_for_lanes: bool = True,
     ) -> None:
         self.journal = journal
+        # False: a write never waits for a sink (background delivery); what a busy or
+        # recovering lane cannot take now waits in the journal for ``feed``.
+        self.wait_for_lanes = wait_for_lanes
         self.kind = kind or kind_named(journal.kind)
         self.sinks = list(sinks)
         self.observer = observer
@@ -96,12 +100,14 @@ class DurableWriter:
             # than a reversal (the stores decide by stamp anyway, so this is not for safety).
             # "Back" means a delivery succeeded since the last failure: the first batch after
             # an outage finds that out itself rather than make the writer wait on retries.
+            # Without waiting for lanes that is ``feed``'s work, in journal order.
             for lane in self.delivery.lanes:
-                if lane.pending and not lane.down and lane.back:
+                if self.wait_for_lanes and lane.pending and not lane.down and lane.back:
                     self._catch_up(lane)
             start = self.journal.last_accepted_us
             accepted = range(start, start + len(records))
-            self.delivery.submit(Batch(self.journal.id, first, last, records, accepted))
+            batch = Batch(self.journal.id, first, last, records, accepted)
+            self.delivery.submit(batch, wait=self.wait_for_lanes)
             self._writes += 1
             if self._writes % COMPACT_EVERY == 0:
                 self._compact()  # keeps the journal small during a long ingest
@@ -137,7 +143,46 @@ class DurableWriter:
                     self._catch_up(lane)
             return resubmitted
 
-    def close(self) -> dict[str, SinkReport]:
+    def feed(self) -> int:
+        """Hand each sink that is up what waits for it in the journal, oldest first; returns
+        how many records were handed on.
+
+        It waits for the lanes' free slots (it runs in a thread of its own, the background
+        delivery's) but holds the writer's lock only to read the journal, so writes go on
+        meanwhile."""
+        handed = 0
+        for lane in self.delivery.lanes:
+            if lane.down or not lane.pending:
+                continue
+            ranges = sorted(lane.take_pending())
+            for i, (first, last) in enumerate(ranges):
+                while first <= last:
+                    with self._lock:
+                        if self._closed:  # what was not handed on stays pending
+                            lane.restore([(first, last), *ranges[i + 1 :]])
+                            return handed
+                        upto = min(last, first + self.batch_size - 1)
+                        batches = list(batches_of(self.journal, first, upto, self.batch_size))
+                    for batch in batches:
+                        lane.submit(batch)
+                        handed += len(batch.records)
+                    first = upto + 1
+        return handed
+
+    def undelivered(self) -> dict[str, int]:
+        """Per sink, how many records journaled by this writer it has not taken yet (in
+        flight, or waiting in the journal)."""
+        journaled = self.journal.last_seq - self._start + 1
+        return {lane.sink.name: journaled - lane.handled_count() for lane in self.delivery.lanes}
+
+    @property
+    def idle(self) -> bool:
+        """Every sink has everything journaled so far, or left it pending after a failure."""
+        return all(lane.idle or lane.down for lane in self.delivery.lanes)
+
+    def close(self, *, catch_up: bool = True) -> dict[str, SinkReport]:
+        """Deliver what is in flight and, with ``catch_up``, what waits for a sink that is up;
+        then release. What a sink lacks stays in the journal for the next start or replay."""
         with self._lock:
             if self._closed:
                 return self.reports()
@@ -148,7 +193,12 @@ class DurableWriter:
                 lane.policy = replace(
                     lane.policy, retry_seconds=min(lane.policy.retry_seconds, CLOSE_RETRY_SECONDS)
                 )
-            reports = self._settle()
+            if catch_up:
+                reports = self._settle()
+            else:
+                self.delivery.drain()
+                self._compact()
+                reports = self.reports()
             self.delivery.close()
             if self.journal.close():  # empty: removed; the sinks' bookkeeping is garbage now
                 forget_journal(self.sinks, self.journal.id)

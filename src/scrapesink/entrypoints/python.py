@@ -11,6 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+from scrapesink.application.feeder import Feeder
 from scrapesink.application.models import ModelService
 from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.ports import (
@@ -52,7 +53,15 @@ class Sink:
         self._deliver = deliver
         self._model_service: ModelService | None = None
         self._active = threading.local()  # the job run a thread is inside, if any
+        self._feeder: Feeder | None = None
+        if deliver == "background":
+            # Writes never wait for a store: what a busy or stopped one cannot take now waits
+            # in the journal, and the feeder hands it on (memory does not grow, the journal
+            # does).
+            app.wait_for_lanes = False
         self.startup = app.start_writing()
+        if deliver == "background":
+            self._feeder = Feeder(app.open_writers)
 
     @contextmanager
     def run(self, job: str, *, source: str | None = None) -> Iterator[JobRun]:
@@ -252,13 +261,39 @@ class Sink:
         """Set (or clear) the processed flag of events; returns how many changed."""
         return self._app.event_reader.mark_processed(keys, processed)
 
-    def close(self) -> dict[str, SinkReport]:
+    def close(self, *, timeout: float | None = None) -> dict[str, SinkReport]:
         """Deliver what can be, then release; returns the totals per sink for this sink's life.
 
         Anything a sink could not take stays in the local journal and is delivered by the next
         ``scrapesink replay`` or the next open.
+
+        Args:
+            timeout: in background mode, wait at most this many seconds for the stores to
+                take what is journaled (None: until each store has it or has failed); what
+                is left is reported pending.
         """
-        return self._app.close()
+        if self._feeder is None:
+            return self._app.close()
+        done = timeout is None or self._feeder.wait_idle(timeout)
+        self._feeder.stop()
+        return self._app.close(catch_up=done)
+
+    def pending(self) -> dict[str, int]:
+        """Per store, how many records this sink journaled are not delivered yet (in flight
+        or waiting in the journal)."""
+        totals: dict[str, int] = {}
+        for writer in self._app.open_writers():
+            for name, count in writer.undelivered().items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
+
+    def reports(self) -> dict[str, SinkReport]:
+        """Per store, what it did so far with this sink's records (without waiting)."""
+        reports: dict[str, SinkReport] = {}
+        for writer in self._app.open_writers():
+            for name, report in writer.reports().items():
+                reports.setdefault(name, SinkReport()).add(report)
+        return reports
 
     def __enter__(self) -> Sink:
         return self
