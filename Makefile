@@ -33,13 +33,13 @@ test: dev ## run the whole test suite (unit, integration, e2e) against real Post
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 lint: dev ## ruff and mypy (strict on src/)
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts examples
+	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/mypy
 
 format: dev ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests bench scripts
-	$(BIN)/ruff format src tests bench scripts
+	$(BIN)/ruff check --fix src tests bench scripts examples
+	$(BIN)/ruff format src tests bench scripts examples
 
 bench: dev ## run the benchmarks in bench/ and write bench/RESULTS.md
 	$(BIN)/python bench/run.py

@@ -383,9 +383,11 @@ class App:
         ttl = self.settings.api_idempotency_ttl.total_seconds()
         return IdempotencyStore(self.paths.idempotency, ttl=ttl)
 
-    def job_run(self, job: str, *, origin: str, source: str | None = None) -> JobRun:
+    def job_run(
+        self, job: str, *, origin: str, source: str | None = None, bind_logs: bool = True
+    ) -> JobRun:
         """A context manager recording a run of ``job`` (made when new) around writes."""
-        return JobRun(self.jobs, job, origin=origin, source=source)
+        return JobRun(self.jobs, job, origin=origin, source=source, bind_logs=bind_logs)
 
     @property
     def database_label(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.summary import WriteSummary
 from scrapesink.domain.jobs import Job, Run, RunCounts
 from scrapesink.errors import Conflict, NotFound, RecordError, StorageError
@@ -52,9 +53,18 @@ class NoRun:
 
 class JobRun:
     def __init__(
-        self, store: RunStore, job: str, *, origin: str, source: str | None = None
+        self,
+        store: RunStore,
+        job: str,
+        *,
+        origin: str,
+        source: str | None = None,
+        bind_logs: bool = True,
     ) -> None:
         self.store = store
+        # The run's job and id on every log line of the block (structlog's context variables);
+        # off for a run entered and left in different contexts (a crawl's open and close).
+        self.bind_logs = bind_logs
         self.job_name = job
         self.origin = origin
         self.source = source
@@ -72,18 +82,36 @@ class JobRun:
 
     def add(self, summary: WriteSummary) -> None:
         """Count one write's summary into the run."""
-        primary = summary.primary_report
-        duplicates = summary.input_duplicates + primary.duplicates
-        with self._lock:
-            self._counts["read"] += summary.read
-            self._counts["stored"] += primary.stored
-            self._counts["duplicate"] += duplicates
-            self._counts["unchanged"] += primary.unchanged
-            self._counts["rejected"] += summary.rejected
-            self._pending += primary.pending
-            self._dead += summary.dead_letters
+        self.count(
+            read=summary.read,
+            rejected=summary.rejected,
+            input_duplicates=summary.input_duplicates,
+            primary=summary.primary_report,
+            dead_letters=summary.dead_letters,
+        )
         if self.source is None and summary.sources:  # raw events name their sources
             self.source = sorted(summary.sources)[0]
+
+    def count(
+        self,
+        *,
+        read: int,
+        rejected: int,
+        input_duplicates: int,
+        primary: SinkReport,
+        dead_letters: int,
+    ) -> None:
+        """Count records into the run: what was read and rejected, and what the primary
+        store (PostgreSQL) did with the rest (a writer that delivers in the background counts
+        its totals once, at the end)."""
+        with self._lock:
+            self._counts["read"] += read
+            self._counts["stored"] += primary.stored
+            self._counts["duplicate"] += input_duplicates + primary.duplicates
+            self._counts["unchanged"] += primary.unchanged
+            self._counts["rejected"] += rejected
+            self._pending += primary.pending
+            self._dead += dead_letters
 
     def __enter__(self) -> JobRun:
         # Disabled or unknown-kind jobs are refused (Conflict): the caller asked for this job.
@@ -95,7 +123,10 @@ class JobRun:
         except StorageError as exc:
             log.warning("run of job %s not recorded: %s", self.job_name, exc.message)
             return self
-        self._tokens = structlog.contextvars.bind_contextvars(job=self.job_name, run=self.run.id)
+        if self.bind_logs:
+            self._tokens = structlog.contextvars.bind_contextvars(
+                job=self.job_name, run=self.run.id
+            )
         slog.info("run started", origin=self.origin)
         return self
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -79,6 +80,29 @@ class Sink:
                 yield job_run
             finally:
                 self._active.run = outer
+
+    def job_run(self, job: str, *, origin: str = "python", source: str | None = None) -> JobRun:
+        """A run of ``job`` to enter and leave yourself, counted with ``run.count(...)``, for a
+        writer that cannot wrap its writes in :meth:`run` (the Scrapy pipeline)."""
+        return self._app.job_run(job, origin=origin, source=source, bind_logs=False)
+
+    @property
+    def models(self) -> builtins.list[str]:
+        """The names of the declared models (the bundled ones and ``SCRAPESINK_MODELS``)."""
+        return sorted(self._app.declaration.models)
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory (CSV files, journals, the embedded database)."""
+        return self._app.settings.data_dir
+
+    def drain(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until every store has what was journaled so far,
+        or has failed (its records left pending); False when the time ran out first. In sync
+        mode every write has waited already."""
+        if self._feeder is None:
+            return True
+        return self._feeder.wait_idle(timeout)
 
     @property
     def _settles(self) -> bool:

@@ -1,0 +1,1 @@
+"""Scrapy integration (``pip install scrapesink[scrapy]``): see :mod:`scrapesink.scrapy`."""

@@ -1,0 +1,346 @@
+"""The Scrapy item pipeline: a crawl's items journaled off the reactor, stored in the background.
+
+    process_item (reactor thread)                  journaling thread        feeder, lanes
+    item ─ itemadapter → record ─ hand over ──────► group commit ─ journal ─► PostgreSQL, CSV
+       ◄─────────────────── acknowledged (journaled) or rejected ◄─┘
+
+* ``process_item`` converts the item and hands it over (never blocking); it resumes when the
+  record is journaled (acknowledged: a crash after that loses nothing) or rejected with its
+  reason. Items are journaled together by :class:`~scrapesink.application.group_commit.
+  GroupCommit` (``SCRAPESINK_ITEM_BATCH`` records, ``SCRAPESINK_ITEM_BATCH_MS`` at most), so one
+  fsync covers many items. No journal write and no database call runs on the reactor thread.
+* Delivery runs in the background (``scrapesink.open(deliver="background")``): a store that is
+  slow or down makes the journal grow, not memory or the crawl's wait.
+* ``close_spider`` journals what is in flight, waits at most ``SCRAPESINK_CLOSE_TIMEOUT`` seconds
+  for the stores, records the crawl as one job run (``partial`` when something is still pending
+  or was rejected) and says what is pending and why. The next start, or ``scrapesink replay``,
+  delivers it.
+
+Works under the asyncio reactor, Twisted's default reactors and Scrapy's reactor-less mode:
+an item waits on an asyncio future where an asyncio loop runs the coroutine, on a Deferred
+otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
+
+from scrapesink.application.group_commit import GroupCommit, Outcome
+from scrapesink.application.outcomes import SinkReport
+from scrapesink.application.summary import WriteSummary
+from scrapesink.config import Settings, get_settings
+from scrapesink.entrypoints.python import Sink
+from scrapesink.entrypoints.python import open as open_sink
+from scrapesink.entrypoints.scrapy.items import EVENTS, ItemRules, Target, now, origins_of, plain
+from scrapesink.errors import ConfigError, RecordError, ScrapesinkError
+
+log = logging.getLogger("scrapesink.scrapy")
+STATS = ("journaled", "stored", "duplicates", "unchanged", "rejected", "pending", "dead_letters")
+STATS_EVERY = 1.0  # seconds between refreshes of the delivery stats during a crawl
+
+
+def _setting_names() -> dict[str, str]:
+    """Crawler setting name → Settings field: ``SCRAPESINK_<FIELD>``, or a field's own alias
+    (``PG_HOST``), exactly as in the environment."""
+    names = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names[alias if isinstance(alias, str) else f"SCRAPESINK_{name.upper()}"] = name
+    return names
+
+
+@dataclass
+class PipelineOptions:
+    """What the pipeline reads from the crawler's settings."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)  # Settings fields
+    rules: ItemRules = field(default_factory=ItemRules)
+    job: str | None = None
+    drop_rejected: bool = True
+    close_timeout: float = 60.0
+    batch: int = 500
+    batch_ms: float = 5.0
+
+    @classmethod
+    def from_crawler_settings(cls, settings: Any, spider_name: str) -> PipelineOptions:
+        """Raises ConfigError with one line naming the setting."""
+
+        def get(name: str) -> Any:
+            return settings.get(name)
+
+        overrides = {
+            field_name: settings.get(name)
+            for name, field_name in _setting_names().items()
+            if settings.get(name) is not None
+        }
+        try:
+            options = cls(
+                overrides=overrides,
+                rules=ItemRules.from_settings(get),
+                job=settings.get("SCRAPESINK_JOB") or spider_name,
+                drop_rejected=settings.getbool("SCRAPESINK_DROP_REJECTED", True),
+                close_timeout=settings.getfloat("SCRAPESINK_CLOSE_TIMEOUT", 60.0),
+                batch=settings.getint("SCRAPESINK_ITEM_BATCH", 500),
+                batch_ms=settings.getfloat("SCRAPESINK_ITEM_BATCH_MS", 5.0),
+            )
+        except ValueError as exc:  # getbool/getint/getfloat on text that is none of those
+            raise ConfigError(f"invalid scrapesink setting: {exc}") from None
+        if not 1 <= options.batch <= 1000:
+            raise ConfigError(f"SCRAPESINK_ITEM_BATCH must be 1..1000, got {options.batch}")
+        if not 0 <= options.batch_ms <= 10_000:
+            raise ConfigError(f"SCRAPESINK_ITEM_BATCH_MS must be 0..10000, got {options.batch_ms}")
+        if options.close_timeout < 0:
+            raise ConfigError("SCRAPESINK_CLOSE_TIMEOUT must not be negative")
+        return options
+
+
+class ScrapesinkPipeline:
+    """``ITEM_PIPELINES = {"scrapesink.scrapy.ScrapesinkPipeline": 800}`` (or the add-on)."""
+
+    def __init__(self, crawler: Any) -> None:
+        if not crawler.settings.getbool("SCRAPESINK_ENABLED", True):
+            raise NotConfigured("SCRAPESINK_ENABLED is off")
+        self.crawler = crawler
+        self.origins = origins_of(crawler)
+        self.sink: Sink | None = None
+        self.options = PipelineOptions()
+        self._commit: GroupCommit[Target] | None = None
+        self._run: Any = None
+        self._counts = {"accepted": 0, "rejected": 0, "failed": 0}
+        self._input_duplicates = 0
+        self._stats_at = 0.0
+        self._spider_name = ""
+        self._failed_once = False
+        self._closing: Any = None  # the engine closing the spider after a journal failure
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> ScrapesinkPipeline:
+        return cls(crawler)
+
+    # -- opening --------------------------------------------------------------------------------
+    def open_spider(self, spider: Any = None) -> None:
+        spider = spider or self.crawler.spider
+        self._spider_name = spider.name
+        try:
+            self._open(spider.name)
+        except (ScrapesinkError, OSError) as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            log.error("scrapesink cannot start: %s", message)
+            self._release()
+            raise CloseSpider(f"scrapesink: {message}") from None
+
+    def _open(self, spider_name: str) -> None:
+        self.options = options = PipelineOptions.from_crawler_settings(
+            self.crawler.settings, spider_name
+        )
+        get_settings(**options.overrides)  # a bad value is named before anything starts
+        self.sink = sink = open_sink(deliver="background", **options.overrides)
+        for model in options.rules.models:
+            if model not in sink.models:
+                known = ", ".join(sorted(sink.models)) or "none"
+                raise ConfigError(
+                    f"SCRAPESINK_ITEMS names the model {model!r}, which is not declared "
+                    f"(declared: {known}; add yours with SCRAPESINK_MODELS)"
+                )
+        if not options.rules.id_field and not self.origins.active:
+            log.info(
+                "scrapesink: raw events are identified by their content (enable "
+                "ScrapesinkSpiderMiddleware, or the add-on, for request fingerprints)"
+            )
+        self._run = sink.job_run(options.job or spider_name, origin="scrapy")
+        self._run.__enter__()
+        self._commit = GroupCommit(
+            self._write,
+            max_records=options.batch,
+            linger=options.batch_ms / 1000,
+            on_written=self._written,
+            name="scrapesink-scrapy-journal",
+        )
+        log.info("scrapesink: writing to %s and CSV files in %s", sink.database, sink.data_dir)
+
+    # -- items ----------------------------------------------------------------------------------
+    async def process_item(self, item: Any, spider: Any = None) -> Any:
+        commit = self._commit
+        if commit is None:
+            raise DropItem("scrapesink is not open")
+        origin = self.origins.take(item)
+        target = EVENTS
+        try:
+            target = self.options.rules.target(item)
+            record = plain(item)
+            if target == EVENTS:
+                record = self.options.rules.event(
+                    record, spider=self._spider_name, origin=origin, scraped_at=now()
+                )
+        except (RecordError, ConfigError) as exc:
+            outcome = Outcome("rejected", exc)
+        else:
+            outcome = await _handed_over(commit, target, record)
+        self._counts[outcome.status] += 1
+        self._refresh_stats()
+        if outcome.status == "accepted":
+            return item
+        what = f"{target[1]} record" if target[1] else "raw event"
+        if outcome.status == "rejected":
+            if self.options.drop_rejected:
+                raise DropItem(f"scrapesink rejected this {what}: {outcome.reason}")
+            log.warning("scrapesink rejected this %s (passed on): %s", what, outcome.reason)
+            return item
+        self._give_up(outcome.reason)
+        raise DropItem(f"scrapesink could not journal this {what}: {outcome.reason}")
+
+    def _write(self, target: Target, records: list[Any]) -> WriteSummary:
+        """In the journaling thread: one write of one target's records (journaled on return)."""
+        assert self.sink is not None
+        _, model = target
+        if model is None:
+            return self.sink.write_events(records)
+        return self.sink.save(model, records)
+
+    def _written(self, target: Target, summary: WriteSummary) -> None:
+        self._input_duplicates += summary.input_duplicates  # only this thread writes it
+
+    def _give_up(self, reason: str) -> None:
+        """The journal cannot be written: nothing more can be acknowledged, so the crawl
+        stops (once) rather than scrape items it would drop."""
+        if self._failed_once:
+            return
+        self._failed_once = True
+        log.error("scrapesink cannot journal items (%s): closing the spider", reason)
+        engine = self.crawler.engine
+        if hasattr(engine, "close_spider_async"):
+            from scrapy.utils.defer import deferred_from_coro
+
+            self._closing = deferred_from_coro(
+                engine.close_spider_async(reason="scrapesink_failed")
+            )
+        else:  # Scrapy 2.13
+            self._closing = engine.close_spider(self.crawler.spider, "scrapesink_failed")
+
+    # -- stats ----------------------------------------------------------------------------------
+    def _refresh_stats(self, *, force: bool = False) -> None:
+        if self.sink is None:
+            return
+        moment = time.monotonic()
+        if not force and moment - self._stats_at < STATS_EVERY:
+            return
+        self._stats_at = moment
+        self._set_stats(self.sink.reports(), self.sink.pending())
+
+    def _set_stats(self, reports: dict[str, SinkReport], pending: dict[str, int]) -> None:
+        stats = self.crawler.stats
+        stats.set_value("scrapesink/journaled", self._counts["accepted"])
+        stats.set_value("scrapesink/rejected", self._counts["rejected"])
+        if self._counts["failed"]:
+            stats.set_value("scrapesink/failed", self._counts["failed"])
+        for name, report in reports.items():
+            for key in ("stored", "duplicates", "unchanged", "dead_letters"):
+                stats.set_value(f"scrapesink/{name}/{key}", getattr(report, key))
+            stats.set_value(f"scrapesink/{name}/pending", pending.get(name, 0))
+        primary = reports.get("postgres", SinkReport())
+        stats.set_value("scrapesink/stored", primary.stored)
+        stats.set_value("scrapesink/duplicates", primary.duplicates + self._input_duplicates)
+        stats.set_value("scrapesink/unchanged", primary.unchanged)
+        stats.set_value("scrapesink/pending", max(pending.values(), default=0))
+        if any(r.dead_letters for r in reports.values()):
+            stats.set_value("scrapesink/dead_letters", primary.dead_letters)
+
+    # -- closing --------------------------------------------------------------------------------
+    def close_spider(self, spider: Any = None) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        try:
+            if self._commit is not None:
+                self._commit.close()  # every item handed over is journaled (or failed)
+            delivered = sink.drain(self.options.close_timeout)
+            reports, pending = sink.reports(), sink.pending()
+            self._set_stats(reports, pending)
+            self._finish_run(reports, pending)
+            for name, count in sorted(pending.items()):
+                if count:
+                    why = reports[name].error if name in reports else None
+                    log.warning(
+                        "scrapesink: %d records pending for %s%s; they are in the journal and "
+                        "are delivered by the next start or `scrapesink replay`",
+                        count,
+                        name,
+                        f" ({why})"
+                        if why
+                        else " (not delivered within SCRAPESINK_CLOSE_TIMEOUT)"
+                        if not delivered
+                        else "",
+                    )
+        finally:
+            self._release(catch_up=False)
+
+    def _finish_run(self, reports: dict[str, SinkReport], pending: dict[str, int]) -> None:
+        if self._run is None:
+            return
+        primary = reports.get("postgres", SinkReport())
+        primary = SinkReport(
+            stored=primary.stored,
+            duplicates=primary.duplicates,
+            unchanged=primary.unchanged,
+            pending=max(pending.values(), default=0),
+            dead_letters=primary.dead_letters,
+        )
+        self._run.count(
+            read=sum(self._counts.values()),
+            rejected=self._counts["rejected"],
+            input_duplicates=self._input_duplicates,
+            primary=primary,
+            dead_letters=sum(r.dead_letters for r in reports.values()),
+        )
+        failed = ScrapesinkError(f"{self._counts['failed']} items could not be journaled")
+        run, self._run = self._run, None
+        if self._counts["failed"]:
+            run.__exit__(type(failed), failed, None)
+        else:
+            run.__exit__(None, None, None)
+
+    def _release(self, *, catch_up: bool = True) -> None:
+        if self._commit is not None:
+            self._commit.close()
+            self._commit = None
+        if self.sink is not None:
+            sink, self.sink = self.sink, None
+            sink.close(timeout=None if catch_up else 0)
+
+
+async def _handed_over(commit: GroupCommit[Target], target: Target, record: Any) -> Outcome:
+    """Hand ``record`` to the journaling thread and wait for its outcome without blocking the
+    reactor: on an asyncio future when an asyncio loop runs this coroutine (the asyncio
+    reactor, reactor-less mode), on a Deferred under another Twisted reactor."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        future: asyncio.Future[Outcome] = loop.create_future()
+
+        def resolve(outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        def done(outcome: Outcome) -> None:
+            loop.call_soon_threadsafe(resolve, outcome)
+
+        commit.submit(target, record, done)
+        return await future
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    deferred: Deferred[Outcome] = Deferred()
+
+    def fire(outcome: Outcome) -> None:
+        reactor.callFromThread(deferred.callback, outcome)
+
+    commit.submit(target, record, fire)
+    return await deferred
