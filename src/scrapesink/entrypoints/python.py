@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -95,6 +96,26 @@ class Sink:
     def data_dir(self) -> Path:
         """The data directory (CSV files, journals, the embedded database)."""
         return self._app.settings.data_dir
+
+    def check_data_dir(self) -> None:
+        """Raise ConfigError, in one line, when the journal directory cannot be written (for a
+        writer that must fail at its start rather than at its first record)."""
+        directory = self._app.paths.journals
+        probe = directory / f".probe-{os.getpid()}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"x")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"the data directory cannot be written: {directory}: {reason}"
+            ) from None
 
     def drain(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds until every store has what was journaled so far,

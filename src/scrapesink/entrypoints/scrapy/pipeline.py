@@ -114,6 +114,7 @@ class ScrapesinkPipeline:
         self._run: Any = None
         self._counts = {"accepted": 0, "rejected": 0, "failed": 0}
         self._input_duplicates = 0
+        self._journal_writes = 0
         self._stats_at = 0.0
         self._spider_name = ""
         self._failed_once = False
@@ -141,6 +142,7 @@ class ScrapesinkPipeline:
         )
         get_settings(**options.overrides)  # a bad value is named before anything starts
         self.sink = sink = open_sink(deliver="background", **options.overrides)
+        sink.check_data_dir()
         for model in options.rules.models:
             if model not in sink.models:
                 known = ", ".join(sorted(sink.models)) or "none"
@@ -204,7 +206,9 @@ class ScrapesinkPipeline:
         return self.sink.save(model, records)
 
     def _written(self, target: Target, summary: WriteSummary) -> None:
-        self._input_duplicates += summary.input_duplicates  # only this thread writes it
+        # only the journaling thread writes these; the reactor thread reads them
+        self._input_duplicates += summary.input_duplicates
+        self._journal_writes += summary.batches
 
     def _give_up(self, reason: str) -> None:
         """The journal cannot be written: nothing more can be acknowledged, so the crawl
@@ -214,14 +218,18 @@ class ScrapesinkPipeline:
         self._failed_once = True
         log.error("scrapesink cannot journal items (%s): closing the spider", reason)
         engine = self.crawler.engine
-        if hasattr(engine, "close_spider_async"):
+        if not hasattr(engine, "close_spider_async"):  # Scrapy 2.13
+            self._closing = engine.close_spider(self.crawler.spider, "scrapesink_failed")
+            return
+        closing = engine.close_spider_async(reason="scrapesink_failed")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a Twisted reactor without asyncio
             from scrapy.utils.defer import deferred_from_coro
 
-            self._closing = deferred_from_coro(
-                engine.close_spider_async(reason="scrapesink_failed")
-            )
-        else:  # Scrapy 2.13
-            self._closing = engine.close_spider(self.crawler.spider, "scrapesink_failed")
+            self._closing = deferred_from_coro(closing)
+        else:
+            self._closing = asyncio.ensure_future(closing)
 
     # -- stats ----------------------------------------------------------------------------------
     def _refresh_stats(self, *, force: bool = False) -> None:
@@ -237,6 +245,7 @@ class ScrapesinkPipeline:
         stats = self.crawler.stats
         stats.set_value("scrapesink/journaled", self._counts["accepted"])
         stats.set_value("scrapesink/rejected", self._counts["rejected"])
+        stats.set_value("scrapesink/journal_writes", self._journal_writes)
         if self._counts["failed"]:
             stats.set_value("scrapesink/failed", self._counts["failed"])
         for name, report in reports.items():
