@@ -1,4 +1,5 @@
-"""Writes the example movie site: listing pages with pagination, movie pages with cast lists.
+"""Writes the example movie site: listing pages with pagination (each links to the next ten
+pages), movie pages with cast lists.
 
 ``python make_site.py DIR [--movies N]``. The site is deterministic (the same N gives the same
 bytes), so ``site/`` beside this file is its output for the default size, and tests and the
@@ -15,6 +16,7 @@ import random
 from pathlib import Path
 
 PER_PAGE = 10
+PAGE_LINKS = 10  # a listing page links to the next ten
 DEFAULT_MOVIES = 60
 MALFORMED = 7  # the movie whose year is not a number
 WORDS = [
@@ -89,8 +91,9 @@ def listing_page(number: int, pages: int, chunk: list[dict[str, object]]) -> str
     if number > 1:
         prev = "/index.html" if number == 2 else f"/page/{number - 1}.html"
         nav += f'<a rel="prev" href="{prev}">previous</a> '
-    if number < pages:
-        nav += f'<a rel="next" class="next" href="/page/{number + 1}.html">next</a>'
+    for ahead in range(number + 1, min(pages, number + PAGE_LINKS) + 1):  # "2 3 4 ... 11"
+        rel = ' rel="next"' if ahead == number + 1 else ""
+        nav += f'<a class="page"{rel} href="/page/{ahead}.html">{ahead}</a> '
     return page(
         f"Movies, page {number}",
         f'<h1>Movies</h1>\n<p class="page">Page <span class="number">{number}</span> of '

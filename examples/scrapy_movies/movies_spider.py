@@ -45,7 +45,7 @@ class MoviesSpider(scrapy.Spider):
             "movies": [response.urljoin(link) for link in movie_links],
         }
         yield from response.follow_all(movie_links, callback=self.parse_movie)
-        yield from response.follow_all(css="a.next", callback=self.parse)
+        yield from response.follow_all(css="nav a.page", callback=self.parse)
 
     def parse_movie(self, response: Any) -> Iterator[Any]:
         year = response.css("span.year::text").get("").strip()

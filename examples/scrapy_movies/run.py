@@ -9,17 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def main() -> None:
@@ -32,14 +24,11 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE))
+    import serve
     from movies_spider import MoviesSpider
     from scrapy.crawler import CrawlerProcess
 
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", args.port), partial(QuietHandler, directory=str(args.site))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    server, base_url = serve.start(args.site, args.port)
     print(f"serving {args.site} at {base_url}")
 
     process = CrawlerProcess(

@@ -20,6 +20,8 @@ import json
 import os
 import sys
 import threading
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +109,33 @@ def is_movie(item: Any) -> str | None:
     return "movies" if "title" in item else None
 
 
+def nasty_items(base: str) -> list[Any]:
+    """What a hostile site makes a spider yield: 4 stored (cleaned), 6 rejected."""
+    deep: Any = "bottom"
+    for _ in range(600):
+        deep = {"d": deep}
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return [
+        {"url": f"{base}/nul", "text": "a\x00b", "k": ["\x00"]},  # stored, NUL removed
+        {"url": f"{base}/nul-key", "k\x00": 1},  # rejected: removing it could merge keys
+        {"url": f"{base}/typed", "at": when, "price": Decimal("9.99"), "tags": {"x"}},
+        Movie(url=f"{base}/nul-movie", title="Nul\x00Title", actors=[{"name": "A\x00B"}]),
+        {"url": f"{base}/unicode", "text": "\u202eevil \U0001f600 \ud7ff", "\u00e9": "é"},
+        {"url": f"{base}/deep", "deep": deep},  # rejected: too deep
+        {"url": f"{base}/huge", "blob": "x" * 2_000_000},  # rejected: too large
+        {"url": f"{base}/bytes", "body": b"\xff\xfe"},  # rejected: not UTF-8
+        Movie(url=f"{base}/bad-actor", title="T", actors=[{"name": None}]),  # rejected
+        Movie(url=f"{base}/no-title"),  # rejected: title is required
+    ]
+
+
 class KindSpider(MoviesSpider):
     kind = "scrapy"
     yielded: Any = None
+    nasty = False
+
+    def start_nasty(self, response: Any) -> Any:
+        yield from nasty_items(response.url.rsplit("/", 1)[0])
 
     def _note(self, item: Any) -> None:
         if self.yielded is not None:
@@ -120,6 +146,8 @@ class KindSpider(MoviesSpider):
             self.yielded.flush()
 
     def parse(self, response: Any) -> Any:
+        if self.nasty and response.url.endswith("/index.html"):
+            yield from self.start_nasty(response)
         for obj in super().parse(response):
             if not isinstance(obj, scrapy.Request):
                 self._note(obj)
@@ -205,6 +233,7 @@ def main() -> None:
     parser.add_argument("--yielded")
     parser.add_argument("--acked")
     parser.add_argument("--spy", action="store_true")
+    parser.add_argument("--nasty", action="store_true", help="yield hostile items too")
     parser.add_argument("-s", dest="settings", action="append", default=[])
     args = parser.parse_args()
 
@@ -233,6 +262,7 @@ def main() -> None:
         spy.install()
 
     KindSpider.kind = args.kind
+    KindSpider.nasty = args.nasty
     if args.yielded:
         KindSpider.yielded = open(args.yielded, "a", encoding="utf-8")  # noqa: SIM115
     if args.reactor == "none":

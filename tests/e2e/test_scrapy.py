@@ -38,8 +38,7 @@ class Site:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-            cwd=root,
+            [sys.executable, str(EXAMPLE / "serve.py"), str(root), "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -309,6 +308,36 @@ def test_an_unusable_configuration_closes_the_spider_with_one_line(
     assert "not_a_dir" in stats["finish_reason"]
     stats = crawl(site, database_url, tmp_path / "d", "-s", "SCRAPESINK_ITEM_BATCH=5000")
     assert stats["finish_reason"] == "scrapesink: SCRAPESINK_ITEM_BATCH must be 1..1000, got 5000"
+
+
+def test_hostile_items_are_stored_cleaned_or_rejected_alone_and_the_stores_agree(
+    site: Site, database_url: str, data_dir: Path
+):
+    stats = crawl(site, database_url, data_dir, "--nasty")
+    want = expected()
+    assert stats["finish_reason"] == "finished"
+    assert scrapesink_stats(stats)["rejected"] == 1 + 6
+    assert scrapesink_stats(stats)["journaled"] == want["movies"] + want["raw_events"] + 4
+    for reason in (
+        "nested too deeply",
+        "payload too large: 2,000,0",
+        "payload.k\\u0000: NUL in a key",
+        "payload.body: bytes that are not UTF-8 text",
+        "actors[0].name",
+        "title",
+    ):
+        assert reason in stats["log"], reason
+    with psycopg.connect(database_url) as conn:
+        title = conn.execute("SELECT title FROM movies WHERE url LIKE '%/nul-movie'").fetchone()
+        nul = conn.execute("SELECT payload FROM raw_events WHERE payload->>'url' LIKE '%/nul'")
+        typed = conn.execute(
+            "SELECT payload FROM raw_events WHERE payload->>'url' LIKE '%/typed'"
+        ).fetchone()
+        payload = nul.fetchone()[0]
+    assert title == ("NulTitle",)
+    assert (payload["text"], payload["k"]) == ("ab", [""])
+    assert typed[0]["price"] == 9.99 and typed[0]["at"] == "2026-01-02T03:04:05+00:00"
+    verify(database_url, data_dir)  # NUL removed alike in both stores
 
 
 # -- interruptions ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 from scrapesink.application.delivery import RetryPolicy, contiguous_end, missing
@@ -159,24 +161,29 @@ def test_a_sink_that_is_back_gets_its_pending_records_before_newer_ones():
 
 
 def test_a_writer_that_does_not_wait_journals_while_its_store_is_busy_and_feed_hands_on():
-    # Background delivery (the Scrapy pipeline, open(deliver="background")): a store that is
-    # slow must never hold up the writer; the batches wait in the journal, not in memory.
+    # Background delivery (the Python API's deliver="background"): a write returns once
+    # journaled, whatever the stores do; the batches wait in the journal, not in memory, and
+    # feed hands them on, consecutive writes read back as one batch.
     pg, csv = MemorySink("postgres"), MemorySink("csv")
-    pg.gate.clear()  # postgres takes its first batch and then hangs on it
+    pg.gate.clear()  # postgres hangs on whatever it is given
     journal = MemoryJournal()
     writer = DurableWriter(
         journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60), wait_for_lanes=False
     )
     for start in range(0, 50, 10):  # with waiting lanes the second write would block here
         writer.write(events(10, start=start))
-    assert writer.undelivered()["postgres"] == 50
-    assert writer.reports()["postgres"].pending == 40  # queued behind the busy one, in order
+    assert writer.undelivered() == {"postgres": 50, "csv": 50}
+    assert writer.reports()["postgres"].pending == 50
+    feeder = threading.Thread(target=writer.feed)
+    feeder.start()  # postgres takes one batch and hangs; csv gets everything
+    while csv.batches != [50]:
+        time.sleep(0.01)
     assert not writer.idle
     pg.gate.set()
-    while not writer.idle:
-        writer.feed()
-        writer.delivery.drain()
-    assert writer.undelivered() == {"postgres": 0, "csv": 0}
+    feeder.join()
+    writer.delivery.drain()
+    assert writer.idle and writer.undelivered() == {"postgres": 0, "csv": 0}
+    assert pg.batches == [50]  # five writes, one delivery
     assert len(pg.events) == len(csv.events) == 50
     assert writer.close()["postgres"].stored == 50
     assert journal.entries == {}
@@ -184,14 +191,13 @@ def test_a_writer_that_does_not_wait_journals_while_its_store_is_busy_and_feed_h
 
 def test_closing_without_catch_up_leaves_what_waits_in_the_journal():
     pg, csv = MemorySink("postgres"), MemorySink("csv")
-    pg.gate.clear()
     journal = MemoryJournal()
     writer = DurableWriter(
         journal, [pg, csv], MemoryDeadLetters(), RetryPolicy(0, 60), wait_for_lanes=False
     )
     writer.write(events(10))
+    writer.feed()
     writer.write(events(10, start=10))
-    pg.gate.set()
     reports = writer.close(catch_up=False)
     assert (reports["postgres"].stored, reports["postgres"].pending) == (10, 10)
     assert sorted(journal.entries) == list(range(11, 21))  # kept for replay

@@ -110,3 +110,33 @@ def test_origins_are_taken_once_and_only_for_the_same_object():
     for item in (a, b, c):
         origins.note(item, "x")
     assert len(origins) == 2  # bounded: the oldest is forgotten
+
+
+def test_raw_event_payloads_hold_only_json_types():
+    from decimal import Decimal
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    record = {
+        "at": when,
+        "day": when.date(),
+        "price": Decimal("19.99"),
+        "exact": Decimal("0.1000000000000000000001"),
+        "tags": {"b", "a"},
+        "pair": (1, 2),
+        "body": b"caf\xc3\xa9",
+        "nested": [{"when": when}],
+    }
+    payload = rules().event(record, spider="s", origin="x", scraped_at=AT)["payload"]
+    assert payload == {
+        "at": "2026-01-02T03:04:05+00:00",
+        "day": "2026-01-02",
+        "price": 19.99,
+        "exact": "0.1000000000000000000001",  # a float would change it
+        "tags": ["a", "b"],
+        "pair": [1, 2],
+        "body": "café",
+        "nested": [{"when": "2026-01-02T03:04:05+00:00"}],
+    }
+    with pytest.raises(RecordError, match="not UTF-8") as caught:
+        rules().event({"x": [b"\xff"]}, spider="s", origin="x", scraped_at=AT)
+    assert caught.value.path == "payload.x[0]"

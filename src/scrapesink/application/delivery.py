@@ -162,6 +162,10 @@ class Lane:
             self._futures.add(future)
         future.add_done_callback(self._done)
 
+    def defer(self, batch: Batch[Any]) -> None:
+        """Leave ``batch`` in the journal for ``DurableWriter.feed`` (pending, no error)."""
+        self._left_pending(batch, None, counted=False)
+
     def _done(self, future: Future[None]) -> None:
         with self._lock:
             self._futures.discard(future)
@@ -354,6 +358,11 @@ class Delivery:
     def submit(self, batch: Batch[Any], *, wait: bool = True) -> None:
         for lane in self.lanes:
             lane.submit(batch, wait=wait)
+
+    def defer(self, batch: Batch[Any]) -> None:
+        """Leave ``batch`` in the journal for every lane, pending without an error."""
+        for lane in self.lanes:
+            lane.defer(batch)
 
     def drain(self) -> None:
         for lane in self.lanes:

@@ -61,6 +61,7 @@ class DurableWriter:
         self._start = journal.last_seq + 1
         self._closed = False
         self._writes = 0
+        self._feeding = 0
         self._lock = threading.RLock()
 
     def write(self, records: Sequence[Any], receipt: Receipt | None = None) -> tuple[int, int]:
@@ -107,7 +108,13 @@ class DurableWriter:
             start = self.journal.last_accepted_us
             accepted = range(start, start + len(records))
             batch = Batch(self.journal.id, first, last, records, accepted)
-            self.delivery.submit(batch, wait=self.wait_for_lanes)
+            if self.wait_for_lanes:
+                self.delivery.submit(batch)
+            else:
+                # The write returns as soon as the batch is journaled: even encoding it for
+                # the sinks is the feeder's work (which reads consecutive small writes back
+                # as one batch, so the stores see fewer, bigger transactions).
+                self.delivery.defer(batch)
             self._writes += 1
             if self._writes % COMPACT_EVERY == 0:
                 self._compact()  # keeps the journal small during a long ingest
@@ -150,11 +157,18 @@ class DurableWriter:
         It waits for the lanes' free slots (it runs in a thread of its own, the background
         delivery's) but holds the writer's lock only to read the journal, so writes go on
         meanwhile."""
+        self._feeding += 1  # records taken from pending are neither pending nor in flight
+        try:
+            return self._feed()
+        finally:
+            self._feeding -= 1
+
+    def _feed(self) -> int:
         handed = 0
         for lane in self.delivery.lanes:
             if lane.down or not lane.pending:
                 continue
-            ranges = sorted(lane.take_pending())
+            ranges = coalesce(lane.take_pending())
             for i, (first, last) in enumerate(ranges):
                 while first <= last:
                     with self._lock:
@@ -178,6 +192,8 @@ class DurableWriter:
     @property
     def idle(self) -> bool:
         """Every sink has everything journaled so far, or left it pending after a failure."""
+        if self._feeding:
+            return False
         return all(lane.idle or lane.down for lane in self.delivery.lanes)
 
     def close(self, *, catch_up: bool = True) -> dict[str, SinkReport]:
@@ -222,6 +238,17 @@ class DurableWriter:
             self.journal.compact(upto)
             for lane in self.delivery.lanes:
                 lane.collapse(self._start, upto)
+
+
+def coalesce(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted ranges with adjacent and overlapping ones merged: (1, 4), (5, 9) -> (1, 9)."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def batches_of(journal: Journal, first: int, last: int, size: int) -> Iterable[Batch[Any]]:

@@ -24,17 +24,25 @@ class Feeder:
     """One thread feeding the writers ``writers()`` returns (they may be opened later)."""
 
     def __init__(
-        self, writers: Callable[[], Sequence[DurableWriter]], *, interval: float = 0.1
+        self, writers: Callable[[], Sequence[DurableWriter]], *, interval: float = 0.2
     ) -> None:
         self._writers = writers
         self._interval = interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scrapesink-feeder", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Something waits in a journal: feed now rather than at the next interval."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.feed_once()
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.feed_once()
 
     def feed_once(self) -> int:
         handed = 0
@@ -58,4 +66,5 @@ class Feeder:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()

@@ -57,13 +57,12 @@ class Sink:
         self._active = threading.local()  # the job run a thread is inside, if any
         self._feeder: Feeder | None = None
         if deliver == "background":
-            # Writes never wait for a store: what a busy or stopped one cannot take now waits
-            # in the journal, and the feeder hands it on (memory does not grow, the journal
-            # does).
+            # Writes never wait for a store: a write returns once journaled, and the feeder
+            # hands what waits in the journal to each store that can take it (a slow or
+            # stopped store makes the journal grow, never the memory or the writer's wait).
             app.wait_for_lanes = False
-        self.startup = app.start_writing()
-        if deliver == "background":
             self._feeder = Feeder(app.open_writers)
+        self.startup = app.start_writing()
 
     @contextmanager
     def run(self, job: str, *, source: str | None = None) -> Iterator[JobRun]:

@@ -10,7 +10,7 @@ of an item, or returns None for a raw event. Items of no mapped class are raw ev
   (``<fingerprint>#<n>``, noted by :class:`~scrapesink.scrapy.ScrapesinkSpiderMiddleware`), else
   a digest of the item's content;
 * ``occurred_at``: the item's ``SCRAPESINK_EVENT_TIME_FIELD``, else the time it was scraped;
-* ``payload``: the whole item.
+* ``payload``: the whole item, in JSON's types (:func:`jsonable`).
 
 Every kind of item ``itemadapter`` knows (dict, ``scrapy.Item``, dataclass, attrs, pydantic) is
 converted to a plain dict, nested items included.
@@ -24,7 +24,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from itemadapter import ItemAdapter, is_item
@@ -121,11 +122,15 @@ class ItemRules:
             occurred_at = record.get(self.time_field)
             if occurred_at is None:
                 raise RecordError(f"missing field {self.time_field}", path=self.time_field)
+        try:
+            payload = jsonable(record)
+        except RecursionError:
+            raise RecordError("nested too deeply", path="payload") from None
         return {
             "source": source,
             "source_id": source_id,
             "occurred_at": occurred_at,
-            "payload": record,
+            "payload": payload,
         }
 
 
@@ -147,6 +152,32 @@ def plain(item: Any) -> dict[str, Any]:
     except RecursionError:
         raise RecordError("nested too deeply to convert") from None
     return {str(k): v for k, v in record.items()}
+
+
+def jsonable(value: Any, path: str = "payload") -> Any:
+    """A raw event's payload in JSON's types, converting what scraped items commonly hold as
+    Scrapy's JSON exporter does, but losing nothing it need not: datetimes, dates and times as
+    ISO 8601, a Decimal as a number when a float holds it exactly (else its text), sets and
+    tuples as lists, UTF-8 bytes as text. Anything else is left for validation to refuse with
+    its path. Raises RecordError for bytes that are not UTF-8."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {k: jsonable(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(items)]
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        number = float(value)
+        return number if value.is_finite() and Decimal(repr(number)) == value else str(value)
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordError("bytes that are not UTF-8 text", path=path) from None
+    return value
 
 
 def content_id(record: Mapping[str, Any]) -> str:

@@ -65,7 +65,7 @@ class PipelineOptions:
     drop_rejected: bool = True
     close_timeout: float = 60.0
     batch: int = 500
-    batch_ms: float = 5.0
+    batch_ms: float = 1.0
 
     @classmethod
     def from_crawler_settings(cls, settings: Any, spider_name: str) -> PipelineOptions:
@@ -87,7 +87,7 @@ class PipelineOptions:
                 drop_rejected=settings.getbool("SCRAPESINK_DROP_REJECTED", True),
                 close_timeout=settings.getfloat("SCRAPESINK_CLOSE_TIMEOUT", 60.0),
                 batch=settings.getint("SCRAPESINK_ITEM_BATCH", 500),
-                batch_ms=settings.getfloat("SCRAPESINK_ITEM_BATCH_MS", 5.0),
+                batch_ms=settings.getfloat("SCRAPESINK_ITEM_BATCH_MS", 1.0),
             )
         except ValueError as exc:  # getbool/getint/getfloat on text that is none of those
             raise ConfigError(f"invalid scrapesink setting: {exc}") from None
@@ -182,6 +182,8 @@ class ScrapesinkPipeline:
                 )
         except (RecordError, ConfigError) as exc:
             outcome = Outcome("rejected", exc)
+        except Exception as exc:  # a SCRAPESINK_ITEMS callable's own bug: that item alone
+            outcome = Outcome("rejected", RecordError(f"{type(exc).__name__}: {exc}"))
         else:
             outcome = await _handed_over(commit, target, record)
         self._counts[outcome.status] += 1
