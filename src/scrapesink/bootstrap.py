@@ -120,6 +120,8 @@ class App:
     observer: DeliveryObserver = OBSERVER
     #: False for background delivery: writes never wait for a sink (see ``DurableWriter``)
     wait_for_lanes: bool = True
+    #: False: this process only journals; another one delivers its closed journals (replay)
+    delivers: bool = True
     _writers: dict[str, DurableWriter] = field(default_factory=dict, repr=False)
     _closed: bool = field(default=False, repr=False)
 
@@ -240,12 +242,16 @@ class App:
 
     def start_writing(self) -> ReplayResult:
         """Before the first write: repair CSV tails, premake partitions, drain old journals."""
+        self.repair()
+        return self.replay()
+
+    def repair(self) -> None:
+        """Cut CSV files back to their committed length (a torn line from a crash)."""
         for sink in self.sinks:
             try:
                 sink.repair()
             except TransientStorageError as exc:
                 log.warning("%s: %s", sink.name, exc.message)
-        return self.replay()
 
     def writer_of(self, kind: ModelKind) -> DurableWriter:
         return self.writer(kind.name)
@@ -260,6 +266,8 @@ class App:
             sinks = record_kind.sinks(self)
             if sinks is None:
                 raise ConfigError(f"no model {record_kind.model!r} is declared")
+            if not self.delivers:
+                sinks = []
             journal = Journal.create(self.journal_dir, kind)
             self._journal_paths.add(journal.path)
             writer = self._writers[kind] = DurableWriter(
@@ -280,6 +288,15 @@ class App:
             self.writer(EVENTS)
         return list(self._writers.values())
 
+    def rotate(self) -> int:
+        """Close this process's journals (kept: what they hold waits for replay) so another
+        process can deliver them; the next write starts new ones. Returns how many closed."""
+        writers, self._writers = self._writers, {}
+        for writer in writers.values():
+            writer.close()
+        self._journal_paths.clear()  # closed: no longer this process's to skip in replay
+        return len(writers)
+
     def open_writers(self) -> list[DurableWriter]:
         """The writers opened so far (none made by asking)."""
         return list(self._writers.values())
@@ -288,9 +305,10 @@ class App:
         """Resubmit what this process's writers left pending to the sinks that are back."""
         return sum(writer.catch_up() for writer in list(self._writers.values()))
 
-    def replay(self) -> ReplayResult:
-        """Deliver what every journal but our own still holds for some sink."""
-        if not self.offline:  # today's partition and the days ahead, as `maintain` makes them
+    def replay(self, *, prepare: bool = True) -> ReplayResult:
+        """Deliver what every journal but our own still holds for some sink (``prepare``:
+        premake partitions first)."""
+        if prepare and not self.offline:  # today's partition and the days ahead, as `maintain`
             try:
                 self.events.prepare()
             except TransientStorageError as exc:
@@ -339,8 +357,14 @@ class App:
         )
 
     def status(self) -> PipelineStatus:
-        """Status as this process sees it (PostgreSQL left out when it did not answer)."""
-        return self.operations.status(database_up=not self.offline)
+        """Status as this process sees it (PostgreSQL left out when it does not answer: every
+        journaled record then counts as pending for it)."""
+        if not self.offline:
+            try:
+                return self.operations.status(database_up=True)
+            except TransientStorageError as exc:
+                log.info("status without PostgreSQL: %s", exc.message)
+        return self.operations.status(database_up=False)
 
     def gauges(self, status: Any = None) -> Gauges:
         """The pipeline gauges of this installation (a Prometheus collector)."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 
@@ -362,6 +363,20 @@ def _wait_for_lines(path: Path, count: int, process: subprocess.Popen[str]) -> N
     raise AssertionError(f"{path} never reached {count} lines")
 
 
+def _wait_gone(processes: list[psutil.Process], timeout: float = 120) -> None:
+    """Wait until each process has exited (a zombie counts: nothing may reap an orphan)."""
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        while True:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            assert time.monotonic() < deadline, f"{proc} still running"
+            time.sleep(0.1)
+
+
 def _stored_urls(url: str, data_dir: Path) -> tuple[set[str], set[str]]:
     """The movie and listing-page URLs each store holds (each once)."""
     with psycopg.connect(url) as conn:
@@ -403,9 +418,13 @@ def test_kill_9_loses_no_acknowledged_item(
     acked = tmp_path / "acked.txt"
     process = _start(big_site, database_url, data_dir, "--acked", str(acked), *SLOW)
     _wait_for_lines(acked, 300, process)
+    delivery = psutil.Process(process.pid).children()  # its delivery process
+    assert delivery and all("deliverer" in " ".join(p.cmdline()) for p in delivery)
     process.kill()
     process.communicate(timeout=30)
     keys = set(acked.read_text().splitlines())
+    # the delivery process outlives the crawl: it finishes what it has, then exits
+    _wait_gone(delivery)
     replay(database_url, data_dir)
     pg, in_csv = _stored_urls(database_url, data_dir)
     assert keys <= pg and keys <= in_csv

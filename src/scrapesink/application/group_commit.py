@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from scrapesink.application.summary import WriteSummary
+from scrapesink.application.summary import MAX_KEPT_REJECTIONS, WriteSummary
 from scrapesink.errors import RecordError, ScrapesinkError
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,9 @@ class GroupCommit(Generic[T]):
         linger: seconds to wait for more records once one is waiting (0: take only what is
             there; a write in progress gathers the next round anyway).
         on_written: told each write's summary (in the journaling thread).
+        dispatch: calls the callbacks of one round, given with their outcomes (default: each
+            in turn, in the journaling thread); a caller whose callbacks must hop to an event
+            loop hops once per round rather than once per record.
     """
 
     def __init__(
@@ -73,10 +76,12 @@ class GroupCommit(Generic[T]):
         max_records: int = 500,
         linger: float = 0.005,
         on_written: Callable[[T, WriteSummary], None] | None = None,
+        dispatch: Callable[[list[tuple[Done, Outcome]]], None] | None = None,
         name: str = "scrapesink-journal",
     ) -> None:
-        if max_records < 1:
-            raise ValueError("max_records must be at least 1")
+        if not 1 <= max_records <= MAX_KEPT_REJECTIONS:
+            raise ValueError(f"max_records must be 1..{MAX_KEPT_REJECTIONS}")
+        self._dispatch = dispatch or _call_each
         self._write = write
         self._max = max_records
         self._linger = linger
@@ -134,13 +139,16 @@ class GroupCommit(Generic[T]):
         groups: dict[T, list[tuple[Any, Done]]] = {}
         for target, record, done in round_:
             groups.setdefault(target, []).append((record, done))
+        answers: list[tuple[Done, Outcome]] = []
         for target, entries in groups.items():
             outcomes = self._write_group(target, [record for record, _ in entries])
-            for (_, done), outcome in zip(entries, outcomes, strict=True):
-                try:
-                    done(outcome)
-                except Exception:  # a caller's callback must not stop the journaling
-                    log.exception("a group commit callback failed")
+            answers += [
+                (done, outcome) for (_, done), outcome in zip(entries, outcomes, strict=True)
+            ]
+        try:
+            self._dispatch(answers)
+        except Exception:  # a caller's callback must not stop the journaling
+            log.exception("a group commit callback failed")
 
     def _write_group(self, target: T, records: list[Any]) -> list[Outcome]:
         try:
@@ -164,6 +172,11 @@ class GroupCommit(Generic[T]):
             except Exception:
                 log.exception("a group commit observer failed")
         return outcomes
+
+
+def _call_each(answers: list[tuple[Done, Outcome]]) -> None:
+    for done, outcome in answers:
+        done(outcome)
 
 
 def _index(location: str | None) -> int | None:

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from scrapesink.application.feeder import Feeder
 from scrapesink.application.models import ModelService
+from scrapesink.application.operations import PipelineStatus
 from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.ports import (
     DayStats,
@@ -35,7 +36,8 @@ from scrapesink.errors import ConfigError, RecordError
 
 log = logging.getLogger(__name__)
 
-Deliver = Literal["sync", "background"]
+Deliver = Literal["sync", "background", "journal"]
+DELIVER_MODES = ("sync", "background", "journal")
 S = TypeVar("S", bound=WriteSummary)
 
 
@@ -49,8 +51,8 @@ class Sink:
     """
 
     def __init__(self, app: App, *, deliver: Deliver = "sync") -> None:
-        if deliver not in ("sync", "background"):
-            raise ConfigError(f"deliver must be 'sync' or 'background', got {deliver!r}")
+        if deliver not in DELIVER_MODES:
+            raise ConfigError(f"deliver must be one of {DELIVER_MODES}, got {deliver!r}")
         self._app = app
         self._deliver = deliver
         self._model_service: ModelService | None = None
@@ -62,7 +64,13 @@ class Sink:
             # stopped store makes the journal grow, never the memory or the writer's wait).
             app.wait_for_lanes = False
             self._feeder = Feeder(app.open_writers)
-        self.startup = app.start_writing()
+        if deliver == "journal":
+            # This process only journals; another delivers the journals it closes (see
+            # rotate): the Scrapy pipeline's crawl keeps its GIL and its CPU.
+            app.delivers = False
+            self.startup = ReplayResult()
+        else:
+            self.startup = app.start_writing()
 
     @contextmanager
     def run(self, job: str, *, source: str | None = None) -> Iterator[JobRun]:
@@ -95,6 +103,17 @@ class Sink:
     def data_dir(self) -> Path:
         """The data directory (CSV files, journals, the embedded database)."""
         return self._app.settings.data_dir
+
+    def rotate(self) -> None:
+        """``deliver="journal"``: close the journals written so far, so that a process
+        delivering them (``scrapesink replay``, the Scrapy pipeline's deliverer) can; the next
+        write starts new ones."""
+        self._app.rotate()
+
+    def status(self) -> PipelineStatus:
+        """What waits where: per store, the journaled records it lacks (every journal of the
+        data directory), and the dead letters (as ``scrapesink status``)."""
+        return self._app.status()
 
     def check_data_dir(self) -> None:
         """Raise ConfigError, in one line, when the journal directory cannot be written (for a
@@ -367,10 +386,12 @@ def open(deliver: Deliver = "sync", **settings: Any) -> Sink:
 
     Args:
         deliver: ``"sync"`` waits for PostgreSQL and CSV on every write; ``"background"``
-            returns once records are journaled (for long-running scrapers; flushed on close).
+            returns once records are journaled (for long-running scrapers; flushed on close);
+            ``"journal"`` only journals: another process delivers the journals this one
+            closes (:meth:`Sink.rotate`, and closing), e.g. ``scrapesink replay``.
     """
-    if deliver not in ("sync", "background"):
-        raise ConfigError(f"deliver must be 'sync' or 'background', got {deliver!r}")
+    if deliver not in DELIVER_MODES:
+        raise ConfigError(f"deliver must be one of {DELIVER_MODES}, got {deliver!r}")
     app = bootstrap(get_settings(**settings), offline_ok=True)
     if app.offline:
         log.warning("%s; records are journaled and delivered when it is back", app.offline)

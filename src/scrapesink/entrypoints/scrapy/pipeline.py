@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +38,15 @@ from scrapesink.application.summary import WriteSummary
 from scrapesink.config import Settings, get_settings
 from scrapesink.entrypoints.python import Sink
 from scrapesink.entrypoints.python import open as open_sink
+from scrapesink.entrypoints.scrapy.delivery import DeliveryProcess
 from scrapesink.entrypoints.scrapy.items import EVENTS, ItemRules, Target, now, origins_of, plain
 from scrapesink.errors import ConfigError, RecordError, ScrapesinkError
 
 log = logging.getLogger("scrapesink.scrapy")
 STATS = ("journaled", "stored", "duplicates", "unchanged", "rejected", "pending", "dead_letters")
 STATS_EVERY = 1.0  # seconds between refreshes of the delivery stats during a crawl
+ROTATE_SECONDS = 0.5  # a journal is closed for the delivery process at most this old
+FINISH_GRACE = 30.0  # what the delivery process may take beyond the close timeout to stop
 
 
 def _setting_names() -> dict[str, str]:
@@ -119,6 +123,8 @@ class ScrapesinkPipeline:
         self._spider_name = ""
         self._failed_once = False
         self._closing: Any = None  # the engine closing the spider after a journal failure
+        self._delivery: DeliveryProcess | None = None
+        self._rotated_at = 0.0
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ScrapesinkPipeline:
@@ -141,7 +147,7 @@ class ScrapesinkPipeline:
             self.crawler.settings, spider_name
         )
         get_settings(**options.overrides)  # a bad value is named before anything starts
-        self.sink = sink = open_sink(deliver="background", **options.overrides)
+        self.sink = sink = open_sink(deliver="journal", **options.overrides)
         sink.check_data_dir()
         for model in options.rules.models:
             if model not in sink.models:
@@ -157,11 +163,14 @@ class ScrapesinkPipeline:
             )
         self._run = sink.job_run(options.job or spider_name, origin="scrapy")
         self._run.__enter__()
+        self._delivery = DeliveryProcess(options.overrides, options.close_timeout)
+        self._rotated_at = time.monotonic()
         self._commit = GroupCommit(
             self._write,
             max_records=options.batch,
             linger=options.batch_ms / 1000,
             on_written=self._written,
+            dispatch=_dispatcher(),  # open_spider runs in the reactor's thread, as items do
             name="scrapesink-scrapy-journal",
         )
         log.info("scrapesink: writing to %s and CSV files in %s", sink.database, sink.data_dir)
@@ -202,6 +211,9 @@ class ScrapesinkPipeline:
     def _write(self, target: Target, records: list[Any]) -> WriteSummary:
         """In the journaling thread: one write of one target's records (journaled on return)."""
         assert self.sink is not None
+        if time.monotonic() - self._rotated_at >= ROTATE_SECONDS:
+            self.sink.rotate()  # the delivery process takes the closed journals
+            self._rotated_at = time.monotonic()
         _, model = target
         if model is None:
             return self.sink.write_events(records)
@@ -241,7 +253,9 @@ class ScrapesinkPipeline:
         if not force and moment - self._stats_at < STATS_EVERY:
             return
         self._stats_at = moment
-        self._set_stats(self.sink.reports(), self.sink.pending())
+        if self._delivery is not None:
+            reports = self._delivery.reports()
+            self._set_stats(reports, {name: r.pending for name, r in reports.items()})
 
     def _set_stats(self, reports: dict[str, SinkReport], pending: dict[str, int]) -> None:
         stats = self.crawler.stats
@@ -270,26 +284,39 @@ class ScrapesinkPipeline:
         try:
             if self._commit is not None:
                 self._commit.close()  # every item handed over is journaled (or failed)
-            delivered = sink.drain(self.options.close_timeout)
-            reports, pending = sink.reports(), sink.pending()
+                self._commit = None
+            sink.rotate()  # the last journals, for the delivery process's last passes
+            finished = True
+            if self._delivery is not None:
+                finished = self._delivery.finish(self.options.close_timeout + FINISH_GRACE)
+            reports = self._delivery.reports() if self._delivery is not None else {}
+            pending = self._pending(sink)
             self._set_stats(reports, pending)
             self._finish_run(reports, pending)
             for name, count in sorted(pending.items()):
-                if count:
-                    why = reports[name].error if name in reports else None
-                    log.warning(
-                        "scrapesink: %d records pending for %s%s; they are in the journal and "
-                        "are delivered by the next start or `scrapesink replay`",
-                        count,
-                        name,
-                        f" ({why})"
-                        if why
-                        else " (not delivered within SCRAPESINK_CLOSE_TIMEOUT)"
-                        if not delivered
-                        else "",
-                    )
+                if not count:
+                    continue
+                why = reports[name].error if name in reports else None
+                if not why and not finished:
+                    why = "not delivered within SCRAPESINK_CLOSE_TIMEOUT"
+                log.warning(
+                    "scrapesink: %d records pending for %s%s; they are in the journal and "
+                    "are delivered by the next start or `scrapesink replay`",
+                    count,
+                    name,
+                    f" ({why})" if why else "",
+                )
         finally:
-            self._release(catch_up=False)
+            self._release()
+
+    @staticmethod
+    def _pending(sink: Sink) -> dict[str, int]:
+        """Per store, the journaled records it lacks (every journal of the data directory)."""
+        try:
+            return {name: status.pending for name, status in sink.status().sinks.items()}
+        except ScrapesinkError as exc:
+            log.warning("scrapesink: pending records not counted: %s", exc.message)
+            return {}
 
     def _finish_run(self, reports: dict[str, SinkReport], pending: dict[str, int]) -> None:
         if self._run is None:
@@ -316,19 +343,48 @@ class ScrapesinkPipeline:
         else:
             run.__exit__(None, None, None)
 
-    def _release(self, *, catch_up: bool = True) -> None:
+    def _release(self) -> None:
         if self._commit is not None:
             self._commit.close()
             self._commit = None
         if self.sink is not None:
             sink, self.sink = self.sink, None
-            sink.close(timeout=None if catch_up else 0)
+            sink.close()  # journal-only: closing delivers nothing, the journals stay
+        if self._delivery is not None:
+            delivery, self._delivery = self._delivery, None
+            if delivery.process.poll() is None:
+                delivery.finish(self.options.close_timeout + FINISH_GRACE)
+
+
+def _dispatcher() -> Callable[[list[tuple[Callable[[Outcome], None], Outcome]]], None]:
+    """How the journaling thread answers a round of items: one hop to the thread running this
+    coroutine, then every item's callback there. An asyncio loop where one runs it (the asyncio
+    reactor, reactor-less mode), the Twisted reactor otherwise."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        from twisted.internet import reactor
+
+        def hop(answers: list[tuple[Callable[[Outcome], None], Outcome]]) -> None:
+            reactor.callFromThread(_answer, answers)
+
+        return hop
+
+    def hop_asyncio(answers: list[tuple[Callable[[Outcome], None], Outcome]]) -> None:
+        loop.call_soon_threadsafe(_answer, answers)
+
+    return hop_asyncio
+
+
+def _answer(answers: list[tuple[Callable[[Outcome], None], Outcome]]) -> None:
+    for done, outcome in answers:
+        done(outcome)
 
 
 async def _handed_over(commit: GroupCommit[Target], target: Target, record: Any) -> Outcome:
     """Hand ``record`` to the journaling thread and wait for its outcome without blocking the
-    reactor: on an asyncio future when an asyncio loop runs this coroutine (the asyncio
-    reactor, reactor-less mode), on a Deferred under another Twisted reactor."""
+    reactor: on an asyncio future when an asyncio loop runs this coroutine, on a Deferred under
+    another Twisted reactor (the callbacks run in the loop's thread: see ``_dispatcher``)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -340,18 +396,10 @@ async def _handed_over(commit: GroupCommit[Target], target: Target, record: Any)
             if not future.done():
                 future.set_result(outcome)
 
-        def done(outcome: Outcome) -> None:
-            loop.call_soon_threadsafe(resolve, outcome)
-
-        commit.submit(target, record, done)
+        commit.submit(target, record, resolve)
         return await future
-    from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
     deferred: Deferred[Outcome] = Deferred()
-
-    def fire(outcome: Outcome) -> None:
-        reactor.callFromThread(deferred.callback, outcome)
-
-    commit.submit(target, record, fire)
+    commit.submit(target, record, deferred.callback)
     return await deferred

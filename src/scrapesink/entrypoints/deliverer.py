@@ -1,0 +1,82 @@
+"""A process delivering the journals another process closes (``deliver="journal"``).
+
+    python -m scrapesink.entrypoints.deliverer '{"data_dir": "data", ...}' FINISH_SECONDS
+
+Started by a writer that must not spend its own time on delivery (the Scrapy pipeline): its
+settings are the environment's plus the JSON object of overrides given. It replays every closed
+journal of the data directory in passes (``application.follow``) and writes one JSON line per
+pass on stdout (what each store did so far, what is left). When its stdin closes (the writer
+finished, or died) it makes its last passes, for at most FINISH_SECONDS, and exits. Ctrl-C is
+ignored (the terminal sends it to the writer's whole process group: the writer decides); kill
+it any time: replay is exactly once, the next start or ``scrapesink replay`` goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+
+from scrapesink.application.follow import Progress, follow
+from scrapesink.bootstrap import bootstrap
+from scrapesink.config import get_settings
+from scrapesink.errors import ScrapesinkError
+
+PASS_SECONDS = 0.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    overrides = json.loads(args[0]) if args else {}
+    finish_seconds = float(args[1]) if len(args) > 1 else 60.0
+    try:
+        app = bootstrap(get_settings(**overrides), offline_ok=True)
+    except ScrapesinkError as exc:
+        _say({"error": exc.message})
+        return 2
+    finish = threading.Event()
+    finishing_at: list[float] = []
+
+    def watch_stdin() -> None:
+        while sys.stdin.buffer.read(65536):
+            pass
+        finishing_at.append(time.monotonic() + finish_seconds)
+        finish.set()
+
+    threading.Thread(target=watch_stdin, name="scrapesink-stdin", daemon=True).start()
+    try:
+        app.repair()
+        passes = iter(range(1 << 62))
+
+        def replay():  # type: ignore[no-untyped-def]
+            # partitions premade on the first pass only (a pass every half second)
+            return app.replay(prepare=next(passes) == 0)
+
+        follow(
+            replay,
+            finish,
+            interval=PASS_SECONDS,
+            deadline=lambda: finishing_at[0] if finishing_at else None,
+            on_pass=lambda progress: _say(progress.as_dict()),
+        )
+    except ScrapesinkError as exc:
+        _say({"error": exc.message})
+        return 1
+    finally:
+        app.close()
+    return 0
+
+
+def _say(message: dict[str, object]) -> None:
+    with contextlib.suppress(BrokenPipeError):  # the writer is gone: the passes still count
+        print(json.dumps(message), flush=True)
+
+
+__all__ = ["Progress", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())
