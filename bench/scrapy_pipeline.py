@@ -5,10 +5,11 @@ hand-written synchronous psycopg INSERT pipeline: same site, same spider, same r
     python bench/scrapy_pipeline.py --movies 500 --rounds 1     # check the harness
 
 The site is the example's (``examples/scrapy_movies``), made bigger, served by a separate
-``http.server`` process on loopback. Each crawl is a subprocess; its time is Scrapy's
-``elapsed_time_seconds`` (spider opened to spider closed, so the pipeline's close, which waits
-for PostgreSQL and CSV to have every item, is inside it). Rounds interleave the three variants
-and the median of each is reported with the ratios; results go to ``bench/RESULTS_SCRAPY.md``.
+process on loopback (``examples/scrapy_movies/serve.py``). Each crawl is a subprocess; its time
+is Scrapy's ``elapsed_time_seconds`` (spider opened to spider closed, so the pipeline's close,
+which waits for PostgreSQL and CSV to have every item, is inside it). Rounds interleave the
+three variants and the median of each is reported with the ratios; results go to
+``bench/RESULTS_SCRAPY.md``.
 Uses the embedded PostgreSQL in a temporary directory, or SCRAPESINK_BENCH_DATABASE_URL.
 """
 
@@ -107,28 +108,20 @@ class PsycopgPipeline:
 
 
 def crawl_main(variant: str, base_url: str, url: str, data_dir: str, out: str) -> None:
-    if os.environ.get("SWITCH"):
-        sys.setswitchinterval(float(os.environ["SWITCH"]))
     """One crawl, in this (sub)process."""
     from movies_spider import MoviesSpider
     from scrapy.crawler import CrawlerProcess
 
     settings: dict[str, Any] = {
-        "LOG_LEVEL": os.environ.get("BENCH_LOG", "ERROR"),
+        "LOG_LEVEL": "ERROR",
         "ROBOTSTXT_OBEY": False,
         "TELNETCONSOLE_ENABLED": False,
-        "CONCURRENT_REQUESTS": int(os.environ.get("BENCH_CR", "16")),
+        "CONCURRENT_REQUESTS": 16,
     }
     if variant == "scrapesink":
         settings["ADDONS"] = {"scrapesink.scrapy.ScrapesinkAddon": 0}
         settings["SCRAPESINK_DATABASE_URL"] = url
         settings["SCRAPESINK_DATA_DIR"] = data_dir
-        settings.update(json.loads(os.environ.get("BENCH_SETTINGS", "{}")))
-    elif variant == "sleep":
-        sys.path.insert(0, "/tmp")
-        from sleep_pipe import SleepPipeline
-
-        settings["ITEM_PIPELINES"] = {SleepPipeline: 800}
     elif variant == "psycopg":
         settings["ITEM_PIPELINES"] = {PsycopgPipeline: 800}
         settings["BENCH_DATABASE_URL"] = url
@@ -145,7 +138,6 @@ def crawl_main(variant: str, base_url: str, url: str, data_dir: str, out: str) -
                 "stored": stats.get("scrapesink/stored"),
                 "pending": stats.get("scrapesink/pending"),
                 "journal_writes": stats.get("scrapesink/journal_writes"),
-                "all": {k: str(v) for k, v in stats.items()},
             }
         )
     )
@@ -233,7 +225,8 @@ def report(results: dict[str, list[dict[str, Any]]], pages: int, args: argparse.
         "ratios of one run.\n\n"
         f"A crawl of the example site made with {args.movies:,} movies ({pages:,} pages, "
         f"{items:,} items: movies with their actors, and one raw event per listing page), "
-        "served by `python -m http.server` on loopback, `CONCURRENT_REQUESTS = 16`, "
+        "served on loopback by `examples/scrapy_movies/serve.py` (HTTP/1.1 keep-alive), "
+        "`CONCURRENT_REQUESTS = 16`, "
         f"{args.rounds} rounds interleaved. Time: Scrapy's `elapsed_time_seconds`, so the "
         "scrapesink pipeline's close (every item in PostgreSQL and CSV) is inside it.\n\n"
         "| pipeline | items/s (median) | rounds |\n|---|---:|---|\n"
@@ -244,7 +237,12 @@ def report(results: dict[str, list[dict[str, Any]]], pages: int, args: argparse.
         f"{items / writes:.1f} items per fsync\n\n"
         "The psycopg recipe writes PostgreSQL only (one INSERT per row, a commit per item, on "
         "the reactor thread); scrapesink writes PostgreSQL and the CSV files, journals every "
-        "item before it is acknowledged, and its reactor thread never waits on either.\n"
+        "item before it is acknowledged, and its reactor thread never waits on either.\n\n"
+        "Where the time goes: the crawl's process only converts and journals items (a few "
+        "percent of its GIL); a delivery process of its own replays each journal the crawl "
+        "closes. On 2 cores that process, PostgreSQL and the site server share the machine "
+        "with the crawl, which is what the remaining gap is. Delivering in the crawl's own "
+        "threads instead measured 0.47x: the crawl then shares its GIL with delivery.\n"
     )
     print(f"wrote {RESULTS}")
 

@@ -163,6 +163,32 @@ def test_background_delivery_acknowledges_on_journal_and_flushes_on_close(
     assert pg_count(database_url) == len(csv_rows(data_dir)) == 500
 
 
+def test_a_journal_only_sink_leaves_delivery_to_a_replaying_process(
+    settings, data_dir, database_url
+):
+    import scrapesink
+
+    url = settings.database_url.get_secret_value()
+    sink = scrapesink.open(deliver="journal", database_url=url, data_dir=data_dir)
+    sink.write_events([ev(f"a-{i}") for i in range(50)])
+    sink.save("movies", [{"url": "https://m/1", "title": "Heat"}])
+    assert pg_count(database_url) == 0 and csv_rows(data_dir) == []  # journaled only
+    deliverer = scrapesink.open(database_url=url, data_dir=data_dir)  # another process
+    assert deliverer.replay().journals == 0  # the writer's journals are in use
+    sink.rotate()  # closed: the deliverer may take them
+    sink.write_events([ev(f"b-{i}") for i in range(50)])  # a new journal, still in use
+    first = deliverer.replay()
+    assert first.reports["postgres"].stored == first.reports["csv"].stored == 51
+    assert first.busy == 1
+    assert sink.status().sinks["postgres"].pending == 50
+    sink.close()  # the last journal is kept, never delivered by the writer itself
+    second = deliverer.replay()
+    assert second.reports["postgres"].stored == 50 and second.removed == 1
+    assert pg_count(database_url) == len(csv_rows(data_dir)) == 100
+    assert deliverer.get("movies", "https://m/1") is not None
+    deliverer.close()
+
+
 def test_excel_export_neutralises_formulas_and_adds_a_bom(sink: Sink, data_dir, tmp_path):
     sink.write_events([ev("=1+1", text="@SUM(A1)"), ev("-2", text="plain")])
     root = data_dir / "raw_events"

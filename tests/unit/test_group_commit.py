@@ -82,3 +82,17 @@ def test_records_handed_over_after_close_fail_at_once():
     outcomes: list[Outcome] = []
     commit.submit("events", event(1), outcomes.append)
     assert outcomes[0].status == "failed"
+
+
+def test_the_idle_hook_runs_in_the_journaling_thread_when_nothing_comes():
+    called: list[str] = []
+    seen = threading.Event()
+
+    def idle() -> None:
+        called.append(threading.current_thread().name)
+        seen.set()
+
+    commit = GroupCommit(lambda t, r: None, on_idle=idle, idle_every=0.01, name="journaler")  # type: ignore[arg-type,return-value]
+    assert seen.wait(5)
+    commit.close()
+    assert called[0] == "journaler"

@@ -64,6 +64,7 @@ class GroupCommit(Generic[T]):
         linger: seconds to wait for more records once one is waiting (0: take only what is
             there; a write in progress gathers the next round anyway).
         on_written: told each write's summary (in the journaling thread).
+        on_idle: called in the journaling thread after ``idle_every`` seconds without records.
         dispatch: calls the callbacks of one round, given with their outcomes (default: each
             in turn, in the journaling thread); a caller whose callbacks must hop to an event
             loop hops once per round rather than once per record.
@@ -77,11 +78,15 @@ class GroupCommit(Generic[T]):
         linger: float = 0.005,
         on_written: Callable[[T, WriteSummary], None] | None = None,
         dispatch: Callable[[list[tuple[Done, Outcome]]], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+        idle_every: float | None = None,
         name: str = "scrapesink-journal",
     ) -> None:
         if not 1 <= max_records <= MAX_KEPT_REJECTIONS:
             raise ValueError(f"max_records must be 1..{MAX_KEPT_REJECTIONS}")
         self._dispatch = dispatch or _call_each
+        self._on_idle = on_idle
+        self._idle_every = idle_every if on_idle is not None else None
         self._write = write
         self._max = max_records
         self._linger = linger
@@ -113,7 +118,11 @@ class GroupCommit(Generic[T]):
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._idle_every)
+            except queue.Empty:
+                self._idle()
+                continue
             if first is _STOP:
                 return
             round_ = [first]
@@ -134,6 +143,13 @@ class GroupCommit(Generic[T]):
                     break
                 round_.append(nxt)
             self._commit(round_)
+
+    def _idle(self) -> None:
+        if self._on_idle is not None:
+            try:
+                self._on_idle()
+            except Exception:
+                log.exception("a group commit idle hook failed")
 
     def _commit(self, round_: list[tuple[T, Any, Done]]) -> None:
         groups: dict[T, list[tuple[Any, Done]]] = {}

@@ -125,6 +125,7 @@ class ScrapesinkPipeline:
         self._closing: Any = None  # the engine closing the spider after a journal failure
         self._delivery: DeliveryProcess | None = None
         self._rotated_at = 0.0
+        self._unrotated = False  # written since the last rotation
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ScrapesinkPipeline:
@@ -171,6 +172,8 @@ class ScrapesinkPipeline:
             linger=options.batch_ms / 1000,
             on_written=self._written,
             dispatch=_dispatcher(),  # open_spider runs in the reactor's thread, as items do
+            on_idle=self._rotate,  # a quiet crawl's last items are delivered all the same
+            idle_every=ROTATE_SECONDS,
             name="scrapesink-scrapy-journal",
         )
         log.info("scrapesink: writing to %s and CSV files in %s", sink.database, sink.data_dir)
@@ -212,12 +215,19 @@ class ScrapesinkPipeline:
         """In the journaling thread: one write of one target's records (journaled on return)."""
         assert self.sink is not None
         if time.monotonic() - self._rotated_at >= ROTATE_SECONDS:
-            self.sink.rotate()  # the delivery process takes the closed journals
-            self._rotated_at = time.monotonic()
+            self._rotate()
+        self._unrotated = True
         _, model = target
         if model is None:
             return self.sink.write_events(records)
         return self.sink.save(model, records)
+
+    def _rotate(self) -> None:
+        """In the journaling thread: close what was journaled for the delivery process."""
+        if self.sink is not None and self._unrotated:
+            self.sink.rotate()
+            self._unrotated = False
+        self._rotated_at = time.monotonic()
 
     def _written(self, target: Target, summary: WriteSummary) -> None:
         # only the journaling thread writes these; the reactor thread reads them
