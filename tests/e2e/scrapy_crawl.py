@@ -133,6 +133,8 @@ class KindSpider(MoviesSpider):
     kind = "scrapy"
     yielded: Any = None
     nasty = False
+    movies = 0
+    break_journal_after = 0
 
     def start_nasty(self, response: Any) -> Any:
         yield from nasty_items(response.url.rsplit("/", 1)[0])
@@ -157,6 +159,12 @@ class KindSpider(MoviesSpider):
         for movie in super().parse_movie(response):
             item = as_kind(self.kind, movie)
             self._note(movie)
+            self.movies += 1
+            if self.movies == self.break_journal_after:
+                # the journal directory becomes a file: no new journal can be made
+                journals = Path(os.environ["SCRAPESINK_DATA_DIR"]) / "journal"
+                journals.rename(journals.with_name("journal.moved"))
+                journals.write_text("not a directory")
             yield item
 
 
@@ -234,6 +242,7 @@ def main() -> None:
     parser.add_argument("--acked")
     parser.add_argument("--spy", action="store_true")
     parser.add_argument("--nasty", action="store_true", help="yield hostile items too")
+    parser.add_argument("--break-journal-after", type=int, default=0, metavar="MOVIES")
     parser.add_argument("-s", dest="settings", action="append", default=[])
     args = parser.parse_args()
 
@@ -263,6 +272,7 @@ def main() -> None:
 
     KindSpider.kind = args.kind
     KindSpider.nasty = args.nasty
+    KindSpider.break_journal_after = args.break_journal_after
     if args.yielded:
         KindSpider.yielded = open(args.yielded, "a", encoding="utf-8")  # noqa: SIM115
     if args.reactor == "none":

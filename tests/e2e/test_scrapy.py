@@ -464,6 +464,28 @@ def test_postgresql_stopped_during_a_crawl_leaves_items_pending_and_loses_none(
     verify(url, data_dir)
 
 
+def test_a_journal_that_cannot_be_written_stops_the_crawl_and_loses_nothing_acknowledged(
+    big_site: Site, database_url: str, data_dir: Path, tmp_path: Path
+):
+    acked = tmp_path / "acked.txt"
+    stats = crawl(
+        big_site, database_url, data_dir, "--acked", str(acked), "--break-journal-after", "100"
+    )
+    assert stats["finish_reason"] == "scrapesink_failed"
+    assert "scrapesink cannot journal items (cannot open the journal in" in stats["log"]
+    assert stats["scrapesink/failed"] > 0
+    assert "scrapesink could not journal this" in stats["log"]
+    keys = set(acked.read_text().splitlines())
+    assert 100 <= len(keys) < 1649
+    # the operator puts the directory back: everything acknowledged is delivered
+    (data_dir / "journal").unlink()
+    (data_dir / "journal.moved").rename(data_dir / "journal")
+    replay(database_url, data_dir)
+    pg, in_csv = _stored_urls(database_url, data_dir)
+    assert keys <= pg and keys <= in_csv
+    verify(database_url, data_dir)
+
+
 def test_the_bundled_site_is_what_make_site_writes(tmp_path: Path):
     make_site.write_site(tmp_path)
     bundled = sorted(p.relative_to(EXAMPLE / "site") for p in (EXAMPLE / "site").rglob("*.html"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
 import uuid
@@ -44,6 +45,8 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _PACK = msgspec.msgpack.Encoder()
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=256)
@@ -238,9 +241,12 @@ class Journal:
             empty = self.is_empty()
             self._db.close()
             if empty and remove_if_empty:
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-                removed = True
+                try:
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                    removed = True
+                except OSError as exc:  # kept: empty, it costs nothing; a later close removes it
+                    log.warning("journal %s not removed: %s", self.path, exc)
         finally:
             self._release(unlink_lock=removed)
         return removed

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
 import time
 
 from scrapesink.application.follow import Progress, follow
+from scrapesink.application.replay import ReplayResult
 from scrapesink.bootstrap import bootstrap
 from scrapesink.config import get_settings
 from scrapesink.errors import ScrapesinkError
 
 PASS_SECONDS = 0.5
+log = logging.getLogger("scrapesink.deliverer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         app.repair()
         passes = iter(range(1 << 62))
 
-        def replay():  # type: ignore[no-untyped-def]
+        def replay() -> ReplayResult:
             # partitions premade on the first pass only (a pass every half second)
-            return app.replay(prepare=next(passes) == 0)
+            try:
+                return app.replay(prepare=next(passes) == 0)
+            except (ScrapesinkError, OSError) as exc:
+                # a pass that fails leaves the journals as they were: the next one tries again
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                log.warning("delivery pass failed: %s", message)
+                return ReplayResult()
 
         follow(
             replay,
