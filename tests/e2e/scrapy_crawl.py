@@ -33,63 +33,40 @@ import pydantic  # noqa: E402
 import scrapy  # noqa: E402
 from movies_spider import Movie, MoviesSpider  # noqa: E402
 
-
-@dataclasses.dataclass
-class ActorData:
-    name: str
-    role: str | None = None
-    billing_order: int | None = None
-
-
-@dataclasses.dataclass
-class MovieData:
-    url: str
-    title: str | None
-    year: Any
-    rating: float | None
-    genres: list[str]
-    synopsis: str | None
-    actors: list[ActorData]
+# One movie and one actor shape, made in each item kind itemadapter knows besides dict and
+# scrapy.Item (the fields of the example's items).
+ACTOR = [("name", str), ("role", str | None), ("billing_order", int | None)]
+MOVIE = [
+    ("url", str),
+    ("title", str | None),
+    ("year", Any),
+    ("rating", float | None),
+    ("genres", list[str]),
+    ("synopsis", str | None),
+]
 
 
-@attrs.define
-class ActorAttrs:
-    name: str
-    role: str | None = None
-    billing_order: int | None = None
+def _dataclasses() -> tuple[Any, Any]:
+    actor = dataclasses.make_dataclass("ActorData", ACTOR)
+    return dataclasses.make_dataclass("MovieData", [*MOVIE, ("actors", list[actor])]), actor
 
 
-@attrs.define
-class MovieAttrs:
-    url: str
-    title: str | None
-    year: Any
-    rating: float | None
-    genres: list[str]
-    synopsis: str | None
-    actors: list[ActorAttrs]
+def _attrs() -> tuple[Any, Any]:
+    actor = attrs.make_class("ActorAttrs", [name for name, _ in ACTOR])
+    movie = attrs.make_class("MovieAttrs", [name for name, _ in MOVIE] + ["actors"])
+    return movie, actor
 
 
-class ActorModel(pydantic.BaseModel):
-    name: str
-    role: str | None = None
-    billing_order: int | None = None
-
-
-class MovieModel(pydantic.BaseModel):
-    url: str
-    title: str | None
-    year: Any
-    rating: float | None
-    genres: list[str]
-    synopsis: str | None
-    actors: list[ActorModel]
+def _pydantic() -> tuple[Any, Any]:
+    actor = pydantic.create_model("ActorModel", **{n: (t, ...) for n, t in ACTOR})
+    fields = {n: (t, ...) for n, t in MOVIE}
+    return pydantic.create_model("MovieModel", **fields, actors=(list[actor], ...)), actor
 
 
 KINDS: dict[str, tuple[Any, Any]] = {
-    "dataclass": (MovieData, ActorData),
-    "attrs": (MovieAttrs, ActorAttrs),
-    "pydantic": (MovieModel, ActorModel),
+    "dataclass": _dataclasses(),
+    "attrs": _attrs(),
+    "pydantic": _pydantic(),
 }
 
 
