@@ -156,6 +156,9 @@ def test_background_delivery_acknowledges_on_journal_and_flushes_on_close(
     for n in range(5):
         summary = sink.write_events([ev(f"{n}-{i}") for i in range(100)])
         assert summary.accepted == 100 and summary.rejected == 0
+    assert sink.drain(30)  # the feeder hands the journaled writes on by itself
+    assert sink.pending() == {"postgres": 0, "csv": 0}
+    assert sink.reports()["postgres"].stored == 500
     flushed = sink.flush()
     assert flushed["postgres"].stored == flushed["csv"].stored == 500
     reports = sink.close()

@@ -333,7 +333,8 @@ class Sink:
         Args:
             timeout: in background mode, wait at most this many seconds for the stores to
                 take what is journaled (None: until each store has it or has failed); what
-                is left is reported pending.
+                is left is reported pending. A delivery already in flight is finished first
+                (a store that fails it is retried for up to ``SCRAPESINK_RETRY_SECONDS``).
         """
         if self._feeder is None:
             return self._app.close()
