@@ -5,6 +5,7 @@
     │   └── DeclarationError        a model declaration is malformed (every problem, with paths)
     ├── InputError                  an input file cannot be read at all (missing, empty, bad header)
     ├── RecordError                 one record is invalid; carries where (line, JSON path) and why
+    │   └── UnencodableRecords      records of a batch hold values the journal cannot store
     ├── SchemaError                 the database schema is not at the version this code needs
     ├── StorageError                PostgreSQL (or another store) failed
     │   ├── TransientStorageError   worth retrying: connection refused/lost, timeout, 40001, 40P01
@@ -36,6 +37,7 @@ __all__ = [
     "ScrapesinkError",
     "StorageError",
     "TransientStorageError",
+    "UnencodableRecords",
 ]
 
 
@@ -94,6 +96,16 @@ class RecordError(ScrapesinkError):
 
     def report(self) -> dict[str, Any]:
         return {**super().report(), "location": self.location, "path": self.path}
+
+
+class UnencodableRecords(RecordError):
+    """Records of a batch hold values the journal cannot encode (an arbitrary object in a JSON
+    field). ``reasons`` maps each one's index in the batch to its field and why; the write loop
+    rejects them alone and journals the rest."""
+
+    def __init__(self, reasons: dict[int, tuple[str, str]]) -> None:
+        super().__init__(f"{len(reasons)} records cannot be journaled")
+        self.reasons = reasons
 
 
 class SchemaError(ScrapesinkError):

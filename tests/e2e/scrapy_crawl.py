@@ -87,7 +87,7 @@ def is_movie(item: Any) -> str | None:
 
 
 def nasty_items(base: str) -> list[Any]:
-    """What a hostile site makes a spider yield: 4 stored (cleaned), 6 rejected."""
+    """What a hostile site makes a spider yield: 4 stored (cleaned), 7 rejected."""
     deep: Any = "bottom"
     for _ in range(600):
         deep = {"d": deep}
@@ -103,6 +103,7 @@ def nasty_items(base: str) -> list[Any]:
         {"url": f"{base}/bytes", "body": b"\xff\xfe"},  # rejected: not UTF-8
         Movie(url=f"{base}/bad-actor", title="T", actors=[{"name": None}]),  # rejected
         Movie(url=f"{base}/no-title"),  # rejected: title is required
+        Movie(url=f"{base}/object", title="T", genres=[object()]),  # rejected: not storable
     ]
 
 

@@ -317,13 +317,15 @@ def test_hostile_items_are_stored_cleaned_or_rejected_alone_and_the_stores_agree
     stats = crawl(site, database_url, data_dir, "--nasty")
     want = expected()
     assert stats["finish_reason"] == "finished"
-    assert scrapesink_stats(stats)["rejected"] == 1 + 6
+    assert scrapesink_stats(stats)["rejected"] == 1 + 7
+    assert stats["finish_reason"] == "finished"  # one unstorable movie did not stop the crawl
     assert scrapesink_stats(stats)["journaled"] == want["movies"] + want["raw_events"] + 4
     for reason in (
         "nested too deeply",
         "payload too large: 2,000,0",
         "payload.k\\u0000: NUL in a key",
         "payload.body: bytes that are not UTF-8 text",
+        "genres: a value the journal cannot store",
         "actors[0].name",
         "title",
     ):
@@ -483,6 +485,29 @@ def test_a_journal_that_cannot_be_written_stops_the_crawl_and_loses_nothing_ackn
     replay(database_url, data_dir)
     pg, in_csv = _stored_urls(database_url, data_dir)
     assert keys <= pg and keys <= in_csv
+    verify(database_url, data_dir)
+
+
+def test_a_killed_delivery_process_is_started_again_and_passwords_stay_off_the_command_line(
+    big_site: Site, database_url: str, data_dir: Path
+):
+    # trust authentication takes any password: this one must appear in no command line
+    url = database_url.replace("postgres:@", "postgres:S3cretPW@")
+    process = _start(big_site, url, data_dir, *SLOW, "-s", f"SCRAPESINK_DATABASE_URL={url}")
+    deadline = time.monotonic() + 60
+    while not (children := psutil.Process(process.pid).children()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert "S3cretPW" not in " ".join(children[0].cmdline())
+    time.sleep(1)
+    children[0].kill()
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-2000:]
+    assert "the delivery process ended (exit code -9): restarted" in err
+    stats = json.loads((data_dir.parent / "stats.json").read_text())
+    assert stats["scrapesink/pending"] == 0
+    pg, in_csv = _stored_urls(database_url, data_dir)  # no replay: the new one delivered all
+    assert len(pg) == len(in_csv) == 1649
     verify(database_url, data_dir)
 
 

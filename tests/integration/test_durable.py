@@ -304,3 +304,21 @@ def test_a_bad_state_entry_never_stops_a_start_and_health_names_it(settings, dat
         assert status.csv_problems and "File name too long" in status.csv_problems[0]
     finally:
         again.close()
+
+
+def test_a_value_the_journal_cannot_store_rejects_its_record_alone(sink: Sink, database_url):
+    # an arbitrary object in a JSON field passes validation (any JSON value goes there) but
+    # not the journal: it used to fail the whole batch, every good record of it unjournaled
+    summary = sink.save(
+        "movies",
+        [
+            {"url": "https://m/ok", "title": "Fine"},
+            {"url": "https://m/bad", "title": "Bad", "genres": [object()]},
+            {"url": "https://m/ok2", "title": "Fine too"},
+        ],
+    )
+    assert (summary.stored, summary.rejected) == (2, 1)
+    (error,) = summary.rejections
+    assert (error.location, error.path) == ("[1]", "genres")
+    assert "cannot store" in error.message
+    assert sink.get("movies", "https://m/ok2") is not None

@@ -140,3 +140,42 @@ def test_raw_event_payloads_hold_only_json_types():
     with pytest.raises(RecordError, match="not UTF-8") as caught:
         rules().event({"x": [b"\xff"]}, spider="s", origin="x", scraped_at=AT)
     assert caught.value.path == "payload.x[0]"
+
+
+def test_any_spider_name_makes_a_job_name():
+    from scrapesink.domain.jobs import check_name
+    from scrapesink.entrypoints.scrapy.items import job_name
+
+    for spider in ("movies", "a/b", "../../evil", "ünï😀", ".", "x" * 300, "__init__"):
+        assert check_name(job_name(spider)) == job_name(spider)
+    assert job_name("movies") == "movies"
+    assert job_name("a/b") == "a-b"
+
+
+def test_a_mapping_module_that_fails_to_import_is_one_configuration_error(tmp_path, monkeypatch):
+    (tmp_path / "boom_items.py").write_text("raise RuntimeError('no import for you')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="RuntimeError: no import for you"):
+        rules(SCRAPESINK_ITEMS="boom_items.Movie")
+
+
+def test_event_times_and_sources_given_as_python_values():
+    record = {"when": datetime(2026, 1, 2, 3, 4, 5), "day": AT.date(), "shop": None}
+    r = rules(SCRAPESINK_EVENT_TIME_FIELD="when", SCRAPESINK_EVENT_SOURCE_FIELD="shop")
+    event = r.event(record, spider="spider", origin="x", scraped_at=AT)
+    assert event["occurred_at"] == "2026-01-02T03:04:05"  # naive: read as UTC by validation
+    assert event["source"] == "spider"  # the field is there but empty: the spider's name
+    day = rules(SCRAPESINK_EVENT_TIME_FIELD="day").event(
+        record, spider="s", origin="x", scraped_at=AT
+    )
+    assert day["occurred_at"] == "2026-01-02"
+
+
+def test_the_spider_middleware_is_off_with_the_pipeline():
+    from scrapy.exceptions import NotConfigured
+    from scrapy.utils.test import get_crawler
+
+    from scrapesink.scrapy import ScrapesinkSpiderMiddleware
+
+    with pytest.raises(NotConfigured):
+        ScrapesinkSpiderMiddleware(get_crawler(settings_dict={"SCRAPESINK_ENABLED": False}))

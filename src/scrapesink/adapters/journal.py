@@ -30,7 +30,7 @@ import msgspec
 from scrapesink.application.delivery import missing
 from scrapesink.application.kinds import EVENTS, kind_named
 from scrapesink.application.ports import now_us
-from scrapesink.errors import StorageError, TransientStorageError
+from scrapesink.errors import StorageError, TransientStorageError, UnencodableRecords
 
 # One row per appended batch: its records packed with msgpack. A row per record cost more than
 # the rest of the write path's Python work together (measured); a batch is what gets acked.
@@ -159,7 +159,10 @@ class Journal:
             return (self._last_seq + 1, self._last_seq)
         first = self._last_seq + 1
         last = first + len(records) - 1
-        packed = _PACK.encode(records)
+        try:
+            packed = _PACK.encode(records)
+        except (TypeError, ValueError, OverflowError):
+            raise UnencodableRecords(_unencodable(records)) from None
         accepted = max(self._clock(), self._next_us)  # monotonic whatever the wall clock does
         try:
             self._db.execute(
@@ -257,6 +260,30 @@ class Journal:
                 Path(f"{self.path}.lock").unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def _unencodable(records: Sequence[Any]) -> dict[int, tuple[str, str]]:
+    """Which records the journal cannot encode: index -> (the field, why). Found one by one:
+    the rare path."""
+    reasons = {}
+    for index, record in enumerate(records):
+        try:
+            _PACK.encode(record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            fields = getattr(record, "record", None)  # a model record's fields
+            path = ""
+            if isinstance(fields, dict):
+                path = next((k for k, v in fields.items() if not _encodes(v)), "")
+            reasons[index] = (path, f"a value the journal cannot store: {exc}")
+    return reasons
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        _PACK.encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 # Journals written before stamps existed: a record's seq stands in for its time, so their

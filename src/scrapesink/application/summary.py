@@ -59,6 +59,12 @@ class Tracker:
             RecordResult(REJECTED, error.location, error.path or None, error.message)
         )
 
+    def replace_rejected(self, index: int, error: RecordError) -> None:
+        """A record counted in its batch that the journal refused (see ``UnencodableRecords``)."""
+        self.results[index] = RecordResult(
+            REJECTED, error.location, error.path or None, error.message
+        )
+
     def superseded(self, index: int) -> None:
         self.results[index] = RecordResult(DUPLICATE, self.results[index].location)
 

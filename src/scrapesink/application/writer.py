@@ -30,7 +30,7 @@ from scrapesink.application.durable import DurableWriter
 from scrapesink.application.kinds import Item, RecordKind
 from scrapesink.application.outcomes import DUPLICATE, PENDING, Receipt
 from scrapesink.application.summary import RejectHook, Tracker, WriteSummary
-from scrapesink.errors import InputError, RecordError
+from scrapesink.errors import InputError, RecordError, UnencodableRecords
 from scrapesink.logs import get_logger
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class RecordWriter:
         before = writer.reports()
         batch: dict[Any, Any] = {}
         slots: dict[Any, int] = {}  # key -> the tracker's result index of its record
+        locations: dict[Any, str | None] = {}  # key -> where its record was read
         # Keys of the last two batches: while their records may still be in flight, the same
         # key again is an input duplicate (the first copy wins, whichever batch commits first).
         recent: deque[dict[Any, Any]] = deque(maxlen=2)
@@ -98,8 +99,24 @@ class RecordWriter:
         journaled: list[tuple[int, int]] = []
 
         def flush() -> None:
+            while batch:
+                try:
+                    first, last = writer.write(list(batch.values()), receipt)
+                except UnencodableRecords as exc:  # those records alone are rejected
+                    keys = list(batch)
+                    for index, (path, reason) in exc.reasons.items():
+                        key = keys[index]
+                        record = batch.pop(key)
+                        error = RecordError(reason, location=locations.get(key), path=path)
+                        summary.reject(error, on_reject, None)
+                        self._rejected(error, record)
+                        if tracker is not None:
+                            tracker.replace_rejected(slots.pop(key), error)
+                    if not exc.reasons:
+                        raise
+                    continue
+                break
             if batch:
-                first, last = writer.write(list(batch.values()), receipt)
                 journaled.append((first, last))
                 if tracker is not None:
                     tracker.journaled([slots[key] for key in batch], first)
@@ -139,11 +156,12 @@ class RecordWriter:
                     if tracker is not None:
                         tracker.superseded(slots.pop(key))
                 batch[key] = record
+                locations[key] = item[0]
                 if tracker is not None:
                     slots[key] = tracker.add(PENDING, item[0])
                 if len(batch) >= limit:
                     flush()
-                    batch, slots = {}, {}
+                    batch, slots, locations = {}, {}, {}
                     limit = min(2 * limit, self.batch_size)
                     reference = now()
         except InputError:

@@ -1,9 +1,10 @@
 """A process delivering the journals another process closes (``deliver="journal"``).
 
-    python -m scrapesink.entrypoints.deliverer '{"data_dir": "data", ...}' FINISH_SECONDS
+    python -m scrapesink.entrypoints.deliverer FINISH_SECONDS
 
-Started by a writer that must not spend its own time on delivery (the Scrapy pipeline): its
-settings are the environment's plus the JSON object of overrides given. It replays every closed
+Started by a writer that must not spend its own time on delivery (the Scrapy pipeline), with
+the settings in its environment (``SCRAPESINK_*``, ``PG_*``: never on the command line, where
+``ps`` shows passwords to every user). It replays every closed
 journal of the data directory in passes (``application.follow``) and writes one JSON line per
 pass on stdout (what each store did so far, what is left). When its stdin closes (the writer
 finished, or died) it makes its last passes, for at most FINISH_SECONDS, and exits. Ctrl-C is
@@ -34,10 +35,9 @@ log = logging.getLogger("scrapesink.deliverer")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    overrides = json.loads(args[0]) if args else {}
-    finish_seconds = float(args[1]) if len(args) > 1 else 60.0
+    finish_seconds = float(args[0]) if args else 60.0
     try:
-        app = bootstrap(get_settings(**overrides), offline_ok=True)
+        app = bootstrap(get_settings(), offline_ok=True)
     except ScrapesinkError as exc:
         _say({"error": exc.message})
         return 2

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from itemadapter import is_item
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
 
 from scrapesink.entrypoints.scrapy.items import Origins, origins_of
 
@@ -19,9 +21,17 @@ class ScrapesinkSpiderMiddleware:
     same on every crawl of the same page."""
 
     def __init__(self, crawler: Any) -> None:
+        if not crawler.settings.getbool("SCRAPESINK_ENABLED", True):
+            raise NotConfigured("SCRAPESINK_ENABLED is off")
         self.crawler = crawler
         self.origins: Origins = origins_of(crawler)
         self.origins.active = True
+        # an item an earlier pipeline drops, or one that fails, never reaches scrapesink's
+        crawler.signals.connect(self._forget, signal=signals.item_dropped)
+        crawler.signals.connect(self._forget, signal=signals.item_error)
+
+    def _forget(self, item: Any, **kwargs: Any) -> None:
+        self.origins.take(item)
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ScrapesinkSpiderMiddleware:

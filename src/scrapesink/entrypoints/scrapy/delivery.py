@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -23,19 +24,16 @@ log = logging.getLogger("scrapesink.scrapy")
 
 
 class DeliveryProcess:
-    def __init__(self, overrides: dict[str, Any], finish_seconds: float) -> None:
+    def __init__(self, environment: dict[str, str], finish_seconds: float) -> None:
+        """``environment``: the settings, by their environment names (the command line would
+        show a password to every user of the machine)."""
         self.progress: dict[str, Any] = {}
         self.error: str | None = None
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scrapesink.entrypoints.deliverer",
-                json.dumps(overrides, default=str),
-                str(finish_seconds),
-            ],
+            [sys.executable, "-m", "scrapesink.entrypoints.deliverer", str(finish_seconds)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env={**os.environ, **environment},
             start_new_session=True,
         )
         self._reader = threading.Thread(

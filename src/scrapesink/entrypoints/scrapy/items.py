@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -35,7 +36,17 @@ from scrapesink.errors import ConfigError, RecordError
 #: where a record goes: ("events", None) or ("model", "<name>")
 Target = tuple[str, str | None]
 EVENTS: Target = ("events", None)
-MAX_NOTED = 100_000  # origins kept for items not yet seen by the pipeline
+MAX_NOTED = 10_000  # origins kept for items on their way to the pipeline (in flight)
+
+
+class TooDeep(RecordError):
+    """An item nested deeper than Python can walk (Scrapy itself cannot print it)."""
+
+
+def job_name(spider: str) -> str:
+    """A job name made of a spider's name (job names are 1-128 of ``A-Za-z0-9_.:-``)."""
+    name = re.sub(r"[^A-Za-z0-9_.:-]+", "-", spider).lstrip("_.:-")[:128]
+    return name or "scrapy"
 
 
 def load(path: str, what: str) -> Any:
@@ -44,8 +55,8 @@ def load(path: str, what: str) -> Any:
 
     try:
         return load_object(path)
-    except (ImportError, NameError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"{what}: cannot load {path!r} ({exc})") from None
+    except Exception as exc:  # whatever importing the user's module raised, in one line
+        raise ConfigError(f"{what}: cannot load {path!r} ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -110,7 +121,7 @@ class ItemRules:
         self, record: dict[str, Any], *, spider: str, origin: str | None, scraped_at: datetime
     ) -> dict[str, Any]:
         """The raw event of an item (``record``: the item as a plain dict)."""
-        source = record.get(self.source_field, spider) if self.source_field else spider
+        source = (record.get(self.source_field) if self.source_field else None) or spider
         if self.id_field:
             source_id = record.get(self.id_field)
             if source_id is None:
@@ -122,6 +133,8 @@ class ItemRules:
             occurred_at = record.get(self.time_field)
             if occurred_at is None:
                 raise RecordError(f"missing field {self.time_field}", path=self.time_field)
+            if isinstance(occurred_at, datetime | date):  # read as ISO 8601 (naive: UTC)
+                occurred_at = occurred_at.isoformat()
         try:
             payload = jsonable(record)
         except RecursionError:
@@ -150,7 +163,7 @@ def plain(item: Any) -> dict[str, Any]:
     try:
         record = ItemAdapter(item).asdict()
     except RecursionError:
-        raise RecordError("nested too deeply to convert") from None
+        raise TooDeep("nested too deeply to convert") from None
     return {str(k): v for k, v in record.items()}
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scrapy.exceptions import CloseSpider, DropItem, NotConfigured
@@ -36,17 +37,36 @@ from scrapesink.application.group_commit import GroupCommit, Outcome
 from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.summary import WriteSummary
 from scrapesink.config import Settings, get_settings
+from scrapesink.domain.jobs import check_name as check_job_name
 from scrapesink.entrypoints.python import Sink
 from scrapesink.entrypoints.python import open as open_sink
 from scrapesink.entrypoints.scrapy.delivery import DeliveryProcess
-from scrapesink.entrypoints.scrapy.items import EVENTS, ItemRules, Target, now, origins_of, plain
+from scrapesink.entrypoints.scrapy.items import (
+    EVENTS,
+    ItemRules,
+    Target,
+    TooDeep,
+    job_name,
+    now,
+    origins_of,
+    plain,
+)
 from scrapesink.errors import ConfigError, RecordError, ScrapesinkError
 
 log = logging.getLogger("scrapesink.scrapy")
-STATS = ("journaled", "stored", "duplicates", "unchanged", "rejected", "pending", "dead_letters")
 STATS_EVERY = 1.0  # seconds between refreshes of the delivery stats during a crawl
 ROTATE_SECONDS = 0.5  # a journal is closed for the delivery process at most this old
+MAX_RESTARTS = 3  # times a delivery process that ended mid-crawl is started again
 FINISH_GRACE = 30.0  # what the delivery process may take beyond the close timeout to stop
+
+
+def _as_environment(value: Any) -> str:
+    """A crawler setting's value as the environment would give it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return os.pathsep.join(str(v) for v in value)
+    return str(value)
 
 
 def _setting_names() -> dict[str, str]:
@@ -64,6 +84,7 @@ class PipelineOptions:
     """What the pipeline reads from the crawler's settings."""
 
     overrides: dict[str, Any] = field(default_factory=dict)  # Settings fields
+    environment: dict[str, str] = field(default_factory=dict)  # the same, as the environment
     rules: ItemRules = field(default_factory=ItemRules)
     job: str | None = None
     drop_rejected: bool = True
@@ -78,16 +99,19 @@ class PipelineOptions:
         def get(name: str) -> Any:
             return settings.get(name)
 
-        overrides = {
-            field_name: settings.get(name)
+        given = {
+            name: (field_name, settings.get(name))
             for name, field_name in _setting_names().items()
             if settings.get(name) is not None
         }
+        overrides = {field_name: value for field_name, value in given.values()}
+        environment = {name: _as_environment(value) for name, (_, value) in given.items()}
         try:
             options = cls(
                 overrides=overrides,
+                environment=environment,
                 rules=ItemRules.from_settings(get),
-                job=settings.get("SCRAPESINK_JOB") or spider_name,
+                job=settings.get("SCRAPESINK_JOB") or job_name(spider_name),
                 drop_rejected=settings.getbool("SCRAPESINK_DROP_REJECTED", True),
                 close_timeout=settings.getfloat("SCRAPESINK_CLOSE_TIMEOUT", 60.0),
                 batch=settings.getint("SCRAPESINK_ITEM_BATCH", 500),
@@ -126,6 +150,9 @@ class ScrapesinkPipeline:
         self._delivery: DeliveryProcess | None = None
         self._rotated_at = 0.0
         self._unrotated = False  # written since the last rotation
+        self._models: set[str] = set()
+        self._delivered_before: dict[str, SinkReport] = {}  # by delivery processes that died
+        self._restarts = 0
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ScrapesinkPipeline:
@@ -150,9 +177,14 @@ class ScrapesinkPipeline:
         get_settings(**options.overrides)  # a bad value is named before anything starts
         self.sink = sink = open_sink(deliver="journal", **options.overrides)
         sink.check_data_dir()
+        declared = sink.models  # SCRAPESINK_MODELS is read (and refused) now, not mid-crawl
+        try:
+            check_job_name(options.job or "")
+        except RecordError as exc:
+            raise ConfigError(f"SCRAPESINK_JOB: {exc.message}") from None
         for model in options.rules.models:
-            if model not in sink.models:
-                known = ", ".join(sorted(sink.models)) or "none"
+            if model not in declared:
+                known = ", ".join(declared) or "none"
                 raise ConfigError(
                     f"SCRAPESINK_ITEMS names the model {model!r}, which is not declared "
                     f"(declared: {known}; add yours with SCRAPESINK_MODELS)"
@@ -164,8 +196,9 @@ class ScrapesinkPipeline:
             )
         self._run = sink.job_run(options.job or spider_name, origin="scrapy")
         self._run.__enter__()
-        self._delivery = DeliveryProcess(options.overrides, options.close_timeout)
+        self._delivery = self._start_delivery()
         self._rotated_at = time.monotonic()
+        self._models = set(declared)
         self._commit = GroupCommit(
             self._write,
             max_records=options.batch,
@@ -187,6 +220,8 @@ class ScrapesinkPipeline:
         target = EVENTS
         try:
             target = self.options.rules.target(item)
+            if target[1] is not None and target[1] not in self._models:
+                raise ConfigError(f"SCRAPESINK_ITEMS named the model {target[1]!r}, not declared")
             record = plain(item)
             if target == EVENTS:
                 record = self.options.rules.event(
@@ -204,6 +239,11 @@ class ScrapesinkPipeline:
             return item
         what = f"{target[1]} record" if target[1] else "raw event"
         if outcome.status == "rejected":
+            if isinstance(outcome.error, TooDeep):
+                # Scrapy cannot log a dropped item this deep (its own RecursionError then stops
+                # the items after it): passed on, as without scrapesink
+                log.warning("scrapesink rejected this %s (passed on): %s", what, outcome.reason)
+                return item
             if self.options.drop_rejected:
                 raise DropItem(f"scrapesink rejected this {what}: {outcome.reason}")
             log.warning("scrapesink rejected this %s (passed on): %s", what, outcome.reason)
@@ -255,6 +295,41 @@ class ScrapesinkPipeline:
         else:
             self._closing = asyncio.ensure_future(closing)
 
+    # -- the delivery process -------------------------------------------------------------------
+    def _start_delivery(self) -> DeliveryProcess:
+        return DeliveryProcess(self.options.environment, self.options.close_timeout)
+
+    def _watch_delivery(self) -> None:
+        """A delivery process that ended mid-crawl (killed, out of memory) is started again, a
+        few times at most; what it did is kept in the stats."""
+        delivery = self._delivery
+        if delivery is None or delivery.process.poll() is None:
+            return
+        code = delivery.process.returncode
+        for name, report in delivery.reports().items():
+            self._delivered_before.setdefault(name, SinkReport()).add(report)
+        if self._restarts >= MAX_RESTARTS:
+            log.error(
+                "scrapesink: the delivery process ended (exit code %s); items stay journaled "
+                "for `scrapesink replay`",
+                code,
+            )
+            self._delivery = None
+            return
+        self._restarts += 1
+        log.warning("scrapesink: the delivery process ended (exit code %s): restarted", code)
+        delivery.finish(0)
+        self._delivery = self._start_delivery()
+
+    def _delivery_reports(self) -> dict[str, SinkReport]:
+        reports = {name: replace(r) for name, r in self._delivered_before.items()}
+        if self._delivery is not None:
+            for name, report in self._delivery.reports().items():
+                total = reports.setdefault(name, SinkReport())
+                total.add(report)
+                total.pending, total.error = report.pending, report.error
+        return reports
+
     # -- stats ----------------------------------------------------------------------------------
     def _refresh_stats(self, *, force: bool = False) -> None:
         if self.sink is None:
@@ -263,9 +338,9 @@ class ScrapesinkPipeline:
         if not force and moment - self._stats_at < STATS_EVERY:
             return
         self._stats_at = moment
-        if self._delivery is not None:
-            reports = self._delivery.reports()
-            self._set_stats(reports, {name: r.pending for name, r in reports.items()})
+        self._watch_delivery()
+        reports = self._delivery_reports()
+        self._set_stats(reports, {name: r.pending for name, r in reports.items()})
 
     def _set_stats(self, reports: dict[str, SinkReport], pending: dict[str, int]) -> None:
         stats = self.crawler.stats
@@ -296,10 +371,12 @@ class ScrapesinkPipeline:
                 self._commit.close()  # every item handed over is journaled (or failed)
                 self._commit = None
             sink.rotate()  # the last journals, for the delivery process's last passes
-            finished = True
+            self._watch_delivery()
+            finished, why_not = False, "the delivery process ended early"
             if self._delivery is not None:
                 finished = self._delivery.finish(self.options.close_timeout + FINISH_GRACE)
-            reports = self._delivery.reports() if self._delivery is not None else {}
+                why_not = "not delivered within SCRAPESINK_CLOSE_TIMEOUT"
+            reports = self._delivery_reports()
             pending = self._pending(sink)
             self._set_stats(reports, pending)
             self._finish_run(reports, pending)
@@ -308,7 +385,7 @@ class ScrapesinkPipeline:
                     continue
                 why = reports[name].error if name in reports else None
                 if not why and not finished:
-                    why = "not delivered within SCRAPESINK_CLOSE_TIMEOUT"
+                    why = why_not
                 log.warning(
                     "scrapesink: %d records pending for %s%s; they are in the journal and "
                     "are delivered by the next start or `scrapesink replay`",
