@@ -128,21 +128,11 @@ class Lane:
         this, a writer would wait on retries to find out while the store is still down)."""
         return self._stored_at > self._failed_at
 
-    def submit(self, batch: Batch[Any], *, wait: bool = True) -> None:
-        """Store ``batch`` in a lane thread; with ``wait``, wait for a free one first.
-
-        Without ``wait`` the caller is never held up by the sink: when every slot is busy, or
-        earlier batches still wait (they go first), the batch stays in the journal, pending
-        without an error, for ``DurableWriter.feed`` to hand on in journal order."""
+    def submit(self, batch: Batch[Any]) -> None:
+        """Store ``batch`` in a lane thread, once one is free (back-pressure)."""
         if self.down:
             self._left_pending(batch, None)
             return
-        if not wait:
-            with self._lock:
-                waiting = bool(self.pending)
-            if waiting or not self._slots.acquire(blocking=False):
-                self._left_pending(batch, None, counted=False)
-                return
         try:
             work = self.sink.stage(batch)
         except Exception as exc:
@@ -150,13 +140,10 @@ class Lane:
             # it (a record journaled under another declaration) leaves it pending for this
             # sink alone, as a failed delivery would, and the caller's write stands.
             log.exception("unexpected error preparing a batch for %s", self.sink.name)
-            if not wait:
-                self._slots.release()
             self._failed(exc)
             self._left_pending(batch, exc)
             return
-        if wait:
-            self._slots.acquire()
+        self._slots.acquire()
         future = self._executor.submit(self._run, batch, work)
         with self._lock:
             self._futures.add(future)
@@ -355,9 +342,9 @@ class Delivery:
             for sink in sinks
         ]
 
-    def submit(self, batch: Batch[Any], *, wait: bool = True) -> None:
+    def submit(self, batch: Batch[Any]) -> None:
         for lane in self.lanes:
-            lane.submit(batch, wait=wait)
+            lane.submit(batch)
 
     def defer(self, batch: Batch[Any]) -> None:
         """Leave ``batch`` in the journal for every lane, pending without an error."""

@@ -50,8 +50,8 @@ class DurableWriter:
         wait_for_lanes: bool = True,
     ) -> None:
         self.journal = journal
-        # False: a write never waits for a sink (background delivery); what a busy or
-        # recovering lane cannot take now waits in the journal for ``feed``.
+        # False: a write never waits for a sink (background delivery): it only journals, and
+        # ``feed`` (the feeder thread) hands what waits in the journal to each sink.
         self.wait_for_lanes = wait_for_lanes
         self.kind = kind or kind_named(journal.kind)
         self.sinks = list(sinks)
