@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from scrapesink.application.follow import Progress, follow
+from scrapesink.application.follow import follow
 from scrapesink.application.replay import ReplayResult
 from scrapesink.bootstrap import bootstrap
 from scrapesink.config import get_settings
@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=watch_stdin, name="scrapesink-stdin", daemon=True).start()
     try:
         app.repair()
-        passes = iter(range(1 << 62))
+        first = [True]
 
         def replay() -> ReplayResult:
-            # partitions premade on the first pass only (a pass every half second)
+            # partitions premade on the first pass only (a pass every half second); a day
+            # that comes later gets its partition from the event store on demand
             try:
-                return app.replay(prepare=next(passes) == 0)
+                return app.replay(prepare=first.pop() if first else False)
             except (ScrapesinkError, OSError) as exc:
                 # a pass that fails leaves the journals as they were: the next one tries again
                 message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
@@ -84,8 +85,6 @@ def _say(message: dict[str, object]) -> None:
     with contextlib.suppress(BrokenPipeError):  # the writer is gone: the passes still count
         print(json.dumps(message), flush=True)
 
-
-__all__ = ["Progress", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())
