@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from scrapesink.adapters.backup import Backups
 from scrapesink.adapters.csv_models import CsvModelSink, ModelCsvFiles
@@ -47,6 +47,7 @@ from scrapesink.application.operations import (
 )
 from scrapesink.application.outcomes import SinkReport
 from scrapesink.application.ports import EventReader, EventSink, ModelReader, RecordSink
+from scrapesink.application.ports import Journal as JournalPort
 from scrapesink.application.replay import ReplayResult, replay
 from scrapesink.application.runs import JobRun
 from scrapesink.config import Settings
@@ -54,6 +55,9 @@ from scrapesink.domain.declarations import load_models
 from scrapesink.domain.events import EventRules
 from scrapesink.domain.models import Declaration
 from scrapesink.errors import ConfigError, ScrapesinkError, TransientStorageError
+
+if TYPE_CHECKING:  # the redis extra is optional: imported when a journal URL asks for it
+    from scrapesink.adapters.redis_streams import RedisStreams
 
 SchemaPolicy = Literal["auto", "check", "skip"]
 log = logging.getLogger(__name__)
@@ -266,10 +270,20 @@ class App:
             sinks = record_kind.sinks(self)
             if sinks is None:
                 raise ConfigError(f"no model {record_kind.model!r} is declared")
-            if not self.delivers:
+            journal: JournalPort
+            if self.streams is not None:
+                # The shared journal: workers deliver (`scrapesink worker`), one consumer group
+                # per sink, made now so that a sink whose worker is not running keeps its entries.
+                from scrapesink.adapters.redis_streams import RedisJournal
+
+                journal = RedisJournal(self.streams, kind, [sink.name for sink in sinks])
                 sinks = []
-            journal = Journal.create(self.journal_dir, kind)
-            self._journal_paths.add(journal.path)
+            else:
+                if not self.delivers:
+                    sinks = []
+                local = Journal.create(self.journal_dir, kind)
+                self._journal_paths.add(local.path)
+                journal = local
             writer = self._writers[kind] = DurableWriter(
                 journal,
                 sinks,
@@ -281,6 +295,20 @@ class App:
                 wait_for_lanes=self.wait_for_lanes,
             )
         return writer
+
+    @cached_property
+    def streams(self) -> RedisStreams | None:
+        """The shared journal on Redis Streams (SCRAPESINK_JOURNAL_URL); None: local journals."""
+        url = self.settings.journal_url
+        if url is None:
+            return None
+        try:
+            from scrapesink.adapters.redis_streams import RedisStreams
+        except ImportError as exc:
+            raise ConfigError(
+                "SCRAPESINK_JOURNAL_URL needs the redis extra: pip install 'scrapesink[redis]'"
+            ) from exc
+        return RedisStreams(url.get_secret_value(), durability=self.settings.redis_durability)
 
     def writers(self) -> list[DurableWriter]:
         """The writers opened so far (raw events first)."""
@@ -431,6 +459,8 @@ class App:
                     for name, report in writer.close(catch_up=catch_up).items():
                         reports.setdefault(name, SinkReport()).add(report)
             finally:
+                if "streams" in self.__dict__ and self.streams is not None:
+                    self.streams.close()
                 self.database.close()
                 if self.embedded is not None:
                     # Now, not in an exit handler: a server stopped by SIGTERM (uvicorn

@@ -104,6 +104,24 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long a failed sink is left alone before a retry."
     )
 
+    # -- scale-out (a shared journal on Redis Streams, delivered by `scrapesink worker`) -------
+    journal_url: SecretStr | None = Field(
+        default=None,
+        description="redis://host:6379/0: journal to Redis Streams, workers deliver (unset:"
+        " the local SQLite journal, each process delivers its own).",
+    )
+    redis_durability: Literal["strict", "relaxed"] = Field(
+        default="strict",
+        description="strict: acknowledge only what Redis has fsynced (WAITAOF, or"
+        " appendfsync always); relaxed: may lose the last second of acknowledged records.",
+    )
+    worker_claim_idle: float = Field(
+        default=30.0, gt=0, description="Seconds before a silent worker's entries are claimed."
+    )
+    worker_batch: int = Field(
+        default=500, ge=1, le=100_000, description="Stream entries a worker reads at once."
+    )
+
     # -- maintenance and health -------------------------------------------------------------
     write_window: timedelta = Field(
         default=timedelta(days=2),
@@ -163,6 +181,16 @@ class Settings(BaseSettings):
         url = value.get_secret_value().strip()
         if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
+        return SecretStr(url)
+
+    @field_validator("journal_url")
+    @classmethod
+    def _check_journal_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix:// (Redis Streams)")
         return SecretStr(url)
 
     @model_validator(mode="after")

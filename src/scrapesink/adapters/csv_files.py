@@ -141,15 +141,35 @@ class CsvFiles:
                 )
             self._known_files.update(new_files)
 
+    def forget_below(self, journal_id: str, seq: int) -> int:
+        """Drop the ranges ending before ``seq`` (a shared journal's entries no consumer can
+        be handed again: every one of them is acknowledged)."""
+        with self._state(write=True) as db:
+            return db.execute(
+                "DELETE FROM progress WHERE journal_id = ? AND last_seq < ?", (journal_id, seq)
+            ).rowcount
+
     @staticmethod
     def _seen(db: sqlite3.Connection, batch: Batch[Any]) -> bool:
-        """Whether this journal range was delivered before (replayed after a crash)."""
-        return bool(
-            batch.journal_id
-            and db.execute(
-                "SELECT 1 FROM progress WHERE journal_id = ? AND first_seq = ?",
-                (batch.journal_id, batch.first),
-            ).fetchone()
+        """Whether this journal range was delivered before (replayed after a crash).
+
+        Checked under the write lock, so two writers handed the same range (a worker that
+        took over a silent one's entries) append it once. A range that only partly overlaps
+        one held is refused as transient: the caller plans again from ``delivered``."""
+        if not batch.journal_id:
+            return False
+        row = db.execute(
+            "SELECT first_seq, last_seq FROM progress WHERE journal_id = ? AND first_seq <= ?"
+            " ORDER BY first_seq DESC LIMIT 1",
+            (batch.journal_id, batch.last),
+        ).fetchone()
+        if row is None or row[1] < batch.first:
+            return False
+        if row[0] <= batch.first and row[1] >= batch.last:
+            return True
+        raise TransientStorageError(
+            f"journal {batch.journal_id} seqs {batch.first}..{batch.last} are partly in the CSV"
+            f" files already ({row[0]}..{row[1]}): delivery must be planned again"
         )
 
     def _commit(

@@ -44,13 +44,13 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_PACK = msgspec.msgpack.Encoder()
+PACK = msgspec.msgpack.Encoder()
 
 log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=256)
-def _decoder(kind: str) -> msgspec.msgpack.Decoder[list[Any]]:
+def records_decoder(kind: str) -> msgspec.msgpack.Decoder[list[Any]]:
     """Unpacks a batch of one kind's records (RawEvent and RecordOp are NamedTuples: msgspec
     unpacks them in C, datetime included)."""
     record_type = kind_named(kind).record_type
@@ -111,7 +111,7 @@ class Journal:
                 self.id = row[0]
             row = self._db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
             self.kind: str = row[0] if row else EVENTS
-            self._unpack = _decoder(self.kind)
+            self._unpack = records_decoder(self.kind)
             high = self._db.execute("SELECT coalesce(max(last_seq), 0) FROM batches").fetchone()
             self._last_seq: int = max(int(high[0]), self._meta_int("last_seq"))
             self._compacted = self._meta_int("compacted_upto")
@@ -160,9 +160,9 @@ class Journal:
         first = self._last_seq + 1
         last = first + len(records) - 1
         try:
-            packed = _PACK.encode(records)
+            packed = PACK.encode(records)
         except (TypeError, ValueError, OverflowError):
-            raise UnencodableRecords(_unencodable(records)) from None
+            raise UnencodableRecords(unencodable(records)) from None
         accepted = max(self._clock(), self._next_us)  # monotonic whatever the wall clock does
         try:
             self._db.execute(
@@ -262,13 +262,13 @@ class Journal:
             self._lock_fd = -1
 
 
-def _unencodable(records: Sequence[Any]) -> dict[int, tuple[str, str]]:
+def unencodable(records: Sequence[Any]) -> dict[int, tuple[str, str]]:
     """Which records the journal cannot encode: index -> (the field, why). Found one by one:
     the rare path."""
     reasons = {}
     for index, record in enumerate(records):
         try:
-            _PACK.encode(record)
+            PACK.encode(record)
         except (TypeError, ValueError, OverflowError) as exc:
             fields = getattr(record, "record", None)  # a model record's fields
             path = ""
@@ -280,7 +280,7 @@ def _unencodable(records: Sequence[Any]) -> dict[int, tuple[str, str]]:
 
 def _encodes(value: Any) -> bool:
     try:
-        _PACK.encode(value)
+        PACK.encode(value)
     except (TypeError, ValueError, OverflowError):
         return False
     return True

@@ -235,6 +235,10 @@ class RecordSink(Protocol[R]):
     def forget(self, journal_id: str) -> None:
         """The journal is gone: drop the sink's bookkeeping about it."""
 
+    def forget_below(self, journal_id: str, seq: int) -> int:
+        """Drop the bookkeeping of ranges ending before ``seq`` (a shared journal's entries
+        that can never be handed again); returns how many ranges went."""
+
     def repair(self) -> None:
         """Undo what a crash left half done (called at start-up)."""
 
@@ -293,3 +297,56 @@ class Journal(Protocol):
     def compact(self, upto: int) -> int: ...
 
     def close(self, *, remove_if_empty: bool = True) -> bool: ...
+
+
+class StreamEntry(Protocol):
+    """One batch of a shared journal: records ``first..last`` under one entry id."""
+
+    @property
+    def id(self) -> bytes: ...
+
+    @property
+    def first(self) -> int: ...
+
+    @property
+    def last(self) -> int: ...
+
+    def entries(self) -> Sequence[JournalEntry]: ...
+
+
+class SharedJournal(Protocol):
+    """The consuming side of a journal that many producers share (Redis Streams; NATS
+    JetStream or Kafka could stand in): one consumer group per sink, entries acknowledged
+    once the sink holds them, taken over from consumers that went silent."""
+
+    def journal_id(self, kind: str) -> str: ...
+
+    def kinds(self) -> list[str]: ...
+
+    def ensure_groups(self, kind: str, groups: Sequence[str]) -> None: ...
+
+    def read_group(
+        self,
+        kinds: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block_ms: int | None,
+        history: bool = False,
+    ) -> dict[str, list[Any]]: ...
+
+    def claim(
+        self, kind: str, group: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Any]: ...
+
+    def ack(self, kind: str, group: str, ids: Sequence[bytes]) -> None: ...
+
+    def settled_below(self, kind: str, group: str) -> int | None:
+        """The seq below which ``group`` has acknowledged every entry (None: not known)."""
+
+    def trim(self, kind: str) -> int: ...
+
+    def take_lease(self, name: str, holder: str, ms: int) -> bool: ...
+
+    def drop_lease(self, name: str, holder: str) -> None: ...

@@ -36,5 +36,15 @@ class JournalProgress:
         with self.database.connection() as conn:
             conn.execute("DELETE FROM journal_progress WHERE journal_id = %s", (journal_id,))
 
+    def forget_below(self, journal_id: str, seq: int) -> int:
+        """Drop the ranges ending before ``seq`` (a shared journal's entries no consumer can
+        be handed again: every one of them is acknowledged)."""
+        with self.database.connection() as conn:
+            cur = conn.execute(
+                "DELETE FROM journal_progress WHERE journal_id = %s AND last_seq < %s",
+                (journal_id, seq),
+            )
+        return cur.rowcount
+
     def repair(self) -> None:
         """Nothing to repair: every batch is one transaction."""

@@ -22,6 +22,7 @@ from scrapesink.entrypoints.cli import (
     records,
     serve,
     verify,
+    worker,
 )
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
@@ -75,6 +76,7 @@ app.command()(ops.health)
 app.command()(verify.verify)
 app.add_typer(ops.deadletters_app, name="deadletters")
 app.command()(serve.serve)
+app.command()(worker.worker)
 app.add_typer(serve.keys_app, name="keys")
 app.command()(serve.audit)
 app.command()(backup.restore)

@@ -304,6 +304,8 @@ def _print_model_summary(
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("read", f"{summary.read:,}")
+    if _published(table, summary):
+        return
     table.add_row("new or changed", f"[green]{summary.stored:,}[/]")
     table.add_row("unchanged", f"{summary.unchanged:,}")
     if summary.input_duplicates:
@@ -326,6 +328,8 @@ def _print_summary(
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("read", f"{summary.read:,}")
+    if _published(table, summary):
+        return
     table.add_row("inserted", f"[green]{summary.inserted:,}[/]")
     table.add_row("duplicates", f"{summary.duplicates:,}")
     if summary.input_duplicates:
@@ -338,6 +342,18 @@ def _print_summary(
         table.add_row("records with NUL removed", f"{summary.nul_cleaned:,}")
     out.print(table)
     _print_sinks(summary.sinks)
+
+
+def _published(table: Table, summary: IngestSummary | ModelSummary) -> bool:
+    """With a shared journal no store is written here: say what was published, and who
+    delivers it. False when this process delivered (the usual table follows)."""
+    if summary.sinks:
+        return False
+    table.add_row("published (acknowledged)", f"[green]{summary.accepted:,}[/]")
+    table.add_row("rejected", f"[red]{summary.rejected:,}[/]" if summary.rejected else "0")
+    out.print(table)
+    out.print("published to the shared journal: `scrapesink worker` delivers to the stores")
+    return True
 
 
 def _print_sinks(reports: dict[str, SinkReport]) -> None:

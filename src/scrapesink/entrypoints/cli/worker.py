@@ -1,0 +1,124 @@
+"""`scrapesink worker`: deliver the shared journal (Redis Streams) to the stores until stopped."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+import typer
+
+from scrapesink.application.worker import Worker, WorkerOptions
+from scrapesink.entrypoints.cli.common import (
+    EXIT_OK,
+    err,
+    escape,
+    fail,
+    handle_errors,
+    open_app,
+)
+
+SINKS = ("postgres", "csv")
+REPORT_SECONDS = 10.0
+
+
+@handle_errors
+def worker(
+    sink: str = typer.Option(
+        "all", "--sink", help="The store to deliver to: postgres, csv or all (both)."
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="This worker's consumer name (default: <host>-<pid>). A worker restarted under"
+        " its old name takes its unacknowledged entries back at once.",
+    ),
+) -> None:
+    """Deliver the shared journal (SCRAPESINK_JOURNAL_URL, Redis Streams) to the stores.
+
+    Producers (ingest, serve, the Python API, the Scrapy pipeline) with SCRAPESINK_JOURNAL_URL
+    set only publish; workers deliver. Each store has one consumer group: run as many postgres
+    workers as you like (they share the entries); CSV files have one writer at a time (the
+    other csv workers stand by on a lease in Redis). A worker that dies is replaced: its
+    entries are taken over after SCRAPESINK_WORKER_CLAIM_IDLE seconds. Stops on Ctrl-C or
+    SIGTERM after the batch in hand.
+    """
+    from scrapesink.adapters.redis_streams import consumer_name
+
+    if sink not in (*SINKS, "all"):
+        fail(f"--sink must be postgres, csv or all, not {sink!r}", 2)
+    with open_app(offline_ok=True) as app:
+        streams = app.streams
+        if streams is None:
+            fail("no shared journal: set SCRAPESINK_JOURNAL_URL=redis://host:6379/0")
+        streams.check_durability()
+        wanted = [s for s in SINKS if sink in (s, "all")]
+        if not app.settings.csv_enabled:
+            wanted = [s for s in wanted if s != "csv"]
+        if not wanted:
+            fail("CSV is disabled (SCRAPESINK_CSV_ENABLED=false): nothing to deliver")
+        if "csv" in wanted:
+            app.repair()  # a torn line a killed CSV writer left is cut before anything else
+        consumer = name or consumer_name()
+        settings = app.settings
+        workers = [
+            Worker(
+                streams,
+                s,
+                consumer,
+                app.sinks_for,
+                app.dead_letters,
+                app.policy,
+                options=WorkerOptions(
+                    claim_idle_seconds=settings.worker_claim_idle,
+                    count=settings.worker_batch,
+                    batch_size=settings.batch_size,
+                    lease="csv" if s == "csv" else None,
+                ),
+                observer=app.observer,
+            )
+            for s in wanted
+        ]
+        stop = threading.Event()
+
+        def stopping(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
+        threads = [
+            threading.Thread(target=w.run, args=(stop,), name=f"worker-{w.sink}", daemon=True)
+            for w in workers
+        ]
+        err.print(
+            f"worker {escape(consumer)}: delivering {', '.join(wanted)} from"
+            f" {escape(streams.where)} (Ctrl-C to stop)",
+            highlight=False,
+        )
+        for thread in threads:
+            thread.start()
+        last = time.monotonic()
+        while any(t.is_alive() for t in threads) and not stop.wait(0.5):
+            if time.monotonic() - last >= REPORT_SECONDS:
+                last = time.monotonic()
+                err.print(_line(workers), highlight=False)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        err.print(_line(workers), highlight=False)
+    raise typer.Exit(EXIT_OK)
+
+
+def _line(workers: list[Worker]) -> str:
+    parts = []
+    for w in workers:
+        r = w.report()
+        text = f"{w.sink}: {r.stored:,} stored, {r.duplicates:,} duplicates, {r.unchanged:,}"
+        text += f" unchanged, {r.dead_letters:,} dead letters"
+        if not w.holds_lease:
+            text += " (standing by: another worker holds the lease)"
+        elif r.error:
+            text += f" (last error: {r.error})"
+        parts.append(text)
+    return "; ".join(parts)
