@@ -13,6 +13,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -165,3 +166,13 @@ def worker_id(request: pytest.FixtureRequest) -> str:
     """The xdist worker name (``master`` without xdist)."""
     workerinput = getattr(request.config, "workerinput", None)
     return workerinput["workerid"] if workerinput else "master"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server of the test's own with AOF and ``appendfsync always``."""
+    from tests.support import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.close()

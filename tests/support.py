@@ -134,3 +134,71 @@ class ApiServer:
             self.process.wait()
         self._log_file.close()
         return self.log.read_text()
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own (the machine's package) on a free port, with its
+    AOF fsynced on every write, which the test may kill (-9) and start again: the shared Redis
+    on 6379 keeps nothing on disk and is never restarted."""
+
+    def __init__(self, directory: Path, *, appendfsync: str = "always") -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.appendfsync = appendfsync
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server did not start: {log}")
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer in 30 s")
+
+    def kill(self) -> None:
+        """``kill -9``: what the AOF holds is all that survives."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            self.process = None

@@ -35,6 +35,7 @@ from scrapesink.adapters.postgres.model_sink import PostgresModelSink
 from scrapesink.adapters.postgres.partitions import PartitionManager
 from scrapesink.application.delivery import DeliveryObserver, RetryPolicy
 from scrapesink.application.durable import DurableWriter
+from scrapesink.application.health import Check, Health, group_checks
 from scrapesink.application.ingest import IngestService
 from scrapesink.application.kinds import EVENTS, ModelKind, kind_named
 from scrapesink.application.models import ModelService
@@ -54,7 +55,7 @@ from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models
 from scrapesink.domain.events import EventRules
 from scrapesink.domain.models import Declaration
-from scrapesink.errors import ConfigError, ScrapesinkError, TransientStorageError
+from scrapesink.errors import ConfigError, ScrapesinkError, StorageError, TransientStorageError
 
 if TYPE_CHECKING:  # the redis extra is optional: imported when a journal URL asks for it
     from scrapesink.adapters.redis_streams import RedisStreams
@@ -393,6 +394,19 @@ class App:
             except TransientStorageError as exc:
                 log.info("status without PostgreSQL: %s", exc.message)
         return self.operations.status(database_up=False)
+
+    def health(self) -> Health:
+        """The installation's health checks, with one per consumer group of the shared journal
+        (a group idle with entries to deliver fails)."""
+        report = self.operations.health()
+        if self.streams is None:
+            return report
+        try:
+            groups = self.streams.groups()
+        except StorageError as exc:
+            return Health([*report.checks, Check("shared journal", False, exc.message)])
+        idle = max(2 * self.settings.worker_claim_idle, 60.0)
+        return Health([*report.checks, *group_checks(groups, idle)])
 
     def gauges(self, status: Any = None) -> Gauges:
         """The pipeline gauges of this installation (a Prometheus collector)."""

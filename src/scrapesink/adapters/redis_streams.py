@@ -361,7 +361,7 @@ class RedisStreams:
                 if not last:
                     return 0
                 low = last[0][0]
-            return int(self.client.xtrim(stream_key(kind), minid=low))
+            return int(self.client.xtrim(stream_key(kind), minid=low, approximate=False))
 
     def groups(self, kinds: Sequence[str] | None = None) -> list[GroupInfo]:
         out = []

@@ -280,6 +280,10 @@ def _looks_like_csv(stream: Any) -> bool:
 
 def _one_line(summary: WriteSummary, name: str) -> None:
     parts = [f"{name}: read {summary.read:,}"]
+    if not summary.sinks:  # a shared journal: published, workers deliver
+        parts.append(f"published {summary.accepted:,}, rejected {summary.rejected:,}")
+        out.print(", ".join(parts), highlight=False)
+        return
     if summary.model is None:
         parts.append(f"inserted {summary.inserted:,}, duplicates {summary.duplicates:,}")
     else:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -15,6 +17,7 @@ from scrapesink.adapters.export import export_excel
 from scrapesink.application.kinds import kind_named
 from scrapesink.application.replay import retry_dead_letters
 from scrapesink.bootstrap import bootstrap, csv_files, dead_letter_store, offline_status
+from scrapesink.config import Settings
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
     EXIT_OK,
@@ -27,7 +30,10 @@ from scrapesink.entrypoints.cli.common import (
     out,
     settings,
 )
-from scrapesink.errors import TransientStorageError
+from scrapesink.errors import StorageError, TransientStorageError
+
+if TYPE_CHECKING:
+    from scrapesink.adapters.redis_streams import GroupInfo
 
 deadletters_app = typer.Typer(
     help="Records a store refused permanently: list, show, retry, purge.", no_args_is_help=True
@@ -63,10 +69,18 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
             report = app.status()
         finally:
             app.close()
+    groups, groups_error = _groups(config)
+    behind = any((g.lag or 0) + g.pending for g in groups)
     if as_json:
-        print(json.dumps(report.as_dict()))
+        whole = report.as_dict()
+        if config.journal_url is not None:
+            whole["groups"] = [asdict(g) for g in groups]
+            whole["groups_error"] = groups_error
+        print(json.dumps(whole))
     else:
         out.print(f"database: {escape(database)}", highlight=False)
+        if config.journal_url is not None:
+            _print_groups(groups, groups_error)
         table = Table("sink", "pending", "oldest pending", "dead letters")
         for name, sink in report.sinks.items():
             shown = f"[yellow]{sink.pending:,}[/]" if sink.pending else "0"
@@ -78,7 +92,37 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON object."
         )
         for problem in report.csv_problems:
             out.print(f"[yellow]CSV file not checked at start-up:[/] {escape(problem)}")
-    raise typer.Exit(EXIT_PENDING if report.pending else EXIT_OK)
+    raise typer.Exit(EXIT_PENDING if report.pending or behind else EXIT_OK)
+
+
+def _groups(config: Settings) -> tuple[list[GroupInfo], str | None]:
+    """The shared journal's consumer groups (none without SCRAPESINK_JOURNAL_URL), or why
+    they could not be read."""
+    if config.journal_url is None:
+        return [], None
+    from scrapesink.adapters.redis_streams import RedisStreams
+
+    streams = RedisStreams(config.journal_url.get_secret_value())
+    try:
+        return streams.groups(), None
+    except StorageError as exc:
+        return [], exc.message
+    finally:
+        streams.close()
+
+
+def _print_groups(groups: list[GroupInfo], error: str | None) -> None:
+    if error is not None:
+        err.print(f"[yellow]shared journal unreadable:[/] {escape(error)}", highlight=False)
+        return
+    table = Table(
+        "stream", "group (sink)", "lag", "pending", "consumers", "idle", title="shared journal"
+    )
+    for g in groups:
+        idle = "-" if g.idle_ms is None else f"{g.idle_ms / 1000:.1f} s"
+        lag = "?" if g.lag is None else f"{g.lag:,}"
+        table.add_row(g.kind, g.group, lag, f"{g.pending:,}", str(g.consumers), idle)
+    out.print(table)
 
 
 @handle_errors
@@ -264,7 +308,7 @@ def health(as_json: bool = typer.Option(False, "--json", help="One JSON object."
     premade, nothing pending longer than SCRAPESINK_HEALTH_MAX_PENDING_AGE, at least
     SCRAPESINK_HEALTH_MIN_FREE_BYTES free in the data directory. Exit code 1 when not."""
     with open_app(announce=False, offline_ok=True, schema="skip") as app:
-        report = app.operations.health()
+        report = app.health()
     if as_json:
         print(json.dumps(report.as_dict()))
     else:

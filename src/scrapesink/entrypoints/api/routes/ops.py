@@ -179,7 +179,7 @@ def health(services: ServicesDep) -> JSONResponse:
     """The checks of `scrapesink health` (database, migrations, partitions, pending age, disk):
     ``status`` is ``degraded`` when any fails; the answer is 503 only when PostgreSQL does not
     answer (ingest goes on into the journal meanwhile)."""
-    checks = services.app.operations.health()
+    checks = services.app.health()
     database = next(c for c in checks.checks if c.name == "database")
     report = services.status(database_up=database.ok)
     now = datetime.now(UTC)
