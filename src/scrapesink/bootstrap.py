@@ -46,7 +46,7 @@ from scrapesink.application.operations import (
     Progress,
     pipeline_status,
 )
-from scrapesink.application.outcomes import SinkReport
+from scrapesink.application.outcomes import RemoteOutcomes, SinkReport
 from scrapesink.application.ports import EventReader, EventSink, ModelReader, RecordSink
 from scrapesink.application.ports import Journal as JournalPort
 from scrapesink.application.replay import ReplayResult, replay
@@ -58,6 +58,8 @@ from scrapesink.domain.models import Declaration
 from scrapesink.errors import ConfigError, ScrapesinkError, StorageError, TransientStorageError
 
 if TYPE_CHECKING:  # the redis extra is optional: imported when a journal URL asks for it
+    from scrapesink.adapters.redis_deadletters import RedisDeadLetters
+    from scrapesink.adapters.redis_outcomes import OutcomeListener
     from scrapesink.adapters.redis_streams import RedisStreams
 
 SchemaPolicy = Literal["auto", "check", "skip"]
@@ -70,7 +72,13 @@ def journal_views(settings: Settings) -> list[JournalInfo]:
     return [inspect(path) for path in Journal.files(settings.paths.journals)]
 
 
-def dead_letter_store(settings: Settings) -> DeadLetterStore:
+def dead_letter_store(settings: Settings) -> DeadLetterStore | RedisDeadLetters:
+    """The local store (the data dir), or with a shared journal the one all workers share."""
+    if settings.journal_url is not None:
+        from scrapesink.adapters.redis_deadletters import RedisDeadLetters
+        from scrapesink.adapters.redis_streams import RedisStreams
+
+        return RedisDeadLetters(RedisStreams(settings.journal_url.get_secret_value()))
     return DeadLetterStore(settings.paths.dead_letters)
 
 
@@ -133,10 +141,11 @@ class App:
     def __post_init__(self) -> None:
         self.paths = self.settings.paths
         self.csv = CsvEventSink(self.settings.data_dir)
-        self.dead_letters = dead_letter_store(self.settings)
+        self.dead_letters: DeadLetterStore | RedisDeadLetters = dead_letter_store(self.settings)
         self.journal_dir = self.paths.journals
         self._journal_paths: set[Path] = set()
         self._declaration: Declaration | None = None
+        self._listener: OutcomeListener | None = None
         self.model_schema = ModelSchema(self.database)
         self.upkeep = Maintenance(self.database, self.partitions)
 
@@ -272,13 +281,16 @@ class App:
             if sinks is None:
                 raise ConfigError(f"no model {record_kind.model!r} is declared")
             journal: JournalPort
+            remote = None
             if self.streams is not None:
                 # The shared journal: workers deliver (`scrapesink worker`), one consumer group
                 # per sink, made now so that a sink whose worker is not running keeps its entries.
                 from scrapesink.adapters.redis_streams import RedisJournal
 
-                journal = RedisJournal(self.streams, kind, [sink.name for sink in sinks])
+                names = [sink.name for sink in sinks]
+                journal = RedisJournal(self.streams, kind, names)
                 sinks = []
+                remote = self._outcomes(names)
             else:
                 if not self.delivers:
                     sinks = []
@@ -294,8 +306,19 @@ class App:
                 kind=record_kind,
                 observer=self.observer,
                 wait_for_lanes=self.wait_for_lanes,
+                remote=remote,
             )
         return writer
+
+    def _outcomes(self, sinks: Sequence[str]) -> RemoteOutcomes:
+        """What workers report, for writes that wait for it (one listener per process)."""
+        from scrapesink.adapters.redis_outcomes import OutcomeListener
+
+        assert self.streams is not None
+        if self._listener is None:
+            wait = self.settings.worker_outcome_wait
+            self._listener = OutcomeListener(self.streams, sinks, wait_seconds=wait)
+        return self._listener
 
     @cached_property
     def streams(self) -> RedisStreams | None:
@@ -473,6 +496,8 @@ class App:
                     for name, report in writer.close(catch_up=catch_up).items():
                         reports.setdefault(name, SinkReport()).add(report)
             finally:
+                if self._listener is not None:
+                    self._listener.close()
                 if "streams" in self.__dict__ and self.streams is not None:
                     self.streams.close()
                 self.database.close()

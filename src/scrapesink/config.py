@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     worker_claim_idle: float = Field(
         default=30.0, gt=0, description="Seconds before a silent worker's entries are claimed."
     )
+    worker_outcome_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long serve waits for workers to report a request's records (then:"
+        " pending).",
+    )
     worker_batch: int = Field(
         default=500, ge=1, le=100_000, description="Stream entries a worker reads at once."
     )

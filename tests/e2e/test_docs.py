@@ -90,7 +90,7 @@ def test_every_command_the_readme_names_exists():
 
 # Commands the README names that are not run as they stand: they serve forever, are
 # interactive, or destroy what the commands after them look at; their --help is checked.
-_NOT_RUN = {("serve",), ("db", "shell"), ("db", "downgrade"), ("deadletters", "purge")}
+_NOT_RUN = {("serve",), ("worker",), ("db", "shell"), ("db", "downgrade"), ("deadletters", "purge")}
 # Without what they need they explain it: a usage answer (export: a format; prune: what to keep)
 _EXPECTED_EXIT = {("export",): 2, ("backup", "prune"): 2}
 

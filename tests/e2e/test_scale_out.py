@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from tests.conftest import env_for
-from tests.support import SCRAPESINK, RedisServer, StoppablePostgres, fresh_db
+from tests.support import SCRAPESINK, ApiServer, RedisServer, StoppablePostgres, fresh_db
 
 PRODUCERS = 4
 EVENTS_EACH = 10_000  # the 50k each runs in bench/scale_out.py; CI keeps this smaller
@@ -296,3 +296,38 @@ def launched() -> Iterator[list[Workers]]:
     yield groups
     for group in groups:
         group.close()
+
+
+def api_event(i: int) -> dict[str, object]:
+    return {"source": "api", "source_id": str(i), "occurred_at": "2026-12-01T00:00:00Z",
+            "payload": {"i": i}}  # fmt: skip
+
+
+def test_serve_answers_each_record_with_what_the_workers_did(
+    database_url: str,
+    data_dir: Path,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    launched: list[Workers],
+) -> None:
+    shared = {"SCRAPESINK_JOURNAL_URL": redis_server.url, "SCRAPESINK_WORKER_OUTCOME_WAIT": "2"}
+    server = ApiServer(database_url, data_dir, "--no-auth", **shared)
+    try:
+        with server.client() as client:
+            # no worker runs: published (acknowledged), pending after the bounded wait
+            early = client.post("/api/v1/events", json=[api_event(1), api_event(2)])
+            assert early.status_code == 202, early.text
+            assert [r["status"] for r in early.json()["results"]] == ["pending", "pending"]
+            workers = Workers(env_for(database_url, data_dir, **shared), tmp_path)
+            launched.append(workers)
+            workers.start("all")
+            wait_drained(workers.env)
+            late = client.post("/api/v1/events", json=[api_event(1), api_event(3)])
+            assert late.status_code == 200, late.text
+            body = late.json()
+            assert [r["status"] for r in body["results"]] == ["duplicate", "stored"]
+            assert body["sinks"]["csv"]["stored"] == 1 and body["sinks"]["postgres"]["stored"] == 1
+            workers.stop_all()
+    finally:
+        server.stop()
+    assert scalar(database_url, "SELECT count(*) FROM raw_events") == 3

@@ -19,12 +19,14 @@ import pytest
 import redis
 
 from scrapesink.adapters.csv_sink import CsvEventSink
+from scrapesink.adapters.redis_deadletters import RedisDeadLetters
 from scrapesink.adapters.redis_streams import RedisJournal, RedisStreams, entry_us, stream_key
 from scrapesink.adapters.verify import verify
 from scrapesink.application.kinds import EVENTS
 from scrapesink.application.ports import Batch
+from scrapesink.application.replay import republish_dead_letters
 from scrapesink.application.worker import Worker, WorkerOptions
-from scrapesink.bootstrap import App, bootstrap
+from scrapesink.bootstrap import App, bootstrap, dead_letter_store
 from scrapesink.config import Settings
 from scrapesink.domain.events import RawEvent
 from scrapesink.entrypoints.python import Sink
@@ -252,3 +254,32 @@ def test_health_fails_on_a_group_with_lag_and_no_worker(shared: App) -> None:
     run_until_done(shared, [worker(shared, "postgres", "pg"), worker(shared, "csv", "csv")])
     checks = {c.name: c for c in shared.health().checks}
     assert checks["group postgres events"].ok and checks["group csv events"].ok
+
+
+def test_a_refused_record_goes_to_the_shared_dead_letters_and_retry_publishes_it_again(
+    shared: App, database_url: str, data_dir: Path
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE raw_events ADD CONSTRAINT no_poison CHECK (source <> 'poison')")
+    Sink(shared).write_events([event(1), event(2, source="poison"), event(3)])
+    workers = [worker(shared, "postgres", "pg"), worker(shared, "csv", "csv")]
+    run_until_done(shared, workers)
+    assert count(database_url, "raw_events") == 2  # the neighbours are stored
+    # in Redis: any process of the installation sees it, on any machine
+    store = dead_letter_store(shared.settings)
+    assert isinstance(store, RedisDeadLetters)
+    (letter,) = store.list()
+    assert (letter.sink, letter.record.source, letter.attempts) == ("postgres", "poison", 1)
+    assert letter.accepted_us is not None
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE raw_events DROP CONSTRAINT no_poison")
+    assert shared.streams is not None
+    assert republish_dead_letters(store.list(), shared.streams.republish, store) == 1
+    assert store.list() == []
+    run_until_done(shared, workers)
+    assert count(database_url, "raw_events") == 3
+    assert len(csv_lines(data_dir)) == 3  # the CSV copy is not written twice
+    with psycopg.connect(database_url) as conn:
+        stamp = conn.execute("SELECT stamp FROM raw_event_keys WHERE source = 'poison'").fetchone()
+    assert stamp is not None and bytes(stamp[0])[:8] == letter.accepted_us.to_bytes(8, "big")
+    assert verify(shared.database, shared.declaration, data_dir).ok

@@ -38,16 +38,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import msgspec
 import redis
 import redis.exceptions
 
 from scrapesink.adapters.journal import PACK, Entry, records_decoder, unencodable
+from scrapesink.application.outcomes import Outcome
 from scrapesink.errors import ConfigError, StorageError, TransientStorageError, UnencodableRecords
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS: stream, meta. ARGV: record count, packed records, a journal id should the stream be new.
+# KEYS: stream, meta. ARGV: record count, packed records, a journal id should the stream be new,
+# and for records published again: their acceptance times (packed) and their journal.
 # Returns {first seq, acceptance µs of the first record, the stream's journal id}.
 _PUBLISH = """
 redis.call('HSETNX', KEYS[2], 'id', ARGV[3])
@@ -58,8 +61,12 @@ local us = math.max(now, tonumber(redis.call('HGET', KEYS[2], 'next_us') or '0')
 local last = redis.call('HINCRBY', KEYS[2], 'seq', n)
 redis.call('HSET', KEYS[2], 'next_us', string.format('%d', us + n))
 local ms = math.floor(us / 1000)
-redis.call('XADD', KEYS[1], string.format('%d-%d', ms, us - ms * 1000),
-           'f', last - n + 1, 'r', ARGV[2])
+local id = string.format('%d-%d', ms, us - ms * 1000)
+if ARGV[4] == '' then
+  redis.call('XADD', KEYS[1], id, 'f', last - n + 1, 'r', ARGV[2])
+else  -- records published again (dead letters retried) keep their own stamps
+  redis.call('XADD', KEYS[1], id, 'f', last - n + 1, 'r', ARGV[2], 'a', ARGV[4], 'o', ARGV[5])
+end
 return {last - n + 1, string.format('%d', us), redis.call('HGET', KEYS[2], 'id')}
 """
 # Renew a lease only if still ours. KEYS: lease. ARGV: holder, milliseconds.
@@ -70,6 +77,10 @@ end
 return 0
 """
 WAITAOF_TIMEOUT_MS = 5000
+# What workers did with each range, for producers waiting on it (``redis_outcomes.py``): notices,
+# not data, so capped by length
+OUTCOMES = "scrapesink:outcomes"
+OUTCOMES_KEPT = 100_000
 
 
 def stream_key(kind: str) -> str:
@@ -105,12 +116,20 @@ class StreamEntry:
     id: bytes
     first: int
     records: list[Any]
+    #: records published again: their own acceptance times, and the journal that gave them
+    stamps: list[int] | None = None
+    origin: str | None = None
 
     @property
     def last(self) -> int:
         return self.first + len(self.records) - 1
 
     def entries(self) -> list[Entry]:
+        if self.stamps is not None:
+            return [
+                Entry(self.first + i, r, t)
+                for i, (r, t) in enumerate(zip(self.records, self.stamps, strict=True))
+            ]
         start = entry_us(self.id)
         return [Entry(self.first + i, r, start + i) for i, r in enumerate(self.records)]
 
@@ -221,8 +240,20 @@ class RedisStreams:
         names = [k.decode() if isinstance(k, bytes) else k for k in keys]
         return sorted(n[len("scrapesink:{") : -len("}:stream")] for n in names)
 
-    def publish(self, kind: str, records: Sequence[Any], new_id: str) -> tuple[int, int, str]:
+    def publish(
+        self,
+        kind: str,
+        records: Sequence[Any],
+        new_id: str,
+        *,
+        stamps: Sequence[int] | None = None,
+        origin: str | None = None,
+    ) -> tuple[int, int, str]:
         """Add one batch durably; returns (first seq, first record's acceptance µs, journal id).
+
+        ``stamps`` and ``origin``: records published again (retried dead letters) keep the
+        acceptance times they got in ``origin``, so a retry is never newer than the records
+        accepted after it.
 
         Raises:
             UnencodableRecords: some records cannot be packed (nothing is published).
@@ -235,10 +266,13 @@ class RedisStreams:
             raise UnencodableRecords(unencodable(records)) from None
         self.check_durability()
         keys = [stream_key(kind), meta_key(kind)]
+        args: list[bytes | str | int] = [len(records), packed, new_id, "", ""]
+        if stamps is not None:
+            args[3:] = [PACK.encode(list(stamps)), origin or ""]
         with translated(self.where):
             if self._wait_aof:
                 pipe = self.client.pipeline(transaction=False)
-                self._publish(keys=keys, args=[len(records), packed, new_id], client=pipe)
+                self._publish(keys=keys, args=args, client=pipe)
                 pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
                 reply, (local, _replicas) = pipe.execute()
                 if int(local) < 1:
@@ -246,9 +280,15 @@ class RedisStreams:
                         f"Redis at {self.where} did not confirm the batch on disk in time"
                     )
             else:
-                reply = self._publish(keys=keys, args=[len(records), packed, new_id])
+                reply = self._publish(keys=keys, args=args)
         first, accepted, journal_id = reply
         return int(first), int(accepted), journal_id.decode()
+
+    def republish(
+        self, kind: str, records: Sequence[Any], stamps: Sequence[int] | None, origin: str
+    ) -> None:
+        """Publish records again (retried dead letters) with their stamps, to every group."""
+        self.publish(kind, records, self.journal_id(kind), stamps=stamps, origin=origin)
 
     def read_range(self, kind: str, first: int, last: int) -> Iterator[StreamEntry]:
         """Entries holding seqs ``first..last``, in order (a scan: for tools, not hot paths)."""
@@ -302,6 +342,16 @@ class RedisStreams:
             if start in (b"0-0", "0-0"):
                 break
         return taken
+
+    def report_outcomes(self, outcomes: Sequence[Outcome]) -> None:
+        """Tell waiting producers what a worker did (``redis_outcomes.OutcomeListener``)."""
+        if not outcomes:
+            return
+        with translated(self.where):
+            pipe = self.client.pipeline(transaction=False)
+            for outcome in outcomes:
+                pipe.xadd(OUTCOMES, outcome.fields(), maxlen=OUTCOMES_KEPT, approximate=True)
+            pipe.execute()
 
     def ack(self, kind: str, group: str, ids: Sequence[bytes]) -> None:
         if ids:
@@ -402,8 +452,15 @@ class RedisStreams:
             self._renew(keys=[f"scrapesink:lease:{name}"], args=[holder, 1])
 
 
+_STAMPS = msgspec.msgpack.Decoder(list[int])
+
+
 def _entry(entry_id: bytes, fields: dict[bytes, bytes], decode: Any) -> StreamEntry:
-    return StreamEntry(entry_id, int(fields[b"f"]), decode.decode(fields[b"r"]))
+    records = decode.decode(fields[b"r"])
+    if b"a" not in fields:
+        return StreamEntry(entry_id, int(fields[b"f"]), records)
+    origin = fields[b"o"].decode() or None
+    return StreamEntry(entry_id, int(fields[b"f"]), records, _STAMPS.decode(fields[b"a"]), origin)
 
 
 def _id_order(entry_id: bytes) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from scrapesink.application.kinds import RecordKind
-from scrapesink.application.outcomes import DEAD_LETTER, PENDING, STORED, Receipt, SinkReport
+from scrapesink.application.outcomes import DEAD_LETTER, PENDING, STORED, Noted, SinkReport
 from scrapesink.application.ports import Batch, DeadLetters, RecordSink, WriteOutcome
 from scrapesink.errors import (
     ConstraintError,
@@ -105,7 +105,7 @@ class Lane:
     report: SinkReport = field(default_factory=SinkReport)
     handled: list[tuple[int, int]] = field(default_factory=list)  # ranges stored or dead
     pending: list[tuple[int, int]] = field(default_factory=list)
-    receipts: list[Receipt] = field(default_factory=list)  # shared with the Delivery
+    receipts: list[Noted] = field(default_factory=list)  # shared with the Delivery
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -336,7 +336,7 @@ class Delivery:
         policy: RetryPolicy,
         observer: DeliveryObserver = UNOBSERVED,
     ) -> None:
-        self.receipts: list[Receipt] = []
+        self.receipts: list[Noted] = []
         self.lanes = [
             Lane(kind, sink, dead_letters, policy, observer, receipts=self.receipts)
             for sink in sinks

@@ -22,7 +22,7 @@ from scrapesink.application.delivery import (
     contiguous_end,
 )
 from scrapesink.application.kinds import RecordKind, kind_named
-from scrapesink.application.outcomes import Receipt, SinkReport
+from scrapesink.application.outcomes import Receipt, RemoteOutcomes, SinkReport
 from scrapesink.application.ports import Batch, DeadLetters, Journal, JournalEntry, RecordSink
 from scrapesink.errors import (
     ScrapesinkError,
@@ -48,8 +48,12 @@ class DurableWriter:
         kind: RecordKind | None = None,
         observer: DeliveryObserver = UNOBSERVED,
         wait_for_lanes: bool = True,
+        remote: RemoteOutcomes | None = None,
     ) -> None:
         self.journal = journal
+        # A shared journal: no lane here, workers deliver; what they did arrives through
+        # ``remote`` for the receipts of writes that wait for it.
+        self.remote = remote
         # False: a write never waits for a sink (background delivery): it only journals, and
         # ``feed`` (the feeder thread) hands what waits in the journal to each sink.
         self.wait_for_lanes = wait_for_lanes
@@ -80,16 +84,27 @@ class DurableWriter:
         the ``with`` block: concurrent callers each learn what became of their own records."""
         receipt = Receipt(self.journal.id)
         self.delivery.receipts.append(receipt)
+        if self.remote is not None:
+            self.remote.start()  # before the write: no outcome of it can pass unseen
+            self.remote.register(receipt)
         try:
             yield receipt
         finally:
             self.delivery.receipts.remove(receipt)
+            if self.remote is not None:
+                self.remote.unregister(receipt)
 
     def wait(self, receipt: Receipt) -> dict[str, SinkReport]:
         """Wait until every sink answered for the receipt's records (stored, or left pending:
         a lane gives up after the retry policy's time); per sink, what it did with them."""
         names = [lane.sink.name for lane in self.delivery.lanes]
-        receipt.wait(names)
+        if self.remote is not None and not names:
+            # workers answer when they have delivered: waited for a bounded time, what they
+            # have not answered for is pending (safe in the shared journal)
+            names = list(self.remote.sinks)
+            receipt.wait(names, timeout=self.remote.wait_seconds)
+        else:
+            receipt.wait(names)
         return {name: receipt.report(name) for name in names}
 
     def _write(self, records: Sequence[Any], receipt: Receipt | None = None) -> tuple[int, int]:

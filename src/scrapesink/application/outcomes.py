@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from scrapesink.application.ports import Batch, WriteOutcome
 
@@ -55,6 +55,30 @@ class SinkReport:
             dead_letters=self.dead_letters - before.dead_letters,
             error=self.error if self.pending > before.pending else None,
         )
+
+
+class Noted(Protocol):
+    """What a delivery lane tells of each range it handled: a :class:`Receipt`, or a worker's
+    :class:`OutcomeNotes` that passes it on to the producers waiting for it."""
+
+    def note(
+        self, sink: str, batch: Batch[Any], outcome: WriteOutcome | None, status: str = ...
+    ) -> None: ...
+
+
+class RemoteOutcomes(Protocol):
+    """What workers of a shared journal did, for the receipts of writes waiting on it."""
+
+    #: the sinks workers deliver to (each answers for every record)
+    sinks: Sequence[str]
+    #: how long a write waits for them before answering pending
+    wait_seconds: float
+
+    def start(self) -> None: ...
+
+    def register(self, receipt: Receipt) -> None: ...
+
+    def unregister(self, receipt: Receipt) -> None: ...
 
 
 class Receipt:
@@ -131,3 +155,67 @@ def _status_of(seq: int, outcome: WriteOutcome | None, status: str) -> str:
     if seq in outcome.duplicate_seqs:
         return DUPLICATE
     return STORED
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One delivered (or refused, or left pending) range of one journal at one sink."""
+
+    sink: str
+    journal_id: str
+    first: int
+    last: int
+    status: str
+    duplicates: Sequence[int] = ()
+    unchanged: Sequence[int] = ()
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "s": self.sink,
+            "j": self.journal_id,
+            "f": str(self.first),
+            "l": str(self.last),
+            "st": self.status,
+            "d": ",".join(map(str, self.duplicates)),
+            "u": ",".join(map(str, self.unchanged)),
+        }
+
+    @classmethod
+    def parse(cls, fields: dict[bytes, bytes]) -> Outcome:
+        def seqs(key: bytes) -> list[int]:
+            text = fields.get(key, b"").decode()
+            return [int(x) for x in text.split(",")] if text else []
+
+        return cls(
+            fields[b"s"].decode(),
+            fields[b"j"].decode(),
+            int(fields[b"f"]),
+            int(fields[b"l"]),
+            fields[b"st"].decode(),
+            seqs(b"d"),
+            seqs(b"u"),
+        )
+
+
+class OutcomeNotes:
+    """Collects what a worker's lane notes (it stands where a receipt would), to publish."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+
+    def note(
+        self, sink: str, batch: Batch[Any], outcome: WriteOutcome | None, status: str = STORED
+    ) -> None:
+        duplicates = sorted(outcome.duplicate_seqs) if outcome else []
+        unchanged = sorted(outcome.unchanged_seqs) if outcome else []
+        with self._lock:
+            self.outcomes.append(
+                Outcome(sink, batch.journal_id, batch.first, batch.last, status, duplicates,
+                        unchanged)
+            )  # fmt: skip
+
+    def take(self) -> list[Outcome]:
+        with self._lock:
+            taken, self.outcomes = self.outcomes, []
+        return taken

@@ -311,6 +311,10 @@ class StreamEntry(Protocol):
     @property
     def last(self) -> int: ...
 
+    @property
+    def origin(self) -> str | None:
+        """The journal its records were first accepted in (records published again)."""
+
     def entries(self) -> Sequence[JournalEntry]: ...
 
 
@@ -341,6 +345,9 @@ class SharedJournal(Protocol):
     ) -> list[Any]: ...
 
     def ack(self, kind: str, group: str, ids: Sequence[bytes]) -> None: ...
+
+    def report_outcomes(self, outcomes: Sequence[Any]) -> None:
+        """Tell producers waiting on their records what the sink did (``outcomes.Outcome``)."""
 
     def settled_below(self, kind: str, group: str) -> int | None:
         """The seq below which ``group`` has acknowledged every entry (None: not known)."""

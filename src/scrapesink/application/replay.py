@@ -188,3 +188,36 @@ def retry_dead_letters(
     finally:
         store.remove(result.stored)
     return result
+
+
+class Publish(Protocol):
+    """Publish records again to a shared journal, keeping their stamps (``RedisStreams``)."""
+
+    def __call__(
+        self, kind: str, records: Sequence[Any], stamps: Sequence[int] | None, origin: str
+    ) -> None: ...
+
+
+def republish_dead_letters(
+    letters: Sequence[DeadLetterLike], publish: Publish, store: DeadLetterRecords
+) -> int:
+    """Publish dead letters to the shared journal again, for the workers to deliver; each
+    keeps the stamp it was accepted with (a retry is never newer than what came after it).
+    Published letters leave the store: a record refused again comes back as a new letter. The
+    sink that stored it the first time finds it a duplicate (same key, same stamp).
+
+    Raises:
+        TransientStorageError: the shared journal is unreachable (what was published before
+            is removed from the store, the rest stays).
+    """
+    groups: dict[tuple[str, str, bool], list[DeadLetterLike]] = {}
+    for letter in letters:
+        stamped = letter.accepted_us is not None
+        groups.setdefault((letter.kind, letter.journal_id, stamped), []).append(letter)
+    published = 0
+    for (kind, origin, stamped), group in groups.items():
+        stamps = [int(letter.accepted_us or 0) for letter in group] if stamped else None
+        publish(kind, [letter.record for letter in group], stamps, origin)
+        store.remove([letter.id for letter in group])
+        published += len(group)
+    return published

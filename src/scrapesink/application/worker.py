@@ -41,7 +41,7 @@ from scrapesink.application.delivery import (
     missing,
 )
 from scrapesink.application.kinds import kind_named
-from scrapesink.application.outcomes import SinkReport
+from scrapesink.application.outcomes import OutcomeNotes, SinkReport
 from scrapesink.application.ports import (
     Batch,
     DeadLetters,
@@ -99,6 +99,7 @@ class Worker:
         self.observer = observer
         self._kinds_of = kinds or journal.kinds
         self._lanes: dict[str, Lane] = {}
+        self._notes = OutcomeNotes()  # what the lanes did, for producers waiting on it
         self._ids: dict[str, str] = {}
         self._backlog: set[str] = set()  # kinds with entries handed to us and not acked
         self._kinds: list[str] = []
@@ -206,6 +207,10 @@ class Worker:
         for batch in _batches(journal_id, ordered, have, self.options.batch_size):
             lane.submit(batch)
         lane.drain()
+        try:
+            self.journal.report_outcomes(self._notes.take())
+        except StorageError as exc:  # a notice: a producer waiting for it answers pending
+            log.info("outcomes not reported: %s", exc.message)
         left = lane.take_pending()
         done = [e.id for e in ordered if not any(a <= e.last and e.first <= b for a, b in left)]
         self.journal.ack(kind, self.sink, done)
@@ -221,7 +226,12 @@ class Worker:
             sink = self._sink_of(kind)
             assert sink is not None  # only kinds with this sink are in self._kinds
             lane = self._lanes[kind] = Lane(
-                kind_named(kind), sink, self.dead_letters, self.policy, self.observer
+                kind_named(kind),
+                sink,
+                self.dead_letters,
+                self.policy,
+                self.observer,
+                receipts=[self._notes],
             )
         return lane
 
@@ -277,6 +287,7 @@ def _batches(
     """Runs of consecutive seqs the store lacks, at most ``size`` records each."""
     batches: list[Batch[Any]] = []
     run: list[JournalEntry] = []
+    origin: str | None = None  # one batch: records of one origin (their stamps name it)
 
     def close() -> None:
         if run:
@@ -287,6 +298,7 @@ def _batches(
                     run[-1].seq,
                     [e.record for e in run],
                     [e.accepted_us for e in run],
+                    origin,
                 )
             )
             run.clear()
@@ -294,6 +306,9 @@ def _batches(
     for entry in entries:
         records = list(entry.entries())
         wanted = missing(entry.first, entry.last, have) if have else [(entry.first, entry.last)]
+        if entry.origin != origin:
+            close()
+            origin = entry.origin
         for first, last in wanted:
             for item in records[first - entry.first : last - entry.first + 1]:
                 if run and (item.seq != run[-1].seq + 1 or len(run) >= size):

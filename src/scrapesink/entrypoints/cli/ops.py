@@ -15,7 +15,7 @@ from rich.table import Table
 from scrapesink.adapters.deadletters import DeadLetter
 from scrapesink.adapters.export import export_excel
 from scrapesink.application.kinds import kind_named
-from scrapesink.application.replay import retry_dead_letters
+from scrapesink.application.replay import republish_dead_letters, retry_dead_letters
 from scrapesink.bootstrap import bootstrap, csv_files, dead_letter_store, offline_status
 from scrapesink.config import Settings
 from scrapesink.entrypoints.cli.common import (
@@ -207,6 +207,13 @@ def dl_retry(
     with open_app() as app:
         store = app.dead_letters
         letters = [store.get(i) for i in ids] if ids else store.list(sink=sink, limit=1_000_000)
+        if app.streams is not None:
+            published = republish_dead_letters(letters, app.streams.republish, store)
+            out.print(
+                f"{published} published to the shared journal again: workers deliver them"
+                " (a record refused again comes back as a dead letter)"
+            )
+            raise typer.Exit(EXIT_OK)
         result = retry_dead_letters(letters, app.sinks_for, store)
     for letter_id, message in result.refused.items():
         err.print(f"[red]still refused[/] {letter_id}: {escape(message)}")
