@@ -447,6 +447,7 @@ class App:
             lambda: (p.day for p in self.partitions.existing()),
             up,
             self.jobs.freshness,
+            self.streams.groups if self.streams is not None else list,
         )
 
     def backups(self) -> Backups:

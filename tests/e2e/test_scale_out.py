@@ -17,11 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import httpx
 import psycopg
 import pytest
 
 from tests.conftest import env_for
-from tests.support import SCRAPESINK, ApiServer, RedisServer, StoppablePostgres, fresh_db
+from tests.support import (
+    SCRAPESINK,
+    ApiServer,
+    RedisServer,
+    StoppablePostgres,
+    free_port,
+    fresh_db,
+)
 
 PRODUCERS = 4
 EVENTS_EACH = 10_000  # the 50k each runs in bench/scale_out.py; CI keeps this smaller
@@ -58,13 +66,13 @@ class Workers:
         self.logs: list[IO[bytes]] = []
         self.started = 0
 
-    def start(self, sink: str) -> str:
+    def start(self, sink: str, *args: str) -> str:
         self.started += 1
         name = f"{sink}-{self.started}"
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed by close()
         self.logs.append(log)
         self.running[name] = subprocess.Popen(
-            [*SCRAPESINK, "worker", "--sink", sink, "--name", name],
+            [*SCRAPESINK, "worker", "--sink", sink, "--name", name, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -263,7 +271,8 @@ def test_postgres_stopped_its_group_lags_csv_goes_on(
     )
     workers = Workers(env, tmp_path)
     launched.append(workers)
-    workers.start("all")
+    port = free_port()
+    workers.start("all", "--metrics-port", str(port))
     (events, _movies), *_ = write_inputs(tmp_path)
     stoppable.stop()
     try:
@@ -281,6 +290,12 @@ def test_postgres_stopped_its_group_lags_csv_goes_on(
         assert (lagging["lag"] or 0) + lagging["pending"] > 0
         health = subprocess.run([*SCRAPESINK, "health"], env=env, capture_output=True)
         assert health.returncode != 0
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert (
+            'scrapesink_records_total{kind="events",name="shop-0",outcome="stored",sink="csv"}'
+            in metrics
+        )
+        assert 'scrapesink_stream_group_lag{group="csv",stream="events"} 0.0' in metrics
     finally:
         stoppable.start()
     wait_drained(env)

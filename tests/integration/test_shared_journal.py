@@ -283,3 +283,20 @@ def test_a_refused_record_goes_to_the_shared_dead_letters_and_retry_publishes_it
         stamp = conn.execute("SELECT stamp FROM raw_event_keys WHERE source = 'poison'").fetchone()
     assert stamp is not None and bytes(stamp[0])[:8] == letter.accepted_us.to_bytes(8, "big")
     assert verify(shared.database, shared.declaration, data_dir).ok
+
+
+def test_metrics_show_each_group(shared: App) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from scrapesink.adapters.metrics import render
+
+    Sink(shared).write_events([event(1), event(2)])
+    registry = CollectorRegistry()
+    registry.register(shared.gauges())
+    text = render(registry).decode()
+    assert 'scrapesink_stream_group_lag{group="csv",stream="events"} 1.0' in text
+    assert 'scrapesink_stream_group_idle_seconds{group="postgres",stream="events"} -1.0' in text
+    run_until_done(shared, [worker(shared, "postgres", "pg"), worker(shared, "csv", "csv")])
+    text = render(registry).decode()
+    assert 'scrapesink_stream_group_lag{group="postgres",stream="events"} 0.0' in text
+    assert 'scrapesink_stream_group_consumers{group="csv",stream="events"} 1.0' in text

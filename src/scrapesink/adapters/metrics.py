@@ -19,6 +19,10 @@ with the readings it has.
     scrapesink_database_up (1: PostgreSQL answered this scrape),
     scrapesink_job_last_success_timestamp_seconds{job},
     scrapesink_job_expected_interval_seconds{job}   (enabled jobs; the alerts use both)
+    scrapesink_stream_group_lag{stream, group}, scrapesink_stream_group_pending{stream, group},
+    scrapesink_stream_group_consumers{stream, group},
+    scrapesink_stream_group_idle_seconds{stream, group}   (a shared journal: per consumer group,
+                                                          i.e. per sink, of each kind's stream)
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    start_http_server,
     write_to_textfile,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from scrapesink.application.health import GroupLike
 from scrapesink.application.kinds import RecordKind
 from scrapesink.application.operations import PipelineStatus
 from scrapesink.application.ports import Batch, WriteOutcome
@@ -110,7 +116,9 @@ class Gauges(Collector):
         partition_days: Callable[[], Iterable[date]],
         database_up: Callable[[], bool] = lambda: True,
         jobs: Callable[[], Iterable[tuple[str, float | None, float]]] = list,
+        groups: Callable[[], Iterable[GroupLike]] = list,
     ) -> None:
+        self.groups = groups
         self.status = status
         self.pool_stats = pool_stats
         self.partition_days = partition_days
@@ -143,6 +151,7 @@ class Gauges(Collector):
                 oldest.add_metric([name], age)
                 dead.add_metric([name], sink.dead_letters)
         yield from (pending, oldest, dead)
+        yield from group_gauges(self.groups)
         pool = GaugeMetricFamily(
             "scrapesink_pool_connections", "PostgreSQL pool connections", labels=["state"]
         )
@@ -193,6 +202,60 @@ class Gauges(Collector):
             last.add_metric([name], succeeded or 0)
             every.add_metric([name], interval)
         yield from (last, every)
+
+
+def group_gauges(groups: Callable[[], Iterable[GroupLike]]) -> Iterable[Metric]:
+    """The shared journal's consumer groups (nothing without one)."""
+    labels = ["stream", "group"]
+    families = {
+        "lag": GaugeMetricFamily(
+            "scrapesink_stream_group_lag", "Entries not yet handed to the group", labels=labels
+        ),
+        "pending": GaugeMetricFamily(
+            "scrapesink_stream_group_pending",
+            "Entries handed to a worker of the group and not acknowledged",
+            labels=labels,
+        ),
+        "consumers": GaugeMetricFamily(
+            "scrapesink_stream_group_consumers", "Workers the group has seen", labels=labels
+        ),
+        "idle": GaugeMetricFamily(
+            "scrapesink_stream_group_idle_seconds",
+            "Since the group's most recently active worker did anything (-1: no worker)",
+            labels=labels,
+        ),
+    }
+    try:
+        read = list(groups())
+    except ScrapesinkError as exc:
+        log.warning("consumer groups not read: %s", exc)
+        read = []
+    for g in read:
+        names = [g.kind, g.group]
+        families["lag"].add_metric(names, -1 if g.lag is None else g.lag)
+        families["pending"].add_metric(names, g.pending)
+        families["consumers"].add_metric(names, g.consumers)
+        families["idle"].add_metric(names, -1 if g.idle_ms is None else g.idle_ms / 1000)
+    if read:
+        yield from families.values()
+
+
+class GroupGauges(Collector):
+    """The consumer-group gauges alone (a worker's /metrics)."""
+
+    def __init__(self, groups: Callable[[], Iterable[GroupLike]]) -> None:
+        self.groups = groups
+
+    def collect(self) -> Iterable[Metric]:
+        return group_gauges(self.groups)
+
+
+def serve_metrics(port: int, *registries: CollectorRegistry) -> None:
+    """Serve ``REGISTRY`` and ``registries`` on ``port`` (all addresses) in a thread."""
+    combined = CollectorRegistry()
+    for registry in (REGISTRY, *registries):
+        combined.register(_Copy(registry))
+    start_http_server(port, registry=combined)
 
 
 def render(*registries: CollectorRegistry) -> bytes:

@@ -34,6 +34,14 @@ def worker(
         help="This worker's consumer name (default: <host>-<pid>). A worker restarted under"
         " its old name takes its unacknowledged entries back at once.",
     ),
+    metrics_port: int = typer.Option(
+        0,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on this port (records delivered per sink, the consumer"
+        " groups' lag, pending, consumers and idle time); 0: off.",
+    ),
 ) -> None:
     """Deliver the shared journal (SCRAPESINK_JOURNAL_URL, Redis Streams) to the stores.
 
@@ -60,6 +68,17 @@ def worker(
             fail("CSV is disabled (SCRAPESINK_CSV_ENABLED=false): nothing to deliver")
         if "csv" in wanted:
             app.repair()  # a torn line a killed CSV writer left is cut before anything else
+        if metrics_port:
+            from prometheus_client import CollectorRegistry
+
+            from scrapesink.adapters.metrics import GroupGauges, serve_metrics
+
+            registry = CollectorRegistry()
+            registry.register(GroupGauges(streams.groups))
+            try:
+                serve_metrics(metrics_port, registry)
+            except OSError as exc:
+                fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror}")
         consumer = name or consumer_name()
         settings = app.settings
         workers = [
