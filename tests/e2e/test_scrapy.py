@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.conftest import env_for
-from tests.support import StoppablePostgres, free_port, fresh_db
+from tests.support import RedisServer, StoppablePostgres, free_port, fresh_db
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "scrapy_movies"
@@ -189,6 +189,29 @@ def test_a_crawl_lands_every_movie_actor_and_link_once_in_both_stores(
             " r.records_rejected FROM etl_runs r JOIN etl_jobs j ON j.id = r.job_id"
         ).fetchall()
     assert run == [("movies", "partial", "scrapy", 66, 65, 1)]
+
+
+def test_with_a_shared_journal_the_crawl_publishes_and_a_worker_stores_everything_once(
+    site: Site, database_url: str, data_dir: Path, redis_server: RedisServer
+):
+    shared = {"SCRAPESINK_JOURNAL_URL": redis_server.url}
+    stats = crawl(site, database_url, data_dir, **shared)
+    want = expected()
+    assert stats["finish_reason"] == "finished"
+    assert stats["scrapesink/journaled"] == want["movies"] + want["raw_events"]
+    assert pg_counts(database_url)["movies"] == 0  # published: the crawl stores nothing itself
+    env = env_for(database_url, data_dir, **shared)
+    worker = subprocess.Popen([*SCRAPESINK, "worker"], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while pg_counts(database_url) != want or csv_counts(data_dir) != want:
+            assert time.monotonic() < deadline, "the worker did not deliver the crawl"
+            time.sleep(0.3)
+    finally:
+        worker.terminate()
+        _, errors = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and b"Traceback" not in errors, errors
+    verify(database_url, data_dir)
 
 
 def test_a_second_crawl_stores_nothing_twice(site: Site, database_url: str, data_dir: Path):

@@ -153,6 +153,7 @@ class ScrapesinkPipeline:
         self._models: set[str] = set()
         self._delivered_before: dict[str, SinkReport] = {}  # by delivery processes that died
         self._restarts = 0
+        self._shared = False
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ScrapesinkPipeline:
@@ -174,7 +175,10 @@ class ScrapesinkPipeline:
         self.options = options = PipelineOptions.from_crawler_settings(
             self.crawler.settings, spider_name
         )
-        get_settings(**options.overrides)  # a bad value is named before anything starts
+        settings = get_settings(**options.overrides)  # a bad value is named before anything
+        # A shared journal (SCRAPESINK_JOURNAL_URL): items are published, `scrapesink worker`s
+        # deliver them; no delivery process of our own, no journal to rotate
+        self._shared = settings.journal_url is not None
         self.sink = sink = open_sink(deliver="journal", **options.overrides)
         sink.check_data_dir()
         declared = sink.models  # SCRAPESINK_MODELS is read (and refused) now, not mid-crawl
@@ -196,7 +200,7 @@ class ScrapesinkPipeline:
             )
         self._run = sink.job_run(options.job or spider_name, origin="scrapy")
         self._run.__enter__()
-        self._delivery = self._start_delivery()
+        self._delivery = None if self._shared else self._start_delivery()
         self._rotated_at = time.monotonic()
         self._models = set(declared)
         self._commit = GroupCommit(
@@ -264,7 +268,7 @@ class ScrapesinkPipeline:
 
     def _rotate(self) -> None:
         """In the journaling thread: close what was journaled for the delivery process."""
-        if self.sink is not None and self._unrotated:
+        if self.sink is not None and self._unrotated and not self._shared:
             self.sink.rotate()
             self._unrotated = False
         self._rotated_at = time.monotonic()
@@ -370,7 +374,8 @@ class ScrapesinkPipeline:
             if self._commit is not None:
                 self._commit.close()  # every item handed over is journaled (or failed)
                 self._commit = None
-            sink.rotate()  # the last journals, for the delivery process's last passes
+            if not self._shared:
+                sink.rotate()  # the last journals, for the delivery process's last passes
             self._watch_delivery()
             finished, why_not = False, "the delivery process ended early"
             if self._delivery is not None:
