@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -92,9 +93,7 @@ class Run:
 
 def drained(client: redis.Redis) -> bool:
     groups = client.xinfo_groups("scrapesink:{events}:stream")
-    return bool(groups) and all(
-        (g.get("lag") or 0) == 0 and int(g["pending"]) == 0 for g in groups
-    )
+    return bool(groups) and all((g.get("lag") or 0) == 0 and int(g["pending"]) == 0 for g in groups)
 
 
 def cpu_of(process: psutil.Process) -> float:
@@ -103,15 +102,20 @@ def cpu_of(process: psutil.Process) -> float:
 
 
 def postgres_cpu() -> float:
-    """CPU seconds of every postgres process on the machine (the server's backends)."""
+    """CPU seconds of the PostgreSQL servers on the machine: each postmaster's own and its
+    ended backends' (which it waited for), plus the backends still running."""
     total = 0.0
-    for process in psutil.process_iter(["name"]):
-        if (process.info["name"] or "").startswith("postgres"):
-            try:
-                times = process.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
+    for process in psutil.process_iter(["name", "ppid"]):
+        if not (process.info["name"] or "").startswith("postgres"):
+            continue
+        try:
+            parent = psutil.Process(process.info["ppid"]).name()
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+        if not parent.startswith("postgres"):  # the postmaster
+            total += times.children_user + times.children_system
     return total
 
 
@@ -143,10 +147,12 @@ def run_variant(
                     break
             workers.append((f"{sink} worker {i}", process))
     started = time.perf_counter()
-    ingest = psutil.Popen([*SCRAPESINK, "ingest", str(events), "--quiet"], env=env)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ingest = subprocess.Popen([*SCRAPESINK, "ingest", str(events), "--quiet"], env=env)
     if ingest.wait(timeout=3600) != 0:
         raise SystemExit(f"{variant}: ingest failed")
-    ingest_cpu = cpu_of(ingest) if ingest.is_running() else 0.0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ingest: the one child waited for
+    ingest_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     if variant != "sqlite":
         while not drained(client):
             time.sleep(0.02)
@@ -248,9 +254,7 @@ def main() -> None:
                 runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
                 for round_ in range(args.rounds):
                     for variant in VARIANTS:
-                        run = run_variant(
-                            variant, events, args.events, server, redis_url, workdir
-                        )
+                        run = run_variant(variant, events, args.events, server, redis_url, workdir)
                         runs[variant].append(run)
                         print(
                             f"round {round_ + 1} {variant}: {run.seconds:.2f} s,"
@@ -283,7 +287,8 @@ def report(runs: dict[str, list[Run]], lat: dict[str, Any], args: argparse.Names
     ]
     for v in VARIANTS:
         seconds = ", ".join(f"{r.seconds:.2f}" for r in runs[v])
-        lines.append(f"| {v} | {median[v]:,.0f} | {median[v] / median['sqlite']:.2f}x | {seconds} |")
+        ratio = median[v] / median["sqlite"]
+        lines.append(f"| {v} | {median[v]:,.0f} | {ratio:.2f}x | {seconds} |")
     lines += [
         "",
         f"redis-2 / redis-1: {median['redis-2'] / median['redis-1']:.2f}x.",

@@ -9,6 +9,7 @@ from types import FrameType
 
 import typer
 
+from scrapesink.application.kinds import EVENTS, model_kind
 from scrapesink.application.worker import Worker, WorkerOptions
 from scrapesink.entrypoints.cli.common import (
     EXIT_OK,
@@ -81,6 +82,13 @@ def worker(
                 fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror}")
         consumer = name or consumer_name()
         settings = app.settings
+        # the kinds this process delivers, whether or not a producer has published any yet (their
+        # streams and groups are made now), and any other stream a producer made meanwhile
+        known = [EVENTS, *(model_kind(m) for m in app.declaration.models)]
+
+        def kinds() -> list[str]:
+            return sorted({*known, *streams.kinds()})
+
         workers = [
             Worker(
                 streams,
@@ -96,6 +104,7 @@ def worker(
                     lease="csv" if s == "csv" else None,
                 ),
                 observer=app.observer,
+                kinds=kinds,
             )
             for s in wanted
         ]
