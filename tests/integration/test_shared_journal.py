@@ -300,3 +300,22 @@ def test_metrics_show_each_group(shared: App) -> None:
     text = render(registry).decode()
     assert 'scrapesink_stream_group_lag{group="postgres",stream="events"} 0.0' in text
     assert 'scrapesink_stream_group_consumers{group="csv",stream="events"} 1.0' in text
+
+
+def test_an_entry_no_worker_can_read_is_set_aside_and_blocks_nothing(
+    shared: App, database_url: str, data_dir: Path
+) -> None:
+    sink = Sink(shared)
+    sink.write_events([event(1)])
+    assert shared.streams is not None
+    client = shared.streams.client
+    client.xadd(stream_key(EVENTS), {"f": "2", "r": b"\xc1 not msgpack"})  # by hand, id *
+    client.xadd(stream_key(EVENTS), {"garbage": "yes"})
+    sink.write_events([event(2), event(3)])  # publishing goes on after a foreign entry
+    run_until_done(shared, [worker(shared, "postgres", "pg"), worker(shared, "csv", "csv")])
+    assert count(database_url, "raw_events") == 3
+    assert len(csv_lines(data_dir)) == 3
+    aside = client.xrange("scrapesink:unreadable")
+    assert len(aside) == 4  # two entries, for each of the two groups
+    assert {f[b"group"] for _, f in aside} == {b"postgres", b"csv"}
+    assert all(b"error" in f and f[b"error"] for _, f in aside)

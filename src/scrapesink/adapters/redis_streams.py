@@ -56,18 +56,24 @@ _PUBLISH = """
 redis.call('HSETNX', KEYS[2], 'id', ARGV[3])
 local n = tonumber(ARGV[1])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local us = math.max(now, tonumber(redis.call('HGET', KEYS[2], 'next_us') or '0'))
-local last = redis.call('HINCRBY', KEYS[2], 'seq', n)
-redis.call('HSET', KEYS[2], 'next_us', string.format('%d', us + n))
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+us = math.max(us, tonumber(redis.call('HGET', KEYS[2], 'next_us') or '0'))
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then  -- an entry added by someone else (XADD *) must not make ours fail
+  local ms, seq = string.match(top[1][1], '(%d+)-(%d+)')
+  us = math.max(us, tonumber(ms) * 1000 + math.min(tonumber(seq), 999) + 1)
+end
+local first = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') + 1
 local ms = math.floor(us / 1000)
 local id = string.format('%d-%d', ms, us - ms * 1000)
 if ARGV[4] == '' then
-  redis.call('XADD', KEYS[1], id, 'f', last - n + 1, 'r', ARGV[2])
+  redis.call('XADD', KEYS[1], id, 'f', first, 'r', ARGV[2])
 else  -- records published again (dead letters retried) keep their own stamps
-  redis.call('XADD', KEYS[1], id, 'f', last - n + 1, 'r', ARGV[2], 'a', ARGV[4], 'o', ARGV[5])
+  redis.call('XADD', KEYS[1], id, 'f', first, 'r', ARGV[2], 'a', ARGV[4], 'o', ARGV[5])
 end
-return {last - n + 1, string.format('%d', us), redis.call('HGET', KEYS[2], 'id')}
+-- only once the entry is in: a failed XADD leaves no gap in the seqs
+redis.call('HSET', KEYS[2], 'seq', first + n - 1, 'next_us', string.format('%d', us + n))
+return {first, string.format('%d', us), redis.call('HGET', KEYS[2], 'id')}
 """
 # Renew a lease only if still ours. KEYS: lease. ARGV: holder, milliseconds.
 _RENEW = """
@@ -80,6 +86,8 @@ WAITAOF_TIMEOUT_MS = 5000
 # What workers did with each range, for producers waiting on it (``redis_outcomes.py``): notices,
 # not data, so capped by length
 OUTCOMES = "scrapesink:outcomes"
+# entries no worker could read, as found (kept: someone must look at them)
+UNREADABLE = "scrapesink:unreadable"
 OUTCOMES_KEPT = 100_000
 
 
@@ -119,6 +127,9 @@ class StreamEntry:
     #: records published again: their own acceptance times, and the journal that gave them
     stamps: list[int] | None = None
     origin: str | None = None
+    #: why the entry could not be read (then ``fields`` holds it as found)
+    unreadable: str | None = None
+    fields: dict[bytes, bytes] | None = None
 
     @property
     def last(self) -> int:
@@ -353,6 +364,18 @@ class RedisStreams:
                 pipe.xadd(OUTCOMES, outcome.fields(), maxlen=OUTCOMES_KEPT, approximate=True)
             pipe.execute()
 
+    def set_aside(self, kind: str, group: str, entry: StreamEntry) -> None:
+        """An entry no worker can read goes to ``scrapesink:unreadable`` (as found, with why),
+        acknowledged for ``group``: it never blocks the entries after it."""
+        fields = {b"kind": kind.encode(), b"group": group.encode(), b"id": entry.id}
+        fields[b"error"] = (entry.unreadable or "").encode()
+        for key, value in (entry.fields or {}).items():
+            fields[b"field:" + key] = value
+        with translated(self.where):
+            self.client.xadd(UNREADABLE, fields)
+            self.client.xack(stream_key(kind), group, entry.id)
+        log.error("stream entry %s of %s set aside: %s", entry.id, kind, entry.unreadable)
+
     def ack(self, kind: str, group: str, ids: Sequence[bytes]) -> None:
         if ids:
             with translated(self.where):
@@ -456,11 +479,20 @@ _STAMPS = msgspec.msgpack.Decoder(list[int])
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes], decode: Any) -> StreamEntry:
-    records = decode.decode(fields[b"r"])
-    if b"a" not in fields:
-        return StreamEntry(entry_id, int(fields[b"f"]), records)
-    origin = fields[b"o"].decode() or None
-    return StreamEntry(entry_id, int(fields[b"f"]), records, _STAMPS.decode(fields[b"a"]), origin)
+    """One entry read back; one that cannot be (written by hand, or by another program) comes
+    back with ``unreadable`` set and no records, for the worker to set aside."""
+    try:
+        records = decode.decode(fields[b"r"])
+        if b"a" not in fields:
+            return StreamEntry(entry_id, int(fields[b"f"]), records)
+        origin = fields[b"o"].decode() or None
+        stamps = _STAMPS.decode(fields[b"a"])
+        if len(stamps) != len(records):
+            raise ValueError(f"{len(stamps)} stamps for {len(records)} records")
+        return StreamEntry(entry_id, int(fields[b"f"]), records, stamps, origin)
+    except (KeyError, ValueError, UnicodeDecodeError, msgspec.MsgspecError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        return StreamEntry(entry_id, 0, [], unreadable=why, fields=dict(fields))
 
 
 def _id_order(entry_id: bytes) -> tuple[int, int]:

@@ -315,6 +315,10 @@ class StreamEntry(Protocol):
     def origin(self) -> str | None:
         """The journal its records were first accepted in (records published again)."""
 
+    @property
+    def unreadable(self) -> str | None:
+        """Why the entry could not be read (None: it could)."""
+
     def entries(self) -> Sequence[JournalEntry]: ...
 
 
@@ -345,6 +349,9 @@ class SharedJournal(Protocol):
     ) -> list[Any]: ...
 
     def ack(self, kind: str, group: str, ids: Sequence[bytes]) -> None: ...
+
+    def set_aside(self, kind: str, group: str, entry: Any) -> None:
+        """Keep an entry no worker can read out of the way (acknowledged for ``group``)."""
 
     def report_outcomes(self, outcomes: Sequence[Any]) -> None:
         """Tell producers waiting on their records what the sink did (``outcomes.Outcome``)."""

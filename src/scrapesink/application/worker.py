@@ -124,6 +124,13 @@ class Worker:
                 except StorageError as exc:  # Redis unreachable: wait, then go on
                     slog.warning("worker pass failed", sink=self.sink, error=exc.message)
                     stop.wait(min(5.0, self.options.block_ms / 1000 + 1))
+                except Exception as exc:  # a bug of ours: said in the log, the worker goes on
+                    slog.error(
+                        "worker pass failed unexpectedly",
+                        sink=self.sink,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    stop.wait(5.0)
         finally:
             self.close()
 
@@ -194,7 +201,12 @@ class Worker:
             return 0
         lane = self._lane(kind)
         journal_id = self._ids[kind]
-        ordered = sorted(entries, key=lambda e: e.first)
+        for entry in entries:
+            if entry.unreadable is not None:
+                self.journal.set_aside(kind, self.sink, entry)
+        ordered = sorted((e for e in entries if e.unreadable is None), key=lambda e: e.first)
+        if not ordered:
+            return 0
         have: list[tuple[int, int]] = []
         if check:
             try:
