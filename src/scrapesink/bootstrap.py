@@ -54,7 +54,7 @@ from scrapesink.application.runs import JobRun
 from scrapesink.config import Settings
 from scrapesink.domain.declarations import load_models
 from scrapesink.domain.events import EventRules
-from scrapesink.domain.models import Declaration
+from scrapesink.domain.models import Declaration, fingerprint
 from scrapesink.errors import ConfigError, ScrapesinkError, StorageError, TransientStorageError
 
 if TYPE_CHECKING:  # the redis extra is optional: imported when a journal URL asks for it
@@ -288,7 +288,9 @@ class App:
                 from scrapesink.adapters.redis_streams import RedisJournal
 
                 names = [sink.name for sink in sinks]
-                journal = RedisJournal(self.streams, kind, names)
+                model = record_kind.model
+                declared = fingerprint(self.declaration.model(model)) if model else None
+                journal = RedisJournal(self.streams, kind, names, declaration=declared)
                 sinks = []
                 remote = self._outcomes(names)
             else:

@@ -349,3 +349,29 @@ def test_serve_answers_each_record_with_what_the_workers_did(
     finally:
         server.stop()
     assert scalar(database_url, "SELECT count(*) FROM raw_events") == 3
+
+
+def test_a_csv_worker_refuses_a_second_home_for_the_csv_files(
+    database_url: str, data_dir: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    shared = {"SCRAPESINK_JOURNAL_URL": redis_server.url}
+    first = subprocess.Popen(
+        [*SCRAPESINK, "worker", "--sink", "csv"],
+        env=env_for(database_url, data_dir, **shared),
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert first.stderr is not None
+        assert b"delivering" in first.stderr.readline() + first.stderr.readline()
+        other = env_for(database_url, tmp_path / "elsewhere", **shared)
+        refused = subprocess.run(
+            [*SCRAPESINK, "worker", "--sink", "csv"], env=other, capture_output=True, text=True
+        )
+        assert refused.returncode == 1
+        assert "live in" in refused.stderr and "--csv-here" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=60)
+        assert first.stderr is not None
+        first.stderr.close()

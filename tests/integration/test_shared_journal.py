@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +54,14 @@ def event(i: int, source: str = "shop") -> dict[str, Any]:
     }
 
 
-def worker(app: App, sink: str, name: str, journal: Any = None, **options: Any) -> Worker:
+def worker(
+    app: App,
+    sink: str,
+    name: str,
+    journal: Any = None,
+    declarations: Any = None,
+    **options: Any,
+) -> Worker:
     lease = "csv" if sink == "csv" else None
     opts = dataclasses.replace(FAST, lease=lease, **options)
     return Worker(
@@ -64,6 +72,7 @@ def worker(app: App, sink: str, name: str, journal: Any = None, **options: Any) 
         app.dead_letters,
         app.policy,
         options=opts,
+        declarations=declarations,
     )
 
 
@@ -319,3 +328,52 @@ def test_an_entry_no_worker_can_read_is_set_aside_and_blocks_nothing(
     assert len(aside) == 4  # two entries, for each of the two groups
     assert {f[b"group"] for _, f in aside} == {b"postgres", b"csv"}
     assert all(b"error" in f and f[b"error"] for _, f in aside)
+
+
+def test_a_csv_worker_with_another_data_directory_never_writes_part_of_the_records(
+    shared: App, data_dir: Path
+) -> None:
+    assert shared.streams is not None
+    assert shared.streams.settle_home("csv", "home-a") is None  # the first one makes it home
+    assert shared.streams.settle_home("csv", "home-b") == "home-a"
+    Sink(shared).write_events([event(i) for i in range(10)])
+    stranger = worker(shared, "csv", "csv-b", home="home-b")
+    assert stranger.step() == 0 and stranger.elsewhere and not stranger.holds_lease
+    owner = worker(shared, "csv", "csv-a", home="home-a")
+    run_until_done(shared, [owner, worker(shared, "postgres", "pg")])
+    assert len(csv_lines(data_dir)) == 10
+    # moved on purpose: the old home's worker stands by from its next pass
+    assert shared.streams.settle_home("csv", "home-b", move=True) is None
+    Sink(shared).write_events([event(10)])
+    assert owner.step() == 0 and owner.elsewhere
+
+
+def test_a_worker_declaring_a_model_otherwise_leaves_its_records_waiting(
+    shared: App, database_url: str
+) -> None:
+    from scrapesink.domain.models import fingerprint
+
+    sink = Sink(shared)
+    sink.save("movies", [{"url": "u1", "title": "T"}])
+    sink.write_events([event(1)])
+    mine = fingerprint(shared.declaration.model("movies"))
+    assert shared.streams is not None and shared.streams.declared("model:movies") == mine
+    other = worker(shared, "postgres", "pg-old", declarations=lambda kind: "an older one")
+    for _ in range(5):
+        other.step()
+    assert other.mismatched == {"model:movies"}
+    assert count(database_url, "movies") == 0 and count(database_url, "raw_events") == 1
+    same = worker(shared, "postgres", "pg-new", declarations=lambda kind: mine)
+    run_until_done(shared, [same, worker(shared, "csv", "csv")])
+    assert count(database_url, "movies") == 1 and not same.mismatched
+
+
+def test_workers_gone_for_good_leave_the_group(shared: App) -> None:
+    Sink(shared).write_events([event(1)])
+    run_until_done(shared, [worker(shared, "postgres", "gone"), worker(shared, "csv", "csv")])
+    assert shared.streams is not None
+    time.sleep(0.2)
+    assert shared.streams.forget_consumers(EVENTS, "postgres", idle_ms=100_000) == 0
+    assert shared.streams.forget_consumers(EVENTS, "postgres", idle_ms=100) == 1
+    (group,) = [g for g in shared.streams.groups() if g.group == "postgres"]
+    assert group.consumers == 0

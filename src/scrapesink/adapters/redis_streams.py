@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -75,14 +76,32 @@ end
 redis.call('HSET', KEYS[2], 'seq', first + n - 1, 'next_us', string.format('%d', us + n))
 return {first, string.format('%d', us), redis.call('HGET', KEYS[2], 'id')}
 """
-# Renew a lease only if still ours. KEYS: lease. ARGV: holder, milliseconds.
-_RENEW = """
+# Take or renew a lease, only where the leased thing lives. KEYS: lease, home. ARGV: holder,
+# milliseconds, the holder's home. Returns 1 (held), 0 (another holder), -1 (not its home).
+_LEASE = """
+local home = redis.call('GET', KEYS[2])
+if home and home ~= ARGV[3] then
+  return -1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# Drop a lease only if still ours. KEYS: lease. ARGV: holder.
+_DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
 WAITAOF_TIMEOUT_MS = 5000
+# how often a long-lived producer checks again that Redis still fsyncs (CONFIG SET at runtime)
+RECHECK_SECONDS = 60.0
 # What workers did with each range, for producers waiting on it (``redis_outcomes.py``): notices,
 # not data, so capped by length
 OUTCOMES = "scrapesink:outcomes"
@@ -111,6 +130,8 @@ def translated(where: str) -> Iterator[None]:
     """Redis errors at the boundary: unreachable is transient, anything else a storage error."""
     try:
         yield
+    except redis.exceptions.AuthenticationError as exc:  # a ConnectionError, but not transient
+        raise ConfigError(f"Redis at {where} refused the credentials: {exc}") from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise TransientStorageError(f"Redis at {where} is unreachable: {exc}") from exc
     except redis.exceptions.RedisError as exc:
@@ -173,8 +194,10 @@ class RedisStreams:
             url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30
         )
         self._publish = self.client.register_script(_PUBLISH)
-        self._renew = self.client.register_script(_RENEW)
+        self._lease = self.client.register_script(_LEASE)
+        self._drop = self.client.register_script(_DROP)
         self._wait_aof: bool | None = None
+        self._checked_at = 0.0
 
     def close(self) -> None:
         self.client.close()
@@ -190,8 +213,9 @@ class RedisStreams:
         Raises:
             ConfigError: strict durability on a server that does not fsync every write.
         """
-        if self._wait_aof is not None:
+        if self._wait_aof is not None and time.monotonic() - self._checked_at < RECHECK_SECONDS:
             return
+        self._checked_at = time.monotonic()
         with translated(self.where):
             info = self.client.info("server")
             version = tuple(int(p) for p in str(info["redis_version"]).split(".")[:2])
@@ -243,6 +267,17 @@ class RedisStreams:
             self.client.hsetnx(meta_key(kind), "id", candidate)
             value = self.client.hget(meta_key(kind), "id")
         return value.decode() if isinstance(value, bytes) else str(value)
+
+    def declare(self, kind: str, fingerprint: str) -> None:
+        """Record the declaration producers validate this model's records with."""
+        with translated(self.where):
+            self.client.hset(meta_key(kind), "declaration", fingerprint)
+
+    def declared(self, kind: str) -> str | None:
+        """The declaration producers last said they validate with (None: not said)."""
+        with translated(self.where):
+            value = self.client.hget(meta_key(kind), "declaration")
+        return None if value is None else _text(value)
 
     def kinds(self) -> list[str]:
         """The kinds that have a stream here."""
@@ -416,6 +451,18 @@ class RedisStreams:
             return int(rows[0][1][b"f"]) if rows else None
         return int(seq) + 1 if seq is not None else None
 
+    def forget_consumers(self, kind: str, group: str, idle_ms: int) -> int:
+        """Remove consumers of ``group`` that hold nothing and did nothing for ``idle_ms``
+        (workers gone for good), so `status` counts the ones that are there."""
+        removed = 0
+        with translated(self.where):
+            for consumer in self.client.xinfo_consumers(stream_key(kind), group):
+                if int(consumer["pending"]) == 0 and int(consumer["idle"]) > idle_ms:
+                    name = consumer["name"]
+                    self.client.xgroup_delconsumer(stream_key(kind), group, name)
+                    removed += 1
+        return removed
+
     def trim(self, kind: str) -> int:
         """Remove entries every group has acknowledged (``XTRIM MINID``: below the oldest entry
         any group still needs; never a length cap). Returns how many were removed."""
@@ -462,17 +509,31 @@ class RedisStreams:
         return out
 
     # -- leases ---------------------------------------------------------------------------------
-    def take_lease(self, name: str, holder: str, ms: int) -> bool:
-        """Hold ``name`` for ``ms`` (renewed if already ours); False: someone else holds it."""
-        key = f"scrapesink:lease:{name}"
+    def take_lease(self, name: str, holder: str, ms: int, home: str = "") -> bool | None:
+        """Hold ``name`` for ``ms`` (renewed if already ours): True. False: another holder has
+        it. None: ``home`` is not where the leased thing lives (see :meth:`settle_home`)."""
+        keys = [f"scrapesink:lease:{name}", f"scrapesink:home:{name}"]
         with translated(self.where):
-            if self.client.set(key, holder, nx=True, px=ms):
-                return True
-            return bool(self._renew(keys=[key], args=[holder, ms]))
+            answer = int(self._lease(keys=keys, args=[holder, ms, home]))
+        return None if answer < 0 else bool(answer)
 
     def drop_lease(self, name: str, holder: str) -> None:
         with translated(self.where):
-            self._renew(keys=[f"scrapesink:lease:{name}"], args=[holder, 1])
+            self._drop(keys=[f"scrapesink:lease:{name}"], args=[holder])
+
+    def settle_home(self, name: str, home: str, *, move: bool = False) -> str | None:
+        """Where the files leased as ``name`` live: ``home`` if none is recorded yet (or
+        ``move``); otherwise the recorded one is returned when it is another."""
+        key = f"scrapesink:home:{name}"
+        with translated(self.where):
+            if move:
+                self.client.set(key, home)
+                return None
+            if self.client.set(key, home, nx=True):
+                return None
+            current = self.client.get(key)
+        current_text = _text(current) if current is not None else None
+        return None if current_text in (None, home) else current_text
 
 
 _STAMPS = msgspec.msgpack.Decoder(list[int])
@@ -523,11 +584,20 @@ class RedisJournal:
     It only appends: reading, trimming and progress belong to the workers' consumer groups.
     """
 
-    def __init__(self, streams: RedisStreams, kind: str, groups: Sequence[str]) -> None:
+    def __init__(
+        self,
+        streams: RedisStreams,
+        kind: str,
+        groups: Sequence[str],
+        *,
+        declaration: str | None = None,
+    ) -> None:
         self.streams = streams
         self.kind = kind
         streams.check_durability()
         streams.ensure_groups(kind, groups)
+        if declaration is not None:  # a model: workers deliver only with the same declaration
+            streams.declare(kind, declaration)
         self.id = streams.journal_id(kind)
         self._last_seq = 0
         self._batch_us = 0

@@ -52,11 +52,17 @@ def group_checks(groups: Iterable[GroupLike], idle_limit_seconds: float) -> list
         behind = (g.lag or 0) + g.pending
         idle = None if g.idle_ms is None else g.idle_ms / 1000
         stalled = behind > 0 and (g.consumers == 0 or idle is None or idle > idle_limit_seconds)
-        detail = f"lag {g.lag if g.lag is not None else '?'}, {g.pending} pending, "
+        detail = f"lag {g.lag if g.lag is not None else '?'}, {g.pending} pending entries, "
         detail += f"{g.consumers} consumer(s)"
         if idle is not None:
             detail += f", idle {idle:.0f} s"
-        if stalled:
-            detail += f": no worker delivers ({g.group} workers running? `scrapesink worker`)"
+        if stalled and g.consumers and idle is not None:
+            detail += (
+                f": its workers did nothing for {idle:.0f} s (stopped or stuck? a paused CSV"
+                " worker holds the CSV files' lock; a worker that died is replaced by starting"
+                " another)"
+            )
+        elif stalled:
+            detail += f": no worker delivers (start `scrapesink worker --sink {g.group}`)"
         checks.append(Check(f"group {g.group} {g.kind}", not stalled, detail))
     return checks

@@ -331,6 +331,9 @@ class SharedJournal(Protocol):
 
     def kinds(self) -> list[str]: ...
 
+    def declared(self, kind: str) -> str | None:
+        """The fingerprint of the model declaration producers validate with (None: unsaid)."""
+
     def ensure_groups(self, kind: str, groups: Sequence[str]) -> None: ...
 
     def read_group(
@@ -361,6 +364,10 @@ class SharedJournal(Protocol):
 
     def trim(self, kind: str) -> int: ...
 
-    def take_lease(self, name: str, holder: str, ms: int) -> bool: ...
+    def forget_consumers(self, kind: str, group: str, idle_ms: int) -> int:
+        """Remove consumers that hold nothing and were idle that long (workers gone)."""
+
+    def take_lease(self, name: str, holder: str, ms: int, home: str = "") -> bool | None:
+        """True: held; False: another holder has it; None: ``home`` is not its home."""
 
     def drop_lease(self, name: str, holder: str) -> None: ...

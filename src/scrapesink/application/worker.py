@@ -71,6 +71,8 @@ class WorkerOptions:
     tidy_seconds: float = 5.0
     #: the sink delivers under this lease (one writer at a time); None: no lease
     lease: str | None = None
+    #: where the leased files live (a data directory's identity): a worker elsewhere stands by
+    home: str = ""
 
 
 class Worker:
@@ -88,6 +90,7 @@ class Worker:
         options: WorkerOptions = WorkerOptions(),
         observer: DeliveryObserver = UNOBSERVED,
         kinds: Callable[[], Sequence[str]] | None = None,
+        declarations: Callable[[str], str | None] | None = None,
     ) -> None:
         self.journal = journal
         self.sink = sink
@@ -98,6 +101,9 @@ class Worker:
         self.options = options
         self.observer = observer
         self._kinds_of = kinds or journal.kinds
+        # a model kind -> this process's declaration fingerprint (None: no check)
+        self._declarations = declarations
+        self.mismatched: set[str] = set()  # model kinds producers declare otherwise
         self._lanes: dict[str, Lane] = {}
         self._notes = OutcomeNotes()  # what the lanes did, for producers waiting on it
         self._ids: dict[str, str] = {}
@@ -106,6 +112,7 @@ class Worker:
         self._tidied = 0.0
         self._claimed = 0.0
         self.holds_lease = options.lease is None
+        self.elsewhere = False  # the leased files live in another data directory
 
     def report(self) -> SinkReport:
         """What this worker's deliveries did so far, all kinds together."""
@@ -255,7 +262,15 @@ class Worker:
         if lease is None:
             return True
         ms = int(self.options.claim_idle_seconds * 1000)
-        held = self.journal.take_lease(lease, self.consumer, ms)
+        answer = self.journal.take_lease(lease, self.consumer, ms, self.options.home)
+        held = bool(answer)
+        if answer is None and not self.elsewhere:
+            slog.error(
+                "the files of this sink now live in another data directory: standing by",
+                sink=self.sink,
+                worker=self.consumer,
+            )
+        self.elsewhere = answer is None
         if held != self.holds_lease:
             slog.info(
                 "lease taken" if held else "lease held by another worker: standing by",
@@ -267,6 +282,28 @@ class Worker:
         return held
 
     # -- now and then ---------------------------------------------------------------------------
+    def _declared_otherwise(self, kind: str) -> bool:
+        """Producers validate this model with another declaration: its records are left in the
+        stream (they wait for a worker declared as the producers are) rather than stored by
+        rules they were not checked against."""
+        mine = self._declarations(kind) if self._declarations is not None else None
+        theirs = self.journal.declared(kind) if mine is not None else None
+        otherwise = theirs is not None and theirs != mine
+        if otherwise and kind not in self.mismatched:
+            slog.error(
+                "producers declare this model otherwise: its records wait (same"
+                " SCRAPESINK_MODELS for producers and workers)",
+                sink=self.sink,
+                kind=kind,
+                producers=theirs,
+                worker=mine,
+            )
+        if otherwise:
+            self.mismatched.add(kind)
+        else:
+            self.mismatched.discard(kind)
+        return otherwise
+
     def _tidy(self) -> None:
         kinds = []
         for kind in self._kinds_of():
@@ -275,6 +312,8 @@ class Worker:
                 continue  # a model not declared here: kept for a worker that declares it
             self.journal.ensure_groups(kind, [s.name for s in sinks])
             self._ids[kind] = self.journal.journal_id(kind)
+            if self._declared_otherwise(kind):
+                continue
             kinds.append(kind)
         self._kinds = kinds
         for kind in kinds:
@@ -286,6 +325,8 @@ class Worker:
                 if below is not None:
                     lane.sink.forget_below(self._ids[kind], below)
                 self.journal.trim(kind)
+                gone = max(10 * self.options.claim_idle_seconds, 600.0)
+                self.journal.forget_consumers(kind, self.sink, int(gone * 1000))
             except StorageError as exc:
                 log.info("tidying %s for %s: %s", kind, self.sink, exc.message)
 

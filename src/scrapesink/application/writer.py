@@ -30,7 +30,7 @@ from scrapesink.application.durable import DurableWriter
 from scrapesink.application.kinds import Item, RecordKind
 from scrapesink.application.outcomes import DUPLICATE, PENDING, Receipt
 from scrapesink.application.summary import RejectHook, Tracker, WriteSummary
-from scrapesink.errors import InputError, RecordError, UnencodableRecords
+from scrapesink.errors import InputError, RecordError, StorageError, UnencodableRecords
 from scrapesink.logs import get_logger
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,13 @@ class RecordWriter:
             while batch:
                 try:
                     first, last = writer.write(list(batch.values()), receipt)
+                except StorageError as exc:
+                    # the caller must know what it can count on: the batches before this one
+                    exc.message += (
+                        f" ({summary.accepted:,} records before were acknowledged; this batch"
+                        f" of {len(batch):,} and what follows were not)"
+                    )
+                    raise
                 except UnencodableRecords as exc:  # those records alone are rejected
                     keys = list(batch)
                     for index, (path, reason) in exc.reasons.items():

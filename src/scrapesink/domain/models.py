@@ -25,6 +25,7 @@ the SQL layer quotes them anyway). Standard library only.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -145,6 +146,13 @@ class ModelDef:
             *(c.table_name for c in self.children),
             *(link.table_name for link in self.links),
         )
+
+
+def fingerprint(model: ModelDef) -> str:
+    """A short digest of everything a model declares (frozen dataclasses: their repr is the
+    whole declaration, in order): two processes with the same fingerprint read and store the
+    model's records the same way."""
+    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

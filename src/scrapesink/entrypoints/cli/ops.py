@@ -116,7 +116,13 @@ def _print_groups(groups: list[GroupInfo], error: str | None) -> None:
         err.print(f"[yellow]shared journal unreadable:[/] {escape(error)}", highlight=False)
         return
     table = Table(
-        "stream", "group (sink)", "lag", "pending", "consumers", "idle", title="shared journal"
+        "stream",
+        "group (sink)",
+        "lag",
+        "pending",
+        "consumers",
+        "idle",
+        title="shared journal (lag and pending count entries: batches of records)",
     )
     for g in groups:
         idle = "-" if g.idle_ms is None else f"{g.idle_ms / 1000:.1f} s"

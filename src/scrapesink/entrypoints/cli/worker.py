@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 import time
+import uuid
+from pathlib import Path
 from types import FrameType
 
 import typer
 
-from scrapesink.application.kinds import EVENTS, model_kind
+from scrapesink.application.kinds import EVENTS, kind_named, model_kind
 from scrapesink.application.worker import Worker, WorkerOptions
+from scrapesink.domain.models import fingerprint
 from scrapesink.entrypoints.cli.common import (
     EXIT_OK,
     err,
@@ -34,6 +39,13 @@ def worker(
         "--name",
         help="This worker's consumer name (default: <host>-<pid>). A worker restarted under"
         " its old name takes its unacknowledged entries back at once.",
+    ),
+    csv_here: bool = typer.Option(
+        False,
+        "--csv-here",
+        help="Make this data directory the home of the CSV files from now on (a CSV worker"
+        " refuses to write where they do not live; records delivered to the old home stay"
+        " there).",
     ),
     metrics_port: int = typer.Option(
         0,
@@ -67,7 +79,19 @@ def worker(
             wanted = [s for s in wanted if s != "csv"]
         if not wanted:
             fail("CSV is disabled (SCRAPESINK_CSV_ENABLED=false): nothing to deliver")
+        home = ""
         if "csv" in wanted:
+            # One home for the CSV files: a CSV worker with another data directory (another
+            # machine) would write part of the records there, and neither copy be whole.
+            home = csv_home(app.settings.data_dir)
+            elsewhere = streams.settle_home("csv", home, move=csv_here)
+            if elsewhere is not None:
+                fail(
+                    f"the CSV files of this shared journal live in {escape(elsewhere)}, not in"
+                    f" this data directory ({app.settings.data_dir}): run CSV workers there, or"
+                    " start this one with --csv-here to move their home here (what was"
+                    " delivered there stays there)"
+                )
             app.repair()  # a torn line a killed CSV writer left is cut before anything else
         if metrics_port:
             from prometheus_client import CollectorRegistry
@@ -89,6 +113,12 @@ def worker(
         def kinds() -> list[str]:
             return sorted({*known, *streams.kinds()})
 
+        models = app.declaration.models
+
+        def declarations(kind: str) -> str | None:
+            model = kind_named(kind).model
+            return fingerprint(models[model]) if model in models else None
+
         workers = [
             Worker(
                 streams,
@@ -102,9 +132,11 @@ def worker(
                     count=settings.worker_batch,
                     batch_size=settings.batch_size,
                     lease="csv" if s == "csv" else None,
+                    home=home,
                 ),
                 observer=app.observer,
                 kinds=kinds,
+                declarations=declarations,
             )
             for s in wanted
         ]
@@ -138,13 +170,32 @@ def worker(
     raise typer.Exit(EXIT_OK)
 
 
+def csv_home(data_dir: Path) -> str:
+    """This data directory's identity (made once, kept in it): ``<id> <host>:<path>``."""
+    path = data_dir / "csv_home.id"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    identity = f"{uuid.uuid4().hex[:12]} {socket.gethostname()}:{data_dir.resolve()}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(identity + "\n", encoding="utf-8")
+    os.replace(temp, path)
+    return identity
+
+
 def _line(workers: list[Worker]) -> str:
     parts = []
     for w in workers:
         r = w.report()
         text = f"{w.sink}: {r.stored:,} stored, {r.duplicates:,} duplicates, {r.unchanged:,}"
         text += f" unchanged, {r.dead_letters:,} dead letters"
-        if not w.holds_lease:
+        if w.mismatched:
+            text += f" (not delivering {', '.join(sorted(w.mismatched))}: declared otherwise)"
+        if w.elsewhere:
+            text += " (standing by: the CSV files now live in another data directory)"
+        elif not w.holds_lease:
             text += " (standing by: another worker holds the lease)"
         elif r.error:
             text += f" (last error: {r.error})"
