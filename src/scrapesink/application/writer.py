@@ -108,6 +108,7 @@ class RecordWriter:
                         f" ({summary.accepted:,} records before were acknowledged; this batch"
                         f" of {len(batch):,} and what follows were not)"
                     )
+                    exc.args = (exc.message,)
                     raise
                 except UnencodableRecords as exc:  # those records alone are rejected
                     keys = list(batch)
