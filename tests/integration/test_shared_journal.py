@@ -120,6 +120,11 @@ def test_publishers_share_one_dense_sequence_and_the_entry_id_is_the_stamp(
     assert all(later >= earlier + 3 for earlier, later in itertools.pairwise(times))
     ids = [entry_id for entry_id, _ in streams.client.xrange(stream_key(EVENTS))]
     assert [entry_us(i) for i in ids] == times  # the stamp's time is the entry id
+    # read back as a journal (the port's reading side): seqs and stamps as given
+    entries = [e for chunk in a.read(4, 9) for e in chunk]
+    assert [e.seq for e in entries] == [4, 5, 6, 7, 8, 9]
+    assert entries[0].accepted_us == times[1] and entries[3].accepted_us == times[2]
+    assert a.first_seq() == 1 and a.count_between(4, 9) == 6
 
 
 def test_strict_durability_refuses_a_redis_that_does_not_fsync_every_write(
@@ -142,7 +147,7 @@ def test_unreachable_redis_is_not_an_acknowledgement(
     sink = Sink(shared)
     sink.write_events([event(1)])
     redis_server.kill()
-    with pytest.raises(TransientStorageError, match="unreachable.*0 records before were ack"):
+    with pytest.raises(TransientStorageError, match=r"unreachable.*0 records before were ack"):
         sink.write_events([event(2)])
     redis_server.start()  # the AOF brought back everything acknowledged
     assert shared.streams is not None

@@ -33,10 +33,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -48,7 +48,6 @@ from scrapesink.application.outcomes import Outcome
 from scrapesink.errors import ConfigError, StorageError, TransientStorageError, UnencodableRecords
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # KEYS: stream, meta. ARGV: record count, packed records, a journal id should the stream be new,
 # and for records published again: their acceptance times (packed) and their journal.
@@ -202,11 +201,6 @@ class RedisStreams:
     def close(self) -> None:
         self.client.close()
 
-    def call(self, work: Callable[[], T]) -> T:
-        with translated(self.where):
-            return work()
-
-    # -- durability ---------------------------------------------------------------------------
     def check_durability(self) -> None:
         """Decide how a publish is made durable; refuse a server that cannot make it so.
 
