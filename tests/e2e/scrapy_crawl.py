@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -110,6 +111,7 @@ def nasty_items(base: str) -> list[Any]:
 class KindSpider(MoviesSpider):
     kind = "scrapy"
     yielded: Any = None
+    gc_frozen = 0  # the most objects the cyclic collector was told to leave alone, mid-crawl
     nasty = False
     movies = 0
     break_journal_after = 0
@@ -134,6 +136,7 @@ class KindSpider(MoviesSpider):
             yield obj
 
     def parse_movie(self, response: Any) -> Any:
+        KindSpider.gc_frozen = max(KindSpider.gc_frozen, gc.get_freeze_count())
         for movie in super().parse_movie(response):
             item = as_kind(self.kind, movie)
             self._note(movie)
@@ -270,6 +273,8 @@ def main() -> None:
     stats = {k: v for k, v in crawler.stats.get_stats().items() if isinstance(v, int | str)}
     if spy is not None:
         stats.update({f"spy/{k}": v for k, v in spy.counts.items()})
+    stats["gc/frozen_mid_crawl"] = KindSpider.gc_frozen
+    stats["gc/frozen_after"] = gc.get_freeze_count()
     args.stats.write_text(json.dumps(stats, indent=1, default=str))
 
 

