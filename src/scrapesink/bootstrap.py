@@ -72,14 +72,28 @@ def journal_views(settings: Settings) -> list[JournalInfo]:
     return [inspect(path) for path in Journal.files(settings.paths.journals)]
 
 
-def dead_letter_store(settings: Settings) -> DeadLetterStore | RedisDeadLetters:
+def dead_letter_store(
+    settings: Settings, streams: RedisStreams | None = None
+) -> DeadLetterStore | RedisDeadLetters:
     """The local store (the data dir), or with a shared journal the one all workers share."""
-    if settings.journal_url is not None:
-        from scrapesink.adapters.redis_deadletters import RedisDeadLetters
-        from scrapesink.adapters.redis_streams import RedisStreams
+    if settings.journal_url is None:
+        return DeadLetterStore(settings.paths.dead_letters)
+    from scrapesink.adapters.redis_deadletters import RedisDeadLetters
 
-        return RedisDeadLetters(RedisStreams(settings.journal_url.get_secret_value()))
-    return DeadLetterStore(settings.paths.dead_letters)
+    return RedisDeadLetters(streams or shared_journal(settings))
+
+
+def shared_journal(settings: Settings) -> RedisStreams:
+    """The connection to the shared journal SCRAPESINK_JOURNAL_URL names."""
+    assert settings.journal_url is not None
+    try:
+        from scrapesink.adapters.redis_streams import RedisStreams
+    except ImportError as exc:
+        raise ConfigError(
+            "SCRAPESINK_JOURNAL_URL needs the redis extra: pip install 'scrapesink[redis]'"
+        ) from exc
+    url = settings.journal_url.get_secret_value()
+    return RedisStreams(url, durability=settings.redis_durability)
 
 
 def csv_files(settings: Settings) -> list[CsvEventSink | ModelCsvFiles]:
@@ -141,7 +155,9 @@ class App:
     def __post_init__(self) -> None:
         self.paths = self.settings.paths
         self.csv = CsvEventSink(self.settings.data_dir)
-        self.dead_letters: DeadLetterStore | RedisDeadLetters = dead_letter_store(self.settings)
+        self.dead_letters: DeadLetterStore | RedisDeadLetters = dead_letter_store(
+            self.settings, self.streams
+        )
         self.journal_dir = self.paths.journals
         self._journal_paths: set[Path] = set()
         self._declaration: Declaration | None = None
@@ -325,16 +341,9 @@ class App:
     @cached_property
     def streams(self) -> RedisStreams | None:
         """The shared journal on Redis Streams (SCRAPESINK_JOURNAL_URL); None: local journals."""
-        url = self.settings.journal_url
-        if url is None:
+        if self.settings.journal_url is None:
             return None
-        try:
-            from scrapesink.adapters.redis_streams import RedisStreams
-        except ImportError as exc:
-            raise ConfigError(
-                "SCRAPESINK_JOURNAL_URL needs the redis extra: pip install 'scrapesink[redis]'"
-            ) from exc
-        return RedisStreams(url.get_secret_value(), durability=self.settings.redis_durability)
+        return shared_journal(self.settings)
 
     def writers(self) -> list[DurableWriter]:
         """The writers opened so far (raw events first)."""

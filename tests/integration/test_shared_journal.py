@@ -382,3 +382,18 @@ def test_workers_gone_for_good_leave_the_group(shared: App) -> None:
     assert shared.streams.forget_consumers(EVENTS, "postgres", idle_ms=100) == 1
     (group,) = [g for g in shared.streams.groups() if g.group == "postgres"]
     assert group.consumers == 0
+
+
+def test_a_worker_restarted_under_its_name_delivers_its_own_pending_entries_first(
+    shared: App, redis_server: RedisServer, database_url: str
+) -> None:
+    Sink(shared).write_events([event(i) for i in range(20)])
+    dying = worker(shared, "postgres", "pg-1", journal=AckLost(redis_server.url))
+    with pytest.raises(TransientStorageError):
+        dying.step()
+    # the same name again, long before any claim could happen (claim idle: an hour)
+    again = worker(shared, "postgres", "pg-1", claim_idle_seconds=3600.0)
+    again.step()
+    assert shared.streams is not None
+    (group,) = [g for g in shared.streams.groups() if g.group == "postgres"]
+    assert group.pending == 0 and count(database_url, "raw_events") == 20

@@ -315,6 +315,10 @@ class Worker:
             if self._declared_otherwise(kind):
                 continue
             kinds.append(kind)
+        if not self._kinds:
+            # at start: what this consumer was handed before (a worker restarted under its
+            # old name) comes first, from its own pending list
+            self._backlog.update(kinds)
         self._kinds = kinds
         for kind in kinds:
             lane = self._lane(kind)

@@ -16,7 +16,13 @@ from scrapesink.adapters.deadletters import DeadLetter
 from scrapesink.adapters.export import export_excel
 from scrapesink.application.kinds import kind_named
 from scrapesink.application.replay import republish_dead_letters, retry_dead_letters
-from scrapesink.bootstrap import bootstrap, csv_files, dead_letter_store, offline_status
+from scrapesink.bootstrap import (
+    bootstrap,
+    csv_files,
+    dead_letter_store,
+    offline_status,
+    shared_journal,
+)
 from scrapesink.config import Settings
 from scrapesink.entrypoints.cli.common import (
     EXIT_FATAL,
@@ -30,7 +36,7 @@ from scrapesink.entrypoints.cli.common import (
     out,
     settings,
 )
-from scrapesink.errors import StorageError, TransientStorageError
+from scrapesink.errors import ConfigError, StorageError, TransientStorageError
 
 if TYPE_CHECKING:
     from scrapesink.adapters.redis_streams import GroupInfo
@@ -100,9 +106,10 @@ def _groups(config: Settings) -> tuple[list[GroupInfo], str | None]:
     they could not be read."""
     if config.journal_url is None:
         return [], None
-    from scrapesink.adapters.redis_streams import RedisStreams
-
-    streams = RedisStreams(config.journal_url.get_secret_value())
+    try:
+        streams = shared_journal(config)
+    except ConfigError as exc:
+        return [], exc.message
     try:
         return streams.groups(), None
     except StorageError as exc:

@@ -60,8 +60,9 @@ def worker(
 
     Producers (ingest, serve, the Python API, the Scrapy pipeline) with SCRAPESINK_JOURNAL_URL
     set only publish; workers deliver. Each store has one consumer group: run as many postgres
-    workers as you like (they share the entries); CSV files have one writer at a time (the
-    other csv workers stand by on a lease in Redis). A worker that dies is replaced: its
+    workers as you like (they share the entries); CSV files live in one data directory and have
+    one writer at a time (other csv workers there stand by on a lease in Redis; a csv worker
+    with another data directory refuses to start). A worker that dies is replaced: its
     entries are taken over after SCRAPESINK_WORKER_CLAIM_IDLE seconds. Stops on Ctrl-C or
     SIGTERM after the batch in hand.
     """
