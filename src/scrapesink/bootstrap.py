@@ -570,7 +570,13 @@ def bootstrap(
     try:
         migrator = Migrator(database)
         if schema != "skip" and offline is None:
-            migrator.ensure_current(auto_upgrade=schema == "auto" and embedded is not None)
+            try:
+                migrator.ensure_current(auto_upgrade=schema == "auto" and embedded is not None)
+            except TransientStorageError as exc:
+                # it answered the ping and went away before the schema check: as down at start
+                if not offline_ok or embedded is not None:
+                    raise
+                offline = exc.message
         partitions = PartitionManager(database)
         events = PostgresEventStore(
             database,

@@ -60,6 +60,41 @@ def test_reads_after_a_restart_get_fresh_connections(stoppable: StoppablePostgre
         assert [h.record["workflow_id"] for h in sink.search("workflows", "nothing")] == []
 
 
+def test_a_server_gone_between_the_ping_and_the_schema_check_is_down_at_start(
+    stoppable: StoppablePostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer (here the Python API; `worker` and `serve` start the same way) whose server
+    # answered the ping and stopped before the schema check starts offline, as when it was down
+    # already; it failed to start before (seen in CI: a worker started as PostgreSQL stopped).
+    from scrapesink.adapters.postgres.migrate import Migrator
+
+    url = fresh_db(stoppable.url, "gone_after_ping")
+    check = Migrator.ensure_current
+
+    def stopped_first(self: Migrator, *, auto_upgrade: bool) -> None:
+        stoppable.stop()  # the real server, stopped at exactly this point
+        check(self, auto_upgrade=auto_upgrade)
+
+    monkeypatch.setattr(Migrator, "ensure_current", stopped_first)
+    data_dir = tmp_path / "data"
+    try:
+        with scrapesink.open(database_url=url, data_dir=data_dir, retry_seconds=0.5) as sink:
+            monkeypatch.undo()
+            events = [
+                {"source": "feed", "id": str(i), "timestamp": "2026-12-01T00:00:00Z"}
+                for i in range(10)
+            ]
+            summary = sink.write_events(events)
+            assert summary.sinks["postgres"].pending == 10
+            assert summary.sinks["csv"].stored == 10
+    finally:
+        stoppable.start()
+    with scrapesink.open(database_url=url, data_dir=data_dir) as sink:
+        sink.replay()
+    assert sorted(csv_keys(data_dir)) == sorted(pg_keys(url))
+    assert len(pg_keys(url)) == 10
+
+
 @pytest.mark.slow
 def test_postgresql_stopped_mid_ingest_loses_nothing(stoppable: StoppablePostgres, tmp_path):
     url = fresh_db(stoppable.url, "stopped_mid_ingest")

@@ -79,6 +79,15 @@ class Workers:
         )
         return name
 
+    def said(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def check(self) -> None:
+        """Every worker still runs (one that exited is said with its log)."""
+        for name, process in self.running.items():
+            if process.poll() is not None:
+                raise AssertionError(f"{name} exited {process.returncode}:\n{self.said(name)}")
+
     def kill(self, name: str) -> None:
         process = self.running.pop(name)
         process.send_signal(signal.SIGKILL)
@@ -87,7 +96,7 @@ class Workers:
     def stop_all(self) -> None:
         for name, process in list(self.running.items()):
             process.terminate()
-            assert process.wait(timeout=60) == 0, (self.log_dir / f"{name}.log").read_text()
+            assert process.wait(timeout=60) == 0, self.said(name)
         self.running.clear()
 
     def close(self) -> None:
@@ -286,7 +295,10 @@ def test_postgres_stopped_its_group_lags_csv_goes_on(
         assert done.returncode == 0, done.stderr
         deadline = time.monotonic() + 120
         while len(csv_rows(data_dir, "raw_events/*/*.csv")) < EVENTS_EACH:
-            assert time.monotonic() < deadline, "CSV did not go on without PostgreSQL"
+            workers.check()
+            if time.monotonic() > deadline:
+                said = "\n".join(workers.said(name) for name in workers.running)
+                raise AssertionError(f"CSV did not go on without PostgreSQL:\n{said}")
             time.sleep(0.5)
         groups = {g["group"]: g for g in status(env)["groups"] if g["kind"] == "events"}  # type: ignore[union-attr]
         lagging = groups["postgres"]
