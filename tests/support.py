@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -141,12 +142,19 @@ class RedisServer:
     AOF fsynced on every write, which the test may kill (-9) and start again: the shared Redis
     on 6379 keeps nothing on disk and is never restarted."""
 
-    def __init__(self, directory: Path, *, appendfsync: str = "always") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendfsync: str = "always",
+        bind: Sequence[str] = ("127.0.0.1",),
+    ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = self.url_at("127.0.0.1")
         self.appendfsync = appendfsync
+        self.bind = bind
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -157,7 +165,10 @@ class RedisServer:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                " ".join(self.bind),
+                # addresses beyond loopback are the test's own namespaces' links
+                "--protected-mode",
+                "yes" if list(self.bind) == ["127.0.0.1"] else "no",
                 "--dir",
                 str(self.directory),
                 "--appendonly",
@@ -187,6 +198,9 @@ class RedisServer:
             time.sleep(0.05)
         raise RuntimeError("redis-server did not answer in 30 s")
 
+    def url_at(self, address: str) -> str:
+        return f"redis://{address}:{self.port}/0"
+
     def kill(self) -> None:
         """``kill -9``: what the AOF holds is all that survives."""
         if self.process is not None:
@@ -202,3 +216,49 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.kill()
             self.process = None
+
+
+class Namespace:
+    """A host of the test's own: a network namespace joined to this one by a veth pair (this
+    side ``host_ip``, that side ``ip``), which the test cuts off (this side of the link down:
+    packets vanish, no connection is reset, as when a cable is pulled) and joins again. Unix
+    sockets (the test's PostgreSQL) are files, and reachable from every namespace."""
+
+    def __init__(self, name: str, subnet: int) -> None:
+        self.name = name
+        self.link = f"{name}h"
+        self.host_ip = f"10.213.{subnet}.1"
+        self.ip = f"10.213.{subnet}.2"
+        peer = f"{name}n"
+        _ip("netns", "add", name)
+        try:
+            _ip("link", "add", self.link, "type", "veth", "peer", "name", peer)
+            _ip("link", "set", peer, "netns", name)
+            _ip("addr", "add", f"{self.host_ip}/30", "dev", self.link)
+            _ip("link", "set", self.link, "up")
+            _ip("netns", "exec", name, "ip", "addr", "add", f"{self.ip}/30", "dev", peer)
+            _ip("netns", "exec", name, "ip", "link", "set", peer, "up")
+            _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def cut(self) -> None:
+        _ip("link", "set", self.link, "down")
+
+    def join(self) -> None:
+        _ip("link", "set", self.link, "up")
+
+    def close(self) -> None:
+        for argv in (("link", "del", self.link), ("netns", "del", self.name)):
+            subprocess.run(["ip", *argv], capture_output=True, timeout=30)
+
+
+def _ip(*argv: str) -> None:
+    done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise OSError(f"ip {' '.join(argv)}: {done.stderr.strip()}")

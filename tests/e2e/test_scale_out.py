@@ -7,13 +7,14 @@ and started again; workers are real `scrapesink worker` processes killed with SI
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +26,7 @@ from tests.conftest import env_for
 from tests.support import (
     SCRAPESINK,
     ApiServer,
+    Namespace,
     RedisServer,
     StoppablePostgres,
     free_port,
@@ -59,20 +61,27 @@ def write_inputs(directory: Path) -> list[tuple[Path, Path]]:
 
 
 class Workers:
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    """``scrapesink worker`` processes, each logging to ``<log_dir>/<tag><sink>-<n>.log`` (its
+    consumer name), run through ``prefix`` (a network namespace's ``ip netns exec``)."""
+
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, *, prefix: Sequence[str] = (), tag: str = ""
+    ) -> None:
         self.env = env
         self.log_dir = log_dir
+        self.prefix = list(prefix)
+        self.tag = tag
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: list[IO[bytes]] = []
         self.started = 0
 
     def start(self, sink: str, *args: str) -> str:
         self.started += 1
-        name = f"{sink}-{self.started}"
+        name = f"{self.tag}{sink}-{self.started}"
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed by close()
         self.logs.append(log)
         self.running[name] = subprocess.Popen(
-            [*SCRAPESINK, "worker", "--sink", sink, "--name", name, *args],
+            [*self.prefix, *SCRAPESINK, "worker", "--sink", sink, "--name", name, *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -202,16 +211,21 @@ def test_producers_and_workers_killed_mid_batch_store_every_record_once(
 PRODUCER = textwrap.dedent(
     """
     import os, sys
+    from pathlib import Path
     from scrapesink import open as sink_open
     from scrapesink.errors import ScrapesinkError
 
-    acked = open(sys.argv[1], "a")
+    # acked file, source, batches to write; then until a stop file exists
+    acked, source, batches = open(sys.argv[1], "a"), sys.argv[2], int(sys.argv[3])
+    stop = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     with sink_open() as sink:
-        for batch in range(int(sys.argv[2])):
+        batch = 0
+        while batch < batches or (stop is not None and not stop.exists()):
+            batch += 1
             events = [
-                {"source": "s", "source_id": f"{batch}-{i}", "occurred_at": "2026-12-01T00:00:00Z",
-                 "payload": {"batch": batch}}
-                for i in range(50)
+                {"source": source, "source_id": f"{batch}-{i}",
+                 "occurred_at": "2026-12-01T00:00:00Z", "payload": {"batch": batch}}
+                for i in range(20)
             ]
             try:
                 sink.write_events(events)
@@ -235,22 +249,18 @@ def test_redis_killed_mid_run_loses_nothing_acknowledged(
     env = env_for(database_url, data_dir, SCRAPESINK_JOURNAL_URL=redis_server.url)
     acked = tmp_path / "acked.txt"
     producer = subprocess.Popen(
-        [sys.executable, "-c", PRODUCER, str(acked), "400"],
+        [sys.executable, "-c", PRODUCER, str(acked), "s", "400"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while (not acked.exists() or len(acked.read_text().split()) < 50) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
+    wait_for(lambda: len(acked_batches(acked)) >= 50, "the producer started")
     redis_server.kill()  # kill -9 mid-run: only the AOF survives
     time.sleep(0.5)
     redis_server.start()
     _, errors = producer.communicate(timeout=300)
     assert producer.returncode == 0, errors
-    batches = {int(b) for b in acked.read_text().split()}
+    batches = acked_batches(acked)
     assert len(batches) < 400 and "not accepted" in errors  # the kill was felt
     workers = Workers(env, tmp_path)
     launched.append(workers)
@@ -317,6 +327,35 @@ def test_postgres_stopped_its_group_lags_csv_goes_on(
     workers.stop_all()
     assert scalar(url, "SELECT count(*) FROM raw_events") == EVENTS_EACH
     verify(env)
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it(
+    database_url: str,
+    data_dir: Path,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    launched: list[Workers],
+) -> None:
+    # a supervisor (systemd, a Procfile) starts workers in any order: one that finds Redis
+    # down waits for it, as a running one does, and delivers once it answers (it exited 1)
+    env = env_for(database_url, data_dir, SCRAPESINK_JOURNAL_URL=redis_server.url)
+    redis_server.kill()
+    workers = Workers(env, tmp_path)
+    launched.append(workers)
+    name = workers.start("all")
+    wait_for(lambda: workers.check() or "waiting for Redis" in workers.said(name), "waiting")
+    time.sleep(3)  # more than one attempt
+    workers.check()
+    redis_server.start()
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(api_event(i)) + "\n" for i in range(100)))
+    done = subprocess.run([*SCRAPESINK, "ingest", str(events), "--quiet"], env=env)
+    assert done.returncode == 0
+    wait_drained(env)
+    workers.stop_all()
+    assert scalar(database_url, "SELECT count(*) FROM raw_events") == 100
+    assert len(csv_rows(data_dir, "raw_events/*/*.csv")) == 100
+    assert workers.said(name).count("waiting for Redis") == 1  # said once, not per attempt
 
 
 @pytest.fixture
@@ -387,3 +426,148 @@ def test_a_csv_worker_refuses_a_second_home_for_the_csv_files(
         first.wait(timeout=60)
         assert first.stderr is not None
         first.stderr.close()
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[Namespace, Namespace]]:
+    """Two hosts of the test's own (network namespaces), for producers and for workers."""
+    tag = f"ss{os.getpid() % 100_000}"
+    subnet = os.getpid() % 120 * 2
+    made: list[Namespace] = []
+    try:
+        for i, role in enumerate("pw"):
+            made.append(Namespace(f"{tag}{role}", subnet + i))
+    except OSError as exc:  # not root, or no iproute2: the other tests cover the same paths
+        for namespace in made:
+            namespace.close()
+        pytest.skip(f"cannot make network namespaces here: {exc}")
+    yield made[0], made[1]
+    for namespace in made:
+        namespace.close()
+
+
+def far_held(url: str) -> int:
+    """Raw-event entries pending with a far worker, in either group."""
+    import redis
+
+    from scrapesink.adapters.redis_streams import stream_key
+
+    client = redis.Redis.from_url(url)
+    try:
+        summaries = [client.xpending(stream_key("events"), g) for g in ("postgres", "csv")]
+    finally:
+        client.close()
+    return sum(
+        int(c["pending"])
+        for summary in summaries
+        for c in summary["consumers"]
+        if c["name"].startswith(b"far-")
+    )
+
+
+def acked_batches(path: Path) -> set[int]:
+    return {int(b) for b in path.read_text().split()} if path.exists() else set()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_a_link_to_redis_cut_and_restored_loses_and_doubles_nothing(
+    stoppable: StoppablePostgres,
+    hosts: tuple[Namespace, Namespace],
+    data_dir: Path,
+    tmp_path: Path,
+    launched: list[Workers],
+) -> None:
+    # Producers on one host, two PostgreSQL workers and the CSV writer on another, one more
+    # PostgreSQL worker and a standby CSV worker beside Redis. The workers' link is cut for
+    # longer than the claim period: the workers beside Redis take their entries and the CSV
+    # lease over, while the cut-off ones may still commit (PostgreSQL and the files are not
+    # behind the cut); then the producers' link is cut, and both come back.
+    producers, far = hosts
+    redis_server = RedisServer(
+        tmp_path / "redis", bind=("127.0.0.1", producers.host_ip, far.host_ip)
+    )
+    try:
+        url = fresh_db(stoppable.url, "netns")
+        common = {"SCRAPESINK_WORKER_CLAIM_IDLE": "2", "SCRAPESINK_LOG_LEVEL": "INFO"}
+        env = env_for(url, data_dir, SCRAPESINK_JOURNAL_URL=redis_server.url, **common)
+        far_env = {**env, "SCRAPESINK_JOURNAL_URL": redis_server.url_at(far.host_ip)}
+        producer_env = {**env, "SCRAPESINK_JOURNAL_URL": redis_server.url_at(producers.host_ip)}
+        remote = Workers(far_env, tmp_path, prefix=far.command(), tag="far-")
+        near = Workers(env, tmp_path, tag="near-")
+        launched += [remote, near]
+        far_csv = remote.start("csv")
+        wait_for(
+            lambda: remote.check() or "lease taken" in remote.said(far_csv),
+            "the far CSV worker's lease",
+        )
+        remote.start("postgres")
+        remote.start("postgres")
+        near.start("postgres")
+        near_csv = near.start("csv")
+
+        stop = tmp_path / "stop"
+        acked = [tmp_path / f"acked-{p}.txt" for p in range(2)]
+        streams = [
+            subprocess.Popen(
+                producers.command(
+                    sys.executable, "-c", PRODUCER, str(acked[p]), f"p{p}", "0", str(stop)
+                ),
+                env=producer_env,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in range(2)
+        ]
+        wait_for(lambda: all(len(acked_batches(a)) >= 50 for a in acked), "producers started")
+        before = sum(len(acked_batches(a)) for a in acked)
+        far.cut()
+        time.sleep(1)
+        held = far_held(redis_server.url)  # entries handed to the far workers before the cut
+        time.sleep(7)  # 4 claim periods: the lease and the far workers' entries lapse
+        during = sum(len(acked_batches(a)) for a in acked)
+        far.join()
+        wait_for(
+            lambda: near.check() or "lease taken" in near.said(near_csv),
+            "the near CSV worker's lease",
+        )
+        assert during > before  # the producers went on while the workers were cut off
+        time.sleep(2)
+        producers.cut()
+        time.sleep(5)
+        producers.join()
+        time.sleep(2)
+        stop.touch()
+        errors = ""
+        for stream in streams:
+            errors += stream.communicate(timeout=120)[1]
+            assert stream.returncode == 0, errors
+        wait_drained(env)
+        remote.check()
+        near.check()
+        taken = "".join(near.said(name) for name in near.running)
+        assert "entries taken over" in taken or not held  # what the cut-off ones held moved
+        remote.stop_all()
+        near.stop_all()
+
+        with psycopg.connect(url) as conn:
+            stored = {
+                (source, int(source_id.split("-")[0]))
+                for source, source_id in conn.execute("SELECT source, source_id FROM raw_events")
+            }
+        for p, path in enumerate(acked):
+            assert {(f"p{p}", b) for b in acked_batches(path)} <= stored  # nothing acked lost
+        total = scalar(url, "SELECT count(*) FROM raw_events")
+        acknowledged = 20 * sum(len(acked_batches(path)) for path in acked)
+        # cuts shorter than the Redis timeout: every publish waited and went through
+        assert "not accepted" not in errors and total == acknowledged
+        rows = csv_rows(data_dir, "raw_events/*/*.csv")
+        assert len(rows) == len(set(rows)) == total  # no CSV line twice, none missing
+        verify(env)
+    finally:
+        redis_server.close()

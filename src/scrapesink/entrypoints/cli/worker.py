@@ -8,8 +8,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import typer
 
@@ -24,9 +26,13 @@ from scrapesink.entrypoints.cli.common import (
     handle_errors,
     open_app,
 )
+from scrapesink.errors import TransientStorageError
 
 SINKS = ("postgres", "csv")
 REPORT_SECONDS = 10.0
+REACH_SECONDS = 2.0
+
+T = TypeVar("T")
 
 
 @handle_errors
@@ -63,8 +69,9 @@ def worker(
     workers as you like (they share the entries); CSV files live in one data directory and have
     one writer at a time (other csv workers there stand by on a lease in Redis; a csv worker
     with another data directory refuses to start). A worker that dies is replaced: its
-    entries are taken over after SCRAPESINK_WORKER_CLAIM_IDLE seconds. Stops on Ctrl-C or
-    SIGTERM after the batch in hand.
+    entries are taken over after SCRAPESINK_WORKER_CLAIM_IDLE seconds. A worker waits for
+    Redis when it does not answer, at start as later. Stops on Ctrl-C or SIGTERM after the
+    batch in hand.
     """
     from scrapesink.adapters.redis_streams import consumer_name
 
@@ -74,18 +81,30 @@ def worker(
         streams = app.streams
         if streams is None:
             fail("no shared journal: set SCRAPESINK_JOURNAL_URL=redis://host:6379/0")
-        streams.check_durability()
         wanted = [s for s in SINKS if sink in (s, "all")]
         if not app.settings.csv_enabled:
             wanted = [s for s in wanted if s != "csv"]
         if not wanted:
             fail("CSV is disabled (SCRAPESINK_CSV_ENABLED=false): nothing to deliver")
-        home = ""
-        if "csv" in wanted:
-            # One home for the CSV files: a CSV worker with another data directory (another
-            # machine) would write part of the records there, and neither copy be whole.
-            home = csv_home(app.settings.data_dir)
-            elsewhere = streams.settle_home("csv", home, move=csv_here)
+        stop = threading.Event()
+
+        def stopping(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
+        # One home for the CSV files: a CSV worker with another data directory (another
+        # machine) would write part of the records there, and neither copy be whole.
+        home = csv_home(app.settings.data_dir) if "csv" in wanted else ""
+
+        def reach() -> str | None:
+            streams.check_durability()
+            return streams.settle_home("csv", home, move=csv_here) if home else None
+
+        elsewhere = _patiently(reach, stop)
+        if stop.is_set():
+            raise typer.Exit(EXIT_OK)
+        if home:
             if elsewhere is not None:
                 fail(
                     f"the CSV files of this shared journal live in {escape(elsewhere)}, not in"
@@ -141,13 +160,6 @@ def worker(
             )
             for s in wanted
         ]
-        stop = threading.Event()
-
-        def stopping(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, stopping)
-        signal.signal(signal.SIGINT, stopping)
         threads = [
             threading.Thread(target=w.run, args=(stop,), name=f"worker-{w.sink}", daemon=True)
             for w in workers
@@ -169,6 +181,22 @@ def worker(
             thread.join()
         err.print(_line(workers), highlight=False)
     raise typer.Exit(EXIT_OK)
+
+
+def _patiently(action: Callable[[], T], stop: threading.Event) -> T | None:
+    """``action`` once Redis answers: a worker started while Redis, or the link to it, is down
+    waits for it, as a running worker does, rather than exit (None: stopped meanwhile). Any
+    other refusal (credentials, durability) is said at once."""
+    said = False
+    while not stop.is_set():
+        try:
+            return action()
+        except TransientStorageError as exc:
+            if not said:
+                err.print(f"waiting for Redis: {escape(exc.message)}", highlight=False)
+                said = True
+        stop.wait(REACH_SECONDS)
+    return None
 
 
 def csv_home(data_dir: Path) -> str:
