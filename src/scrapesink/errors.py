@@ -118,6 +118,8 @@ class StorageError(ScrapesinkError):
 
     sqlstate: str | None = None
     constraint_name: str | None = None
+    #: which store failed, for a message that does not show the error itself (the REST API's)
+    store: str = "the database"
 
 
 class TransientStorageError(StorageError):

@@ -397,9 +397,20 @@ def test_serve_answers_each_record_with_what_the_workers_did(
             assert [r["status"] for r in body["results"]] == ["duplicate", "stored"]
             assert body["sinks"]["csv"]["stored"] == 1 and body["sinks"]["postgres"]["stored"] == 1
             workers.stop_all()
+            # Redis gone: nothing is acknowledged, and the answer names the journal (it blamed
+            # the database, which was up)
+            redis_server.kill()
+            refused = client.post("/api/v1/events", json=[api_event(4)])
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["message"] == (
+                "the shared journal (Redis) did not answer; see the server log"
+            )
+            read = client.get("/api/v1/events/out/0-1")  # the database answers meanwhile
+            assert read.status_code == 404, read.text
     finally:
         server.stop()
     assert scalar(database_url, "SELECT count(*) FROM raw_events") == 3
+    assert "Redis at 127.0.0.1" in server.log.read_text()  # the cause, for the operator
 
 
 def test_a_csv_worker_refuses_a_second_home_for_the_csv_files(

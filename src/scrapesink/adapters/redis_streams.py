@@ -132,9 +132,16 @@ def translated(where: str) -> Iterator[None]:
     except redis.exceptions.AuthenticationError as exc:  # a ConnectionError, but not transient
         raise ConfigError(f"Redis at {where} refused the credentials: {exc}") from exc
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise TransientStorageError(f"Redis at {where} is unreachable: {exc}") from exc
+        error = TransientStorageError(f"Redis at {where} is unreachable: {exc}")
+        raise journal_error(error) from exc
     except redis.exceptions.RedisError as exc:
-        raise StorageError(f"Redis at {where} refused: {exc}") from exc
+        raise journal_error(StorageError(f"Redis at {where} refused: {exc}")) from exc
+
+
+def journal_error(error: StorageError) -> StorageError:
+    """``error``, said to be the shared journal's (not the database's)."""
+    error.store = "the shared journal (Redis)"
+    return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,8 +323,10 @@ class RedisStreams:
                 pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
                 reply, (local, _replicas) = pipe.execute()
                 if int(local) < 1:
-                    raise TransientStorageError(
-                        f"Redis at {self.where} did not confirm the batch on disk in time"
+                    raise journal_error(
+                        TransientStorageError(
+                            f"Redis at {self.where} did not confirm the batch on disk in time"
+                        )
                     )
             else:
                 reply = self._publish(keys=keys, args=args)

@@ -27,6 +27,7 @@ from scrapesink.errors import (
     RecordError,
     SchemaError,
     ScrapesinkError,
+    StorageError,
     TransientStorageError,
 )
 
@@ -128,7 +129,9 @@ def install(app: FastAPI) -> None:
         status = status_of(exc)
         if status >= 500:
             log.error("%s %s: %s", request.method, request.url.path, exc.message)
-            return error_response(status, "the database refused the request; see the server log")
+            store = exc.store if isinstance(exc, StorageError) else "the database"
+            what = "did not answer" if isinstance(exc, TransientStorageError) else "refused"
+            return error_response(status, f"{store} {what}; see the server log")
         errors = []
         if isinstance(exc, RecordError):
             errors = [{"path": exc.path or "body", "message": exc.message}]
