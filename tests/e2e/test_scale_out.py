@@ -294,7 +294,7 @@ def test_postgres_stopped_its_group_lags_csv_goes_on(
     workers = Workers(env, tmp_path)
     launched.append(workers)
     port = free_port()
-    workers.start("all", "--metrics-port", str(port))
+    name = workers.start("all", "--metrics-port", str(port))
     (events, _movies), *_ = write_inputs(tmp_path)
     stoppable.stop()
     try:
@@ -327,6 +327,8 @@ def test_postgres_stopped_its_group_lags_csv_goes_on(
     workers.stop_all()
     assert scalar(url, "SELECT count(*) FROM raw_events") == EVENTS_EACH
     verify(env)
+    # the outage is over: the worker's last line does not say its error any more
+    assert "last error" not in workers.said(name).strip().splitlines()[-1]
 
 
 def test_a_worker_started_while_redis_is_down_waits_for_it(

@@ -123,6 +123,11 @@ class Lane:
         return time.monotonic() < self._down_until
 
     @property
+    def failing(self) -> bool:
+        """The last delivery (or check) failed, and none succeeded since."""
+        return self._failed_at > self._stored_at
+
+    @property
     def back(self) -> bool:
         """A delivery succeeded since the last one failed: the store answers again (without
         this, a writer would wait on retries to find out while the store is still down)."""
@@ -140,7 +145,7 @@ class Lane:
             # it (a record journaled under another declaration) leaves it pending for this
             # sink alone, as a failed delivery would, and the caller's write stands.
             log.exception("unexpected error preparing a batch for %s", self.sink.name)
-            self._failed(exc)
+            self.failed(exc)
             self._left_pending(batch, exc)
             return
         self._slots.acquire()
@@ -188,24 +193,24 @@ class Lane:
         try:
             outcome = self._with_retries(work)
         except TransientStorageError as exc:
-            self._failed(exc)
+            self.failed(exc)
             self._went_down(exc)
             self._left_pending(batch, exc)
             return
         except ConstraintError as exc:  # a value the store refuses: find the record(s)
-            self._failed(exc)
+            self.failed(exc)
             self._isolate(batch, exc)
             return
         except PermanentStorageError as exc:
             # The statement itself is refused (privileges, a changed schema): no record is to
             # blame, so nothing goes to dead letters; the batch waits in the journal for a fix.
-            self._failed(exc)
+            self.failed(exc)
             self._went_down(exc)
             self._left_pending(batch, exc)
             return
         except Exception as exc:
             log.exception("unexpected error delivering to %s", self.sink.name)
-            self._failed(exc)
+            self.failed(exc)
             self._left_pending(batch, exc)
             return
         seconds = time.perf_counter() - started
@@ -218,7 +223,12 @@ class Lane:
             self.handled.append((batch.first, batch.last))
         self._note(batch, outcome)
 
-    def _failed(self, error: BaseException) -> None:
+    def answered(self) -> None:
+        """The store answered (a look at what it holds): it is back, whatever failed before."""
+        self._stored_at = time.monotonic()
+
+    def failed(self, error: BaseException) -> None:
+        """A delivery, or a look at what the store holds, failed with ``error``."""
         self._failed_at = time.monotonic()
         self.observer.failed(self.sink.name, error)
 

@@ -115,10 +115,14 @@ class Worker:
         self.elsewhere = False  # the leased files live in another data directory
 
     def report(self) -> SinkReport:
-        """What this worker's deliveries did so far, all kinds together."""
+        """What this worker's deliveries did so far, all kinds together, and the error of a
+        store that fails now."""
         total = SinkReport()
-        for lane in list(self._lanes.values()):
+        lanes = list(self._lanes.values())
+        for lane in lanes:
             total.add(lane.report)
+        # an error is said while its store still fails, not once it answers again
+        total.error = next((lane.report.error for lane in lanes if lane.failing), None)
         return total
 
     # -- the loop -------------------------------------------------------------------------------
@@ -220,8 +224,10 @@ class Worker:
                 have = lane.sink.delivered(journal_id)
             except StorageError as exc:  # cannot tell what it holds: keep them for later
                 lane.report.error = exc.message
+                lane.failed(exc)
                 self._backlog.add(kind)
                 return 0
+            lane.answered()
         before = lane.handled_count()  # 0: cleared after each delivery
         for batch in _batches(journal_id, ordered, have, self.options.batch_size):
             lane.submit(batch)
