@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import IO, Any, Literal
 
@@ -69,6 +70,36 @@ def configure(
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    # The connection pool's lines in the same shape (they reached stderr raw, through the
+    # logging module's last resort), each said once a minute: a pool retrying a server that is
+    # down says the same thing for every connection and every attempt.
+    pool = logging.getLogger("psycopg.pool")
+    for old in list(pool.handlers):
+        pool.removeHandler(old)
+    for stale in [f for f in pool.filters if isinstance(f, Repeats)]:
+        pool.removeFilter(stale)
+    pool.addHandler(handler)
+    pool.addFilter(Repeats(60.0))
+    pool.propagate = False
+
+
+class Repeats(logging.Filter):
+    """Drops a line said already in the last ``seconds``. Hand-written: neither the logging
+    module nor structlog has a filter for repeated lines."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._said: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text, now = record.getMessage(), time.monotonic()
+        if now - self._said.get(text, -self.seconds) < self.seconds:
+            return False
+        if len(self._said) >= 1000:  # bounded: old lines are forgotten
+            self._said.clear()
+        self._said[text] = now
+        return True
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -556,6 +556,12 @@ def test_health_and_ingest_while_postgres_is_down(
         ]
     assert sorted(stored) == sorted(acknowledged)  # every acknowledged record, exactly once
     assert count_events(url, "down") == 5
+    # the pool's connection errors are log lines like the others (JSON here), each said once
+    # in a minute (ten connections retrying said it dozens of times, raw)
+    pool = [line for line in server.log.read_text().splitlines() if "error connecting" in line]
+    assert pool, "the outage is in the log"
+    assert all(json.loads(line)["logger"] == "psycopg.pool" for line in pool)
+    assert len(pool) == len(set(json.loads(line)["event"] for line in pool))
 
 
 def test_serve_on_the_embedded_database(tmp_path: Path) -> None:
