@@ -103,8 +103,9 @@ class Workers:
         process.wait(timeout=30)
 
     def stop_all(self) -> None:
-        for name, process in list(self.running.items()):
+        for process in self.running.values():
             process.terminate()
+        for name, process in self.running.items():
             assert process.wait(timeout=60) == 0, self.said(name)
         self.running.clear()
 
@@ -360,6 +361,21 @@ def test_a_worker_started_while_redis_is_down_waits_for_it(
     assert workers.said(name).count("waiting for Redis") == 1  # said once, not per attempt
 
 
+def test_a_worker_started_while_postgres_is_down_says_its_records_wait(
+    data_dir: Path, redis_server: RedisServer, tmp_path: Path, launched: list[Workers]
+) -> None:
+    env = env_for("postgresql://x@127.0.0.1:9/db", data_dir, SCRAPESINK_CONNECT_TIMEOUT="2")
+    workers = Workers({**env, "SCRAPESINK_JOURNAL_URL": redis_server.url}, tmp_path)
+    launched.append(workers)
+    name = workers.start("postgres")
+    wait_for(lambda: workers.check() or "delivering" in workers.said(name), "started")
+    first = workers.said(name).splitlines()[0]
+    assert "cannot connect to PostgreSQL at postgresql://x@127.0.0.1:9/db" in first
+    # a worker journals nothing: it does not say what a producer says
+    assert first.endswith("its records wait in the stream until it is back"), first
+    workers.stop_all()
+
+
 @pytest.fixture
 def launched() -> Iterator[list[Workers]]:
     """Workers a failed test left running are killed when it ends."""
@@ -565,8 +581,11 @@ def test_a_link_to_redis_cut_and_restored_loses_and_doubles_nothing(
         near.check()
         taken = "".join(near.said(name) for name in near.running)
         assert "entries taken over" in taken or not held  # what the cut-off ones held moved
-        remote.stop_all()
         near.stop_all()
+        far.cut()  # workers stopped while Redis does not answer stop at once (took 30 s)
+        stopping = time.monotonic()
+        remote.stop_all()
+        assert time.monotonic() - stopping < 15
 
         with psycopg.connect(url) as conn:
             stored = {

@@ -208,6 +208,11 @@ class RedisStreams:
     def close(self) -> None:
         self.client.close()
 
+    def interrupt(self) -> None:
+        """Break off every command in flight, from another thread (a worker stopping while
+        Redis does not answer: its read would wait out the 30 s socket timeout)."""
+        self.client.connection_pool.disconnect()
+
     def check_durability(self) -> None:
         """Decide how a publish is made durable; refuse a server that cannot make it so.
 

@@ -73,16 +73,16 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 @contextmanager
 def open_app(
-    schema: SchemaPolicy = "auto", *, announce: bool = True, offline_ok: bool = False
+    schema: SchemaPolicy = "auto",
+    *,
+    announce: bool = True,
+    offline_ok: bool = False,
+    offline_note: str = "records are journaled and delivered when it is back",
 ) -> Iterator[App]:
     app = bootstrap(settings(), schema=schema, offline_ok=offline_ok)
     try:
         if app.offline:  # one line: what does not answer, and that nothing is lost
-            err.print(
-                f"[yellow]warning:[/] {escape(app.offline)}; records are journaled and"
-                " delivered when it is back",
-                highlight=False,
-            )
+            err.print(f"[yellow]warning:[/] {escape(app.offline)}; {offline_note}", highlight=False)
         elif announce:
             err.print(f"[dim]database: {escape(app.database_label)}[/]")
         yield app

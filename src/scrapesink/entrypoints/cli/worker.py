@@ -31,6 +31,7 @@ from scrapesink.errors import TransientStorageError
 SINKS = ("postgres", "csv")
 REPORT_SECONDS = 10.0
 REACH_SECONDS = 2.0
+STOP_GRACE_SECONDS = 3.0  # then a worker stops without waiting for Redis to answer
 
 T = TypeVar("T")
 
@@ -77,7 +78,8 @@ def worker(
 
     if sink not in (*SINKS, "all"):
         fail(f"--sink must be postgres, csv or all, not {sink!r}", 2)
-    with open_app(offline_ok=True) as app:
+    waiting = "its records wait in the stream until it is back"
+    with open_app(offline_ok=True, offline_note=waiting) as app:
         streams = app.streams
         if streams is None:
             fail("no shared journal: set SCRAPESINK_JOURNAL_URL=redis://host:6379/0")
@@ -178,7 +180,11 @@ def worker(
                 err.print(_line(workers), highlight=False)
         stop.set()
         for thread in threads:
-            thread.join()
+            thread.join(STOP_GRACE_SECONDS)
+        if any(t.is_alive() for t in threads):  # waiting on a Redis that does not answer
+            streams.interrupt()
+            for thread in threads:
+                thread.join()
         err.print(_line(workers), highlight=False)
     raise typer.Exit(EXIT_OK)
 
