@@ -94,7 +94,8 @@ class Repeats(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text, now = record.getMessage(), time.monotonic()
-        if now - self._said.get(text, -self.seconds) < self.seconds:
+        said = self._said.get(text)
+        if said is not None and now - said < self.seconds:
             return False
         if len(self._said) >= 1000:  # bounded: old lines are forgotten
             self._said.clear()
